@@ -1,0 +1,109 @@
+"""Shared fixtures: every user path redirected to tmp, generated images, the optional shared bears."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_BEARS = ROOT.parent / "shared" / "datasets" / "bears"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch):
+    """Nothing a test runs may write into the user's home, Jupyter or torch dirs."""
+    home = tmp_path_factory.mktemp("home")
+    for var, sub in [
+        ("HOME", ""),
+        ("XDG_CACHE_HOME", ".cache"),
+        ("XDG_CONFIG_HOME", ".config"),
+        ("XDG_DATA_HOME", ".local/share"),
+        ("JUPYTER_CONFIG_DIR", ".jupyter"),
+        ("JUPYTER_DATA_DIR", ".local/share/jupyter"),
+        ("JUPYTER_RUNTIME_DIR", ".local/share/jupyter/runtime"),
+        ("IPYTHONDIR", ".ipython"),
+        ("MPLCONFIGDIR", ".config/matplotlib"),
+    ]:
+        path = home / sub
+        path.mkdir(parents=True, exist_ok=True)
+        monkeypatch.setenv(var, str(path))
+    # torch hub cache: keep pointing at the real one read-only? No: tests must not depend on it.
+    monkeypatch.setenv("TORCH_HOME", str(home / ".cache" / "torch"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    # Jupyter kernels must find this interpreter's kernelspec, not one from the real home.
+    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    return home
+
+
+def draw_image(kind: str, size: int = 64, seed: int = 0, mode: str = "RGB") -> Image.Image:
+    """A generated picture whose class is visible: 'red' circles vs 'blue' squares vs 'green' bars."""
+    rng = random.Random(f"{kind}-{seed}")
+    bg = tuple(rng.randint(180, 255) for _ in range(3))
+    im = Image.new("RGB", (size + rng.randint(0, size // 2), size), bg)
+    d = ImageDraw.Draw(im)
+    w, h = im.size
+    for _ in range(3):
+        x, y = rng.randint(0, w - 16), rng.randint(0, h - 16)
+        r = rng.randint(8, max(9, size // 3))
+        if kind == "red":
+            d.ellipse([x, y, x + r, y + r], fill=(rng.randint(180, 255), rng.randint(0, 60), rng.randint(0, 60)))
+        elif kind == "blue":
+            d.rectangle([x, y, x + r, y + r], fill=(rng.randint(0, 60), rng.randint(0, 60), rng.randint(180, 255)))
+        else:
+            d.rectangle([x, 0, x + r // 3, h], fill=(rng.randint(0, 60), rng.randint(160, 255), rng.randint(0, 60)))
+    return im.convert(mode) if mode != "RGB" else im
+
+
+def image_bytes(im: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def make_dataset(tmp_path):
+    """make_dataset(n_per_class, classes) -> folder-per-class dir of generated JPEGs."""
+
+    def make(n: int = 12, classes: tuple[str, ...] = ("red", "blue"), size: int = 64, root: Path | None = None) -> Path:
+        root = root or tmp_path / "dataset"
+        for c in classes:
+            (root / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                draw_image(c, size, seed=i).save(root / c / f"{c}_{i:03d}.jpg", quality=90)
+        return root
+
+    return make
+
+
+@pytest.fixture
+def shared_bears() -> Path:
+    """The 480 shared bear photos; the test is skipped on a clone without ../shared."""
+    if not SHARED_BEARS.is_dir():
+        pytest.skip(f"{SHARED_BEARS} is absent")
+    return SHARED_BEARS
+
+
+def pytest_collection_modifyitems(config, items):
+    # Keep CPU threads modest: 2-core CI machine, and torch's default oversubscribes with workers.
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A real exported model trained for a few seconds on generated red/blue images (random init)."""
+    from whatsthat.train import train
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = root / "data"
+    for c in ("red", "blue"):
+        (data / c).mkdir(parents=True)
+        for i in range(16):
+            draw_image(c, 64, seed=i).save(data / c / f"{c}_{i:03d}.jpg", quality=90)
+    result = train(data, root / "model", arch="resnet18", pretrained=False, epochs=2, freeze_epochs=0,
+                   size=64, bs=8, echo=lambda s: None)
+    return result

@@ -1,0 +1,173 @@
+"""Model checks: train → export → load → predict round trips, the model card, the split, the weights."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+
+import pytest
+from conftest import draw_image, image_bytes
+from fastai.vision.core import PILImage
+
+from whatsthat.data import HashSplitter, check_dataset, get_dataset_images
+from whatsthat.errors import WhatsthatError
+from whatsthat.models import ensure_torchvision_weights, weights_cache_path
+from whatsthat.predict import card_path_for, load_classifier
+from whatsthat.train import classification_report, train
+
+
+def test_hash_splitter_is_stable_when_files_disappear(make_dataset):
+    root = make_dataset(n=30)
+    files = list(get_dataset_images(root))
+    split = HashSplitter(0.2, seed=1)
+    train_idx, valid_idx = split(files)
+    valid = {files[i].name for i in valid_idx}
+    assert 0 < len(valid) < len(files) and len(train_idx) + len(valid_idx) == len(files)
+    # drop a third of the files (as cleaning would): everyone else keeps their side
+    kept = files[::3]
+    _, valid2 = split(kept)
+    assert {kept[i].name for i in valid2} == {f.name for f in kept if f.name in valid}
+    # a different seed gives a different split
+    assert {files[i].name for i in HashSplitter(0.2, seed=2)(files)[1]} != valid
+
+
+def test_hash_splitter_rejects_bad_pct():
+    with pytest.raises(WhatsthatError, match="valid_pct"):
+        HashSplitter(1.5)
+
+
+def test_check_dataset_messages(tmp_path, make_dataset):
+    with pytest.raises(WhatsthatError, match="not found"):
+        check_dataset(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(WhatsthatError, match="no images"):
+        check_dataset(tmp_path / "empty")
+    one = make_dataset(n=3, classes=("red",), root=tmp_path / "one")
+    with pytest.raises(WhatsthatError, match=r"only \['red'\]"):
+        check_dataset(one)
+    two = make_dataset(n=3, root=tmp_path / "two")
+    (two / ".trash").mkdir()
+    draw_image("blue").save(two / ".trash" / "x.jpg")
+    assert check_dataset(two) == {"blue": 3, "red": 3}  # the trash is never training data
+
+
+def test_classification_report_counts():
+    r = classification_report([0, 0, 1, 1, 1], [0, 1, 1, 1, 0], ["a", "b"])
+    assert r["confusion"] == [[1, 1], [1, 2]]
+    assert r["accuracy"] == 0.6 and r["error_rate"] == 0.4
+    assert r["per_class"]["b"] == {"precision": 0.6667, "recall": 0.6667, "f1": 0.6667, "support": 3}
+
+
+def test_train_rejects_bad_options(make_dataset, tmp_path):
+    data = make_dataset(n=4)
+    with pytest.raises(WhatsthatError, match="unknown architecture"):
+        train(data, tmp_path, arch="vgg99")
+    with pytest.raises(WhatsthatError, match="nothing to train"):
+        train(data, tmp_path, epochs=0, freeze_epochs=0)
+    with pytest.raises(WhatsthatError, match="too small"):
+        train(data, tmp_path, size=8)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_missing_torchvision_weights_say_the_way_out(make_dataset, tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}/resnet18-f37072fd.pth"
+    with pytest.raises(WhatsthatError) as e:
+        ensure_torchvision_weights("resnet18", url=url, timeout=5)
+    msg = str(e.value)
+    assert "cannot download the pretrained resnet18 weights" in msg
+    assert "--arch efficientnet_lite0" in msg and "resnet18-f37072fd.pth" in msg
+    assert not list(weights_cache_path(url).parent.glob("*.part"))  # no half-written file left behind
+
+
+def test_torchvision_weights_are_downloaded_into_the_cache(tmp_path):
+    payload = b"fake-checkpoint-bytes" * 100
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        path = ensure_torchvision_weights("resnet18", url=f"http://127.0.0.1:{server.server_port}/w.pth")
+    finally:
+        server.shutdown()
+    assert path.read_bytes() == payload and path.name == "resnet18-f37072fd.pth"
+    assert ensure_torchvision_weights("resnet18", url="http://127.0.0.1:1/unused") == path  # cached: no request
+
+
+def test_train_without_weights_fails_before_training(make_dataset, tmp_path, monkeypatch):
+    # offline default: resnet18 needs torchvision's download; make it fail fast and check the message
+    import whatsthat.models as models
+
+    monkeypatch.setattr(models, "torchvision_weights_url", lambda name: f"http://127.0.0.1:{_closed_port()}/{name}.pth")
+    with pytest.raises(WhatsthatError, match="efficientnet_lite0"):
+        train(make_dataset(n=4), tmp_path / "out", arch="resnet18", epochs=1)
+    assert not (tmp_path / "out" / "export.pkl").exists()
+
+
+def _assert_round_trip(result, files):
+    clf = load_classifier(result.model_path)
+    assert clf.classes == list(result.learn.dls.vocab)
+    for f in files:
+        live = result.learn.predict(PILImage.create(f))[2].tolist()
+        loaded = clf.learn.predict(PILImage.create(f))[2].tolist()
+        fast = dict(clf.predict(f.read_bytes()))
+        assert loaded == pytest.approx(live, abs=1e-5)  # export → load changes nothing
+        assert [fast[c] for c in clf.classes] == pytest.approx(live, abs=1e-4)  # the fast path agrees
+    return clf
+
+
+@pytest.mark.slow
+def test_round_trip_random_resnet18(tiny_model):
+    data = tiny_model.card["dataset"]["path"]
+    files = list(get_dataset_images(data))[:6]
+    clf = _assert_round_trip(tiny_model, files)
+    card = json.loads(card_path_for(tiny_model.model_path).read_text())
+    assert card["classes"] == ["blue", "red"] and card["arch"] == "resnet18" and card["pretrained"] is False
+    assert card["dataset"]["n_images"] == 32 and len(card["dataset"]["sha256"]) == 64
+    assert set(card["metrics"]) >= {"error_rate", "accuracy", "valid_loss", "per_class", "confusion"}
+    assert [h["epoch"] for h in card["training"]["history"]] == [0, 1]
+    assert {"torch", "fastai", "python"} <= set(card["versions"])
+    assert clf.card == card and clf.threshold == card["threshold"]
+    ranked = clf.predict(files[0])
+    assert [p for _, p in ranked] == sorted((p for _, p in ranked), reverse=True)
+    assert sum(p for _, p in ranked) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_round_trip_pretrained_efficientnet_learns(make_dataset, tmp_path):
+    data = make_dataset(n=16, classes=("red", "blue", "green"))
+    result = train(data, tmp_path / "m", arch="efficientnet_lite0", epochs=1, size=64, bs=8, echo=lambda s: None)
+    assert [h["stage"] for h in result.history] == ["frozen", "unfrozen"]
+    # real ImageNet features separate these easily: a random guess would be 0.67 error
+    assert result.error_rate <= 0.34
+    clf = _assert_round_trip(result, list(get_dataset_images(data))[::8])
+    many = clf.predict_many([image_bytes(draw_image(c, 64, seed=99)) for c in ("red", "blue", "green")])
+    assert len(many) == 3 and all(len(r) == 3 for r in many)
+
+
+def test_load_classifier_errors(tmp_path):
+    with pytest.raises(WhatsthatError, match="not found"):
+        load_classifier(tmp_path / "missing.pkl")
+    junk = tmp_path / "junk.pkl"
+    junk.write_bytes(b"this is not a pickle at all")
+    with pytest.raises(WhatsthatError, match="not a loadable fastai export"):
+        load_classifier(junk)
+    lfs = tmp_path / "lfs.pkl"
+    lfs.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1\n")
+    with pytest.raises(WhatsthatError, match="git lfs pull"):
+        load_classifier(lfs)

@@ -1,0 +1,246 @@
+"""The `whatsthat` command line: a thin layer over the library (each command calls one function).
+
+Heavy imports (torch, fastai) happen inside the commands, so `whatsthat --help` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from whatsthat import __version__
+from whatsthat.errors import WhatsthatError
+
+EXAMPLES = """\
+examples:
+  whatsthat gather grizzly="grizzly bear" black="black bear" teddy="teddy bear"
+  whatsthat gather --config categories.toml --per-query 150
+  whatsthat import ~/Pictures/bears --out data
+  whatsthat train data --arch efficientnet_lite0 --epochs 3
+  whatsthat interpret data --model export.pkl
+  whatsthat predict photo.jpg --json
+"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 1 or more, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+def cmd_gather(args: argparse.Namespace) -> int:
+    from whatsthat.config import load_categories, parse_category_args
+    from whatsthat.gather import gather
+
+    if args.config and args.categories:
+        raise WhatsthatError("give categories either on the command line or with --config, not both")
+    if args.config:
+        cats = load_categories(args.config)
+    elif args.categories:
+        cats = parse_category_args(args.categories)
+    else:
+        raise WhatsthatError('no categories: e.g. whatsthat gather grizzly="grizzly bear" black="black bear"  '
+                             "(or --config categories.toml)")
+    settings = {**cats.gather, **{k: v for k, v in {
+        "per_query": args.per_query, "max_side": args.max_side, "backend": args.backend,
+        "workers": args.workers, "timeout": args.timeout}.items() if v is not None}}  # fmt: skip
+    summary = gather(cats, args.out, progress=not args.quiet, **settings)
+    print(summary.table())
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from whatsthat.gather import import_folder
+
+    summary = import_folder(args.src, args.out, max_side=args.max_side, progress=not args.quiet)
+    print(summary.table())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from whatsthat.train import train
+
+    result = train(
+        args.data, args.out, arch=args.arch, pretrained=not args.no_pretrained, epochs=args.epochs,
+        freeze_epochs=args.freeze_epochs, size=args.size, bs=args.bs, valid_pct=args.valid_pct, seed=args.seed,
+        lr=args.lr, workers=args.workers, threshold=args.threshold, progress=args.progress,
+    )  # fmt: skip
+    m = result.card["metrics"]
+    print(f"{result.model_path}: error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  "
+          f"({result.card['training']['seconds']:.0f}s)")
+    return 0
+
+
+def cmd_interpret(args: argparse.Namespace) -> int:
+    from whatsthat.interpret import interpret
+
+    result = interpret(args.model, args.data, args.out, top=args.top, split=args.split)
+    print(result.table())
+    for r in result.top_losses[: min(5, len(result.top_losses))]:
+        print(f"  top loss {r['loss']:.2f}: {r['file']} is {r['actual']}, predicted {r['predicted']} ({r['probability']:.2f})")
+    for f, why in result.skipped:
+        print(f"  skipped {f}: {why}", file=sys.stderr)
+    for name, path in result.files.items():
+        print(f"wrote {name}: {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from whatsthat.images import ImageError
+    from whatsthat.predict import load_classifier
+
+    clf = load_classifier(args.model)
+    results, failed = [], 0
+    for image in args.images:
+        try:
+            ranked = clf.predict(Path(image))
+        except ImageError as e:
+            failed += 1
+            results.append({"image": image, "error": str(e)})
+            continue
+        top = ranked[: args.top] if args.top else ranked
+        results.append({"image": image, "label": ranked[0][0] if clf.is_sure(ranked) else None,
+                        "probabilities": dict(top)})
+    if args.json:
+        print(json.dumps(results if len(results) > 1 else results[0], indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['image']}: error: {r['error']}", file=sys.stderr)
+                continue
+            label = r["label"] or "not sure"
+            probs = "  ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
+            print(f"{r['image']}: {label}  ({probs})")
+    return 1 if failed else 0
+
+
+# --- parser ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="whatsthat", description="From a few words to a deployed image classifier.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("--version", action="version", version=f"whatsthat {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    g = sub.add_parser("gather", help="search the web for images of each category and download them",
+                       description="Search, download, verify, resize and de-duplicate images; record every attempt "
+                                   "in DATA/manifest.csv. Re-running only fetches what is new.")
+    g.add_argument("categories", nargs="*", metavar="LABEL=QUERY",
+                   help='a category: grizzly="grizzly bear" (repeat a label to add queries), or a bare "teddy bear"')
+    g.add_argument("--config", type=Path, help="categories TOML file (see README)")
+    g.add_argument("--out", type=Path, default=Path("data"), help="dataset folder (default: data)")
+    g.add_argument("--per-query", type=_positive_int, help="images to ask for per query (default 100)")
+    g.add_argument("--max-side", type=_positive_int, help="resize so the longer side is at most this (default 400)")
+    g.add_argument("--backend", choices=["ddg", "bing"], help="search engine (default ddg)")
+    g.add_argument("--workers", type=_positive_int, help="concurrent downloads (default 16)")
+    g.add_argument("--timeout", type=_positive_float, help="seconds per request (default 10)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=cmd_gather)
+
+    i = sub.add_parser("import", help="import a folder-per-class directory of your own images",
+                       description="Copy SRC/<label>/* into the dataset (verified, resized, de-duplicated, in the manifest).")
+    i.add_argument("src", type=Path, help="folder with one sub-folder per label")
+    i.add_argument("--out", type=Path, default=Path("data"), help="dataset folder (default: data)")
+    i.add_argument("--max-side", type=_positive_int, default=400, help="resize so the longer side is at most this")
+    i.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    i.set_defaults(func=cmd_import)
+
+    t = sub.add_parser("train", help="fine-tune a pretrained CNN and export export.pkl + model card",
+                       description="DataBlock -> vision_learner -> fine_tune -> OUT/export.pkl and OUT/export.card.json.")
+    t.add_argument("data", type=Path, nargs="?", default=Path("data"), help="dataset folder (default: data)")
+    t.add_argument("--out", type=Path, default=Path("."), help="where export.pkl goes (default: .)")
+    t.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet34", "efficientnet_lite0"],
+                   help="backbone (default resnet18, as in the course; efficientnet_lite0 trains fully offline)")
+    t.add_argument("--epochs", type=_count, default=4, help="epochs with all layers unfrozen (default 4)")
+    t.add_argument("--freeze-epochs", type=_count, default=1, help="epochs training only the head first (default 1)")
+    t.add_argument("--size", type=_positive_int, default=224, help="training image size in pixels (default 224)")
+    t.add_argument("--bs", type=_positive_int, default=32, help="batch size (default 32)")
+    t.add_argument("--valid-pct", type=_fraction, default=0.2, help="share of images held out (default 0.2)")
+    t.add_argument("--seed", type=int, default=42, help="seed of the split and the training run (default 42)")
+    t.add_argument("--lr", type=_positive_float, help="base learning rate (default 2e-3)")
+    t.add_argument("--workers", type=_count, default=0, help="data loader worker processes (default 0)")
+    t.add_argument("--threshold", type=_fraction, default=0.6, help='"not sure" below this probability (default 0.6)')
+    t.add_argument("--no-pretrained", action="store_true", help="start from random weights (for tests)")
+    t.add_argument("--progress", action="store_true", help="show fastai's progress bars")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("interpret", help="confusion matrix, top losses and per-class metrics of a model",
+                       description="Evaluate MODEL on the validation images of DATA; write PNGs and report.json to OUT.")
+    r.add_argument("data", type=Path, nargs="?", default=Path("data"), help="dataset folder (default: data)")
+    r.add_argument("--model", type=Path, default=Path("export.pkl"), help="exported model (default: export.pkl)")
+    r.add_argument("--out", type=Path, default=Path("interpret"), help="output folder (default: interpret)")
+    r.add_argument("--top", type=_positive_int, default=9, help="how many top losses to show (default 9)")
+    r.add_argument("--split", choices=["valid", "train", "all"], default="valid", help="which images (default valid)")
+    r.set_defaults(func=cmd_interpret)
+
+    pr = sub.add_parser("predict", help="classify image files with an exported model")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s)")
+    pr.add_argument("--model", type=Path, default=Path(os.environ.get("WHATSTHAT_MODEL", "export.pkl")),
+                    help="exported model (default: $WHATSTHAT_MODEL or export.pkl)")
+    pr.add_argument("--json", action="store_true", help="print JSON")
+    pr.add_argument("--top", type=_positive_int, help="show only the K most likely labels")
+    pr.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except WhatsthatError as e:
+        print(f"whatsthat {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"whatsthat {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The fastai DataBlock over a folder-per-class dataset.
+
+Everything the DataBlock references is a top-level function or class of this module, because the
+exported learner pickles them by import path: `export.pkl` must load wherever whatsthat is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from fastai.data.block import CategoryBlock, DataBlock
+from fastai.data.transforms import get_image_files, parent_label
+from fastai.vision.augment import RandomResizedCrop, aug_transforms
+from fastai.vision.data import ImageBlock
+from fastcore.foundation import L
+
+from whatsthat.errors import WhatsthatError
+
+
+def get_dataset_images(path: str | Path) -> L:
+    """Image files under the label folders of `path`, sorted (so every run sees the same order).
+
+    fastai's get_image_files already skips dot-folders, so `.trash/` never leaks into training.
+    """
+    return L(sorted(get_image_files(path)))
+
+
+class HashSplitter:
+    """Put a file in the validation set when a seeded hash of its *file name* falls below valid_pct.
+
+    Unlike a seeded RandomSplitter, the split of one file does not depend on the others: deleting or
+    relabelling images while cleaning leaves every other image on its side of the split, so the
+    validation error of successive cleaning rounds is measured on (nearly) the same images.
+    """
+
+    def __init__(self, valid_pct: float = 0.2, seed: int = 42):
+        if not 0 < valid_pct < 1:
+            raise WhatsthatError(f"valid_pct must be between 0 and 1 (exclusive), not {valid_pct}")
+        self.valid_pct, self.seed = valid_pct, seed
+
+    def is_valid(self, path: str | Path) -> bool:
+        digest = hashlib.sha1(f"{self.seed}:{Path(path).name}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.valid_pct
+
+    def __call__(self, items) -> tuple[list[int], list[int]]:
+        valid = [self.is_valid(o) for o in items]
+        return [i for i, v in enumerate(valid) if not v], [i for i, v in enumerate(valid) if v]
+
+
+def check_dataset(path: str | Path) -> dict[str, int]:
+    """Count images per label; raise a clear error when the folder cannot train a classifier."""
+    path = Path(path)
+    if not path.is_dir():
+        raise WhatsthatError(f"dataset folder not found: {path}")
+    counts: dict[str, int] = {}
+    for f in get_dataset_images(path):
+        counts[parent_label(f)] = counts.get(parent_label(f), 0) + 1
+    if len(counts) < 2:
+        found = f"only {sorted(counts)}" if counts else "no images"
+        raise WhatsthatError(
+            f"{path} has {found}: a classifier needs at least two label folders with images "
+            f"(layout: {path}/<label>/<image>.jpg; run `whatsthat gather` or `whatsthat import` first)"
+        )
+    return dict(sorted(counts.items()))
+
+
+def make_datablock(size: int = 224, valid_pct: float = 0.2, seed: int = 42, stats=None, min_scale: float = 0.5) -> DataBlock:
+    """The lesson-2 DataBlock: random-resized crops plus fastai's standard augmentations."""
+    from fastai.data.transforms import Normalize
+
+    batch_tfms = list(aug_transforms())
+    if stats is not None:
+        batch_tfms.append(Normalize.from_stats(*stats))
+    return DataBlock(
+        blocks=(ImageBlock, CategoryBlock),
+        get_items=get_dataset_images,
+        splitter=HashSplitter(valid_pct, seed),
+        get_y=parent_label,
+        item_tfms=RandomResizedCrop(size, min_scale=min_scale),
+        batch_tfms=batch_tfms,
+    )
+
+
+def make_dataloaders(path: str | Path, size: int = 224, bs: int = 32, valid_pct: float = 0.2, seed: int = 42,
+                     stats=None, workers: int = 0, min_scale: float = 0.5):
+    """DataLoaders for `path`, with checks that turn fastai's obscure failures into clear messages."""
+    check_dataset(path)
+    dblock = make_datablock(size, valid_pct, seed, stats, min_scale)
+    dls = dblock.dataloaders(path, bs=bs, num_workers=workers)
+    if len(dls.valid_ds) == 0:
+        raise WhatsthatError(f"{path}: the validation split is empty; add images or raise valid_pct ({valid_pct})")
+    if len(dls.train_ds) < bs:
+        # fastai drops the last partial training batch: with fewer images than bs nothing would train
+        dls = dblock.dataloaders(path, bs=max(1, len(dls.train_ds) // 2), num_workers=workers)
+    return dls

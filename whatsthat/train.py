@@ -1,0 +1,243 @@
+"""Train: DataBlock → vision_learner → fine_tune → export.pkl + a JSON model card beside it."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from fastai.callback.core import Callback
+from fastai.learner import Recorder
+
+from whatsthat.errors import WhatsthatError
+from whatsthat.predict import DEFAULT_THRESHOLD, card_path_for
+
+
+@dataclass
+class TrainResult:
+    learn: object  # the live fastai Learner, for interpretation and cleaning
+    model_path: Path
+    card_path: Path
+    card: dict
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def error_rate(self) -> float:
+        return self.card["metrics"]["error_rate"]
+
+
+def dataset_fingerprint(files: list[Path], root: Path) -> str:
+    """sha256 over (relative path, content) of every training file: names the exact data a model saw."""
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("whatsthat", "torch", "torchvision", "fastai", "fastcore", "pillow", "efficientnet-lite-pytorch"):
+        with contextlib.suppress(metadata.PackageNotFoundError):  # reported as absent, not an error
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
+class EpochHistory(Callback):
+    """Record (and optionally print) each epoch's metrics, labelled with the fine_tune stage.
+
+    fine_tune runs two fits (frozen body, then all layers); before_fit counts them. Passed as a
+    per-fit callback, so it is never pickled into export.pkl.
+    """
+
+    order = Recorder.order + 1  # after Recorder has computed this epoch's log
+
+    def __init__(self, stages: list[str], echo: Callable[[str], None] | None = None):
+        self.stages, self.echo, self.history, self.fits = stages, echo, [], 0
+
+    def before_fit(self) -> None:
+        self.fits += 1
+
+    def after_epoch(self) -> None:
+        stage = self.stages[min(self.fits, len(self.stages)) - 1]
+        rec: dict = {"stage": stage}
+        for k, v in zip(self.recorder.metric_names, self.recorder.log, strict=False):
+            rec[k] = v if isinstance(v, str) else round(float(v), 5)
+        rec["epoch"] = int(rec.get("epoch", 0))
+        self.history.append(rec)
+        if self.echo:
+            parts = [f"{k} {v:.4f}" for k, v in rec.items() if isinstance(v, float)]
+            self.echo(f"[{stage}] epoch {rec['epoch']}: " + "  ".join(parts) + f"  ({rec.get('time', '')})")
+
+
+def train(
+    data: str | Path,
+    out: str | Path = ".",
+    *,
+    arch: str = "resnet18",
+    pretrained: bool = True,
+    epochs: int = 4,
+    freeze_epochs: int = 1,
+    size: int = 224,
+    bs: int = 32,
+    valid_pct: float = 0.2,
+    seed: int = 42,
+    lr: float | None = None,
+    workers: int = 0,
+    threshold: float = DEFAULT_THRESHOLD,
+    progress: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Fine-tune `arch` on the folder-per-class dataset `data`; write export.pkl + card into `out`.
+
+    `lr=None` uses fastai's fine_tune default (2e-3). Returns the live learner too, for interpretation.
+    """
+    import fastai.callback.schedule  # noqa: F401  (adds Learner.fine_tune / fit_one_cycle)
+    from fastai.metrics import accuracy, error_rate
+    from fastai.torch_core import set_seed
+    from fastai.vision.learner import create_head, vision_learner
+
+    from whatsthat.data import check_dataset, get_dataset_images, make_dataloaders
+    from whatsthat.models import ensure_torchvision_weights, get_arch
+
+    echo = echo or (lambda s: print(s, file=sys.stderr))
+    data, out = Path(data), Path(out)
+    if epochs < 0 or freeze_epochs < 0:
+        raise WhatsthatError("epochs and freeze_epochs must be 0 or more")
+    if epochs + freeze_epochs == 0:
+        raise WhatsthatError("nothing to train: epochs and freeze_epochs are both 0")
+    if size < 32:
+        raise WhatsthatError(f"image size {size} is too small; use 32 or more (224 is the usual)")
+    if not 0 < threshold < 1:
+        raise WhatsthatError(f"threshold must be between 0 and 1, not {threshold}")
+    spec = get_arch(arch)
+    counts = check_dataset(data)
+    if pretrained and spec.torchvision:
+        ensure_torchvision_weights(arch)  # fail before the slow work, with a message that says what to do
+
+    set_seed(seed, reproducible=True)
+    dls = make_dataloaders(data, size=size, bs=bs, valid_pct=valid_pct, seed=seed, stats=spec.stats, workers=workers)
+    head = {} if spec.body_features is None else {"custom_head": create_head(spec.body_features, dls.c)}
+    learn = vision_learner(
+        dls, spec.builder(), pretrained=pretrained, normalize=False, metrics=[error_rate, accuracy], **head
+    )
+    stages = ["frozen", "unfrozen"] if pretrained and freeze_epochs else ["unfrozen" if pretrained else "scratch"]
+    # with a progress bar fastai prints the epoch table itself; without one we print our own lines
+    recorder = EpochHistory(stages, echo=None if progress else echo)
+    echo(f"training {arch} on {len(dls.train_ds)} images ({len(dls.valid_ds)} for validation), "
+         f"classes {list(dls.vocab)}, size {size}, bs {dls.bs}")
+    t0 = time.time()
+    quiet = contextlib.ExitStack()
+    if not progress:
+        quiet.enter_context(learn.no_bar())
+        quiet.enter_context(learn.no_logging())  # fastai would print raw lists to stdout
+    with quiet:
+        if pretrained:
+            learn.fine_tune(epochs, base_lr=lr or 2e-3, freeze_epochs=freeze_epochs, cbs=[recorder])
+        else:  # nothing pretrained to protect: train everything from the start
+            learn.fit_one_cycle(epochs + freeze_epochs, lr or 2e-3, cbs=[recorder])
+    history = recorder.history
+    train_seconds = time.time() - t0
+
+    metrics = evaluate(learn)
+    files = list(get_dataset_images(data))
+    card = {
+        "name": out.resolve().name or "whatsthat",
+        "classes": list(dls.vocab),
+        "arch": arch,
+        "pretrained": pretrained,
+        "image_size": size,
+        "threshold": threshold,
+        "metrics": metrics,
+        "training": {
+            "epochs": epochs,
+            "freeze_epochs": freeze_epochs,
+            "batch_size": dls.bs,
+            "lr": lr or 2e-3,
+            "seed": seed,
+            "valid_pct": valid_pct,
+            "split": "hash of file name (stable across cleaning rounds)",
+            "seconds": round(train_seconds, 1),
+            "history": history,
+        },
+        "dataset": {
+            "path": str(data),
+            "n_images": len(files),
+            "n_train": len(dls.train_ds),
+            "n_valid": len(dls.valid_ds),
+            "per_class": counts,
+            "sha256": dataset_fingerprint(files, data),
+        },
+        "versions": library_versions(),
+        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    model_path = export(learn, out / "export.pkl", card)
+    echo(f"validation error {metrics['error_rate']:.3f} (accuracy {metrics['accuracy']:.3f}) after "
+         f"{train_seconds:.0f}s; wrote {model_path} and {card_path_for(model_path).name}")
+    return TrainResult(learn, model_path, card_path_for(model_path), card, history)
+
+
+def evaluate(learn) -> dict:
+    """Validation loss, error rate, accuracy and per-class precision/recall/F1 of a live learner."""
+    import torch
+
+    with learn.no_bar(), learn.no_logging():
+        probs, targets = learn.get_preds(ds_idx=1)
+    vocab = list(learn.dls.vocab)
+    preds = probs.argmax(dim=1)
+    loss = float(torch.nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), targets))
+    return {"valid_loss": round(loss, 4), **classification_report(preds.tolist(), targets.tolist(), vocab)}
+
+
+def classification_report(preds: list[int], targets: list[int], vocab: list[str]) -> dict:
+    """Accuracy, error rate, confusion matrix and per-class precision/recall/F1/support."""
+    n = len(vocab)
+    confusion = [[0] * n for _ in range(n)]  # rows: actual, columns: predicted
+    for p, t in zip(preds, targets, strict=True):
+        confusion[t][p] += 1
+    total = len(targets)
+    correct = sum(confusion[i][i] for i in range(n))
+    per_class = {}
+    for i, label in enumerate(vocab):
+        tp = confusion[i][i]
+        predicted = sum(confusion[r][i] for r in range(n))
+        actual = sum(confusion[i])
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / actual if actual else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[label] = {"precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4), "support": actual}
+    accuracy = correct / total if total else 0.0
+    return {
+        "accuracy": round(accuracy, 4),
+        "error_rate": round(1 - accuracy, 4),
+        "n_valid": total,
+        "per_class": per_class,
+        "confusion": confusion,
+    }
+
+
+def export(learn, model_path: str | Path, card: dict) -> Path:
+    """Write the learner and its card atomically: a crash never leaves a half-written export.pkl."""
+    model_path = Path(model_path).resolve()
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=model_path.parent, prefix=".export-", suffix=".pkl")
+    os.close(fd)
+    try:
+        learn.export(Path(tmp))
+        os.replace(tmp, model_path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    card_path = card_path_for(model_path)
+    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return model_path
