@@ -1,0 +1,98 @@
+"""The CLI end to end through its installed entry point (`whatsthat`), as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import draw_image
+
+WHATSTHAT = Path(sys.executable).parent / "whatsthat"
+
+
+def run(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(WHATSTHAT), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "2"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def test_help_lists_every_stage():
+    out = run("--help").stdout
+    for cmd in ("gather", "import", "train", "interpret", "predict"):
+        assert cmd in out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--epochs", "lots"], "expected a whole number"),
+        (["train", "--valid-pct", "1.5"], "between 0 and 1"),
+        (["train", "--arch", "vgg"], "invalid choice"),
+        (["predict"], "required: IMAGE"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_get_a_usage_message(args, message):
+    proc = run(*args, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "nowhere"], "dataset folder not found: nowhere"),
+        (["predict", "x.jpg", "--model", "missing.pkl"], "model file not found: missing.pkl"),
+        (["gather"], "no categories"),
+        (["gather", "Bad Label=x", "b=y"], "bad label 'Bad Label'"),
+        (["gather", "only=one"], "at least two categories"),
+        (["gather", "--config", "missing.toml"], "categories file not found"),
+        (["interpret", "nowhere"], "dataset folder not found"),
+    ],
+)
+def test_user_errors_are_one_clear_line(tmp_path, args, message):
+    proc = run(*args, cwd=tmp_path, check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_import_train_interpret_predict(tmp_path):
+    src = tmp_path / "photos"
+    for c in ("red", "blue"):
+        (src / c).mkdir(parents=True)
+        for i in range(14):
+            draw_image(c, 72, seed=i).save(src / c / f"{i}.png")
+    (src / "red" / "notes.txt").write_text("not an image")
+
+    out = run("import", str(src), "--out", "data", "-q", cwd=tmp_path).stdout
+    assert "red" in out and "blue" in out
+
+    run("train", "data", "--arch", "resnet18", "--no-pretrained", "--epochs", "1", "--freeze-epochs", "0",
+        "--size", "64", "--bs", "8", cwd=tmp_path)
+    assert (tmp_path / "export.pkl").is_file() and (tmp_path / "export.card.json").is_file()
+
+    proc = run("interpret", "data", "--top", "4", cwd=tmp_path)
+    assert "precision" in proc.stdout and "accuracy" in proc.stdout
+    for name in ("confusion_matrix.png", "top_losses.png", "report.json"):
+        assert (tmp_path / "interpret" / name).stat().st_size > 0
+    report = json.loads((tmp_path / "interpret" / "report.json").read_text())
+    assert sum(map(sum, report["confusion"])) == report["n_valid"] > 0
+
+    photo = tmp_path / "query.jpg"
+    draw_image("red", 80, seed=1234).save(photo)
+    result = json.loads(run("predict", str(photo), "--json", cwd=tmp_path).stdout)
+    assert set(result["probabilities"]) == {"red", "blue"}
+    assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("<html>not a picture</html>")
+    proc = run("predict", str(photo), str(bad), cwd=tmp_path, check=False)
+    assert proc.returncode == 1  # one image failed, the others were still classified
+    assert "query.jpg:" in proc.stdout and "bad.jpg: error: this is a web page (HTML)" in proc.stderr
