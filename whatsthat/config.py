@@ -46,7 +46,7 @@ class Categories:
 
 def check_label(label: str) -> str:
     """Return `label` if it is a safe folder name, else raise a message saying what is allowed."""
-    if not LABEL_RE.match(label):
+    if not LABEL_RE.fullmatch(label):
         raise WhatsthatError(
             f"bad label {label!r}: use lowercase letters, digits, '_' or '-' (it becomes a folder name), "
             "e.g. grizzly or black_bear"

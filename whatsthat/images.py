@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -96,8 +97,9 @@ def load_image(
         raise
     except Image.DecompressionBombError as e:
         raise ImageError("too-many-pixels", f"image is too large to decode safely ({e})") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        msg = str(e)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error, IndexError, TypeError, EOFError) as e:
+        # PIL's decoders raise all of these on malformed files; each means "corrupt", not a bug here
+        msg = f"{type(e).__name__}: {e}" if not str(e) else str(e)
         if "truncated" in msg.lower():
             raise ImageError("truncated", "the image file is truncated (incomplete download?)") from e
         raise ImageError("corrupt", f"the image file is corrupt: {msg}") from e
