@@ -21,6 +21,7 @@ examples:
   whatsthat import ~/Pictures/bears --out data
   whatsthat train data --arch efficientnet_lite0 --epochs 3
   whatsthat interpret data --model export.pkl
+  whatsthat clean data --apply cleaning-decisions.json   (then: whatsthat undo data)
   whatsthat predict photo.jpg --json
 """
 
@@ -154,6 +155,57 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_clean(args: argparse.Namespace) -> int:
+    from whatsthat.clean import apply_decisions, load_decisions
+
+    report = apply_decisions(args.data, load_decisions(args.apply), dry_run=args.dry_run)
+    print(report.summary())
+    return 0
+
+
+def cmd_undo(args: argparse.Namespace) -> int:
+    from whatsthat.clean import undo
+
+    print(undo(args.data, batch=args.batch).summary())
+    return 0
+
+
+def cmd_trash(args: argparse.Namespace) -> int:
+    from whatsthat.clean import empty_trash, trash_list
+
+    if args.action == "list":
+        if args.older_than is not None or args.yes:
+            raise WhatsthatError("--older-than and --yes go with `trash DATA empty`")
+        items = trash_list(args.data)
+        for item in items:
+            origin = f"was {item.original}, batch {item.batch}" if item.batch else "not put there by whatsthat"
+            print(f"{item.path}  ({origin}, {item.size} bytes)")
+        print(f"{len(items)} file(s) in the trash, {sum(i.size for i in items) / 1e6:.1f} MB")
+        return 0
+    report = empty_trash(args.data, older_than=args.older_than, dry_run=not args.yes)
+    print(report.summary())
+    if not args.yes and report.deleted:
+        print("nothing deleted yet: add --yes to delete these files for good (their batches can then not be undone)")
+    return 0
+
+
+def cmd_journal(args: argparse.Namespace) -> int:
+    from whatsthat.clean import batches, journal
+
+    if args.json:
+        print(json.dumps(journal(args.data), indent=1))
+        return 0
+    found = batches(args.data)
+    for b in found:
+        print(b.summary())
+        if args.verbose:
+            for a in b.actions:
+                print(f"    {a['op']:<8} {a['src']} -> {a['dst']}")
+    if not found:
+        print(f"no cleaning batches in {args.data}")
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------------------
 
 
@@ -223,6 +275,36 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="print JSON")
     pr.add_argument("--top", type=_positive_int, help="show only the K most likely labels")
     pr.set_defaults(func=cmd_predict)
+
+    c = sub.add_parser("clean", help="apply cleaning decisions (delete/relabel) as one undoable batch",
+                       description="Apply a decisions file (JSON or CSV: path,action,label[,sha256]; path is "
+                                   "<label>/<file> inside DATA; action keep, delete or relabel) saved by the "
+                                   "notebook cleaner or written by hand. Deleted images go to DATA/.trash; "
+                                   "every move is journaled in DATA/.journal.jsonl; `whatsthat undo` reverts.")
+    c.add_argument("data", type=Path, nargs="?", default=Path("data"), help="dataset folder (default: data)")
+    c.add_argument("--apply", type=Path, required=True, metavar="FILE", help="decisions file (.json or .csv)")
+    c.add_argument("--dry-run", action="store_true", help="show what would move, change nothing")
+    c.set_defaults(func=cmd_clean)
+
+    u = sub.add_parser("undo", help="undo the last cleaning batch (repeat to go further back)")
+    u.add_argument("data", type=Path, nargs="?", default=Path("data"), help="dataset folder (default: data)")
+    u.add_argument("--batch", metavar="ID", help="undo this batch (see `whatsthat journal`) instead of the last")
+    u.set_defaults(func=cmd_undo)
+
+    tr = sub.add_parser("trash", help="list the trash, or empty it for good",
+                        description="`list` shows trashed images and where they came from; `empty` deletes them "
+                                    "for good (only with --yes; without it, shows what would go).")
+    tr.add_argument("data", type=Path, nargs="?", default=Path("data"), help="dataset folder (default: data)")
+    tr.add_argument("action", choices=["list", "empty"], help="list or empty")
+    tr.add_argument("--older-than", type=_positive_float, metavar="DAYS", help="only batches older than DAYS days")
+    tr.add_argument("--yes", action="store_true", help="really delete (empty)")
+    tr.set_defaults(func=cmd_trash)
+
+    jo = sub.add_parser("journal", help="show the cleaning batches applied to a dataset")
+    jo.add_argument("data", type=Path, nargs="?", default=Path("data"), help="dataset folder (default: data)")
+    jo.add_argument("-v", "--verbose", action="store_true", help="list every move of each batch")
+    jo.add_argument("--json", action="store_true", help="print the raw journal records")
+    jo.set_defaults(func=cmd_journal)
     return p
 
 
