@@ -65,7 +65,7 @@ def test_train_rejects_bad_options(make_dataset, tmp_path):
     with pytest.raises(WhatsthatError, match="unknown architecture"):
         train(data, tmp_path, arch="vgg99")
     with pytest.raises(WhatsthatError, match="nothing to train"):
-        train(data, tmp_path, epochs=0, freeze_epochs=0)
+        train(data, tmp_path, epochs=0, freeze_epochs=0, head_epochs=0)
     with pytest.raises(WhatsthatError, match="too small"):
         train(data, tmp_path, size=8)
 
@@ -149,15 +149,40 @@ def test_round_trip_random_resnet18(tiny_model):
 
 
 @pytest.mark.slow
-def test_round_trip_pretrained_efficientnet_learns(make_dataset, tmp_path):
+@pytest.mark.parametrize(
+    ("schedule", "stages"),
+    [
+        ({}, ["head (cached features)"] * 8 + ["unfrozen"]),  # whatsthat's default
+        ({"head_epochs": 0, "freeze_epochs": 1, "epochs": 1}, ["frozen", "unfrozen"]),  # the course's fine_tune
+    ],
+)
+def test_round_trip_pretrained_efficientnet_learns(make_dataset, tmp_path, schedule, stages):
     data = make_dataset(n=16, classes=("red", "blue", "green"))
-    result = train(data, tmp_path / "m", arch="efficientnet_lite0", epochs=1, size=64, bs=8, echo=lambda s: None)
-    assert [h["stage"] for h in result.history] == ["frozen", "unfrozen"]
+    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, echo=lambda s: None, **schedule)
+    assert [h["stage"] for h in result.history] == stages
     # real ImageNet features separate these easily: a random guess would be 0.67 error
     assert result.error_rate <= 0.34
     clf = _assert_round_trip(result, list(get_dataset_images(data))[::8])
     many = clf.predict_many([image_bytes(draw_image(c, 64, seed=99)) for c in ("red", "blue", "green")])
     assert len(many) == 3 and all(len(r) == 3 for r in many)
+
+
+def test_head_on_cached_features_trains_only_the_head(make_dataset, tmp_path):
+    import torch
+
+    data = make_dataset(n=10)
+    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=3, epochs=0,
+                   echo=lambda s: None)
+    from whatsthat.models import efficientnet_lite0
+
+    fresh = efficientnet_lite0(pretrained=True)
+    body = result.learn.model[0]
+    # the body is untouched (weights and BatchNorm statistics), the head learned
+    for (name, a), b in zip(body.state_dict().items(), list(fresh.state_dict().values())[: len(body.state_dict())],
+                            strict=True):
+        assert torch.equal(a, b), name
+    assert [h["epoch"] for h in result.history] == [0, 1, 2]
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
 
 
 def test_load_classifier_errors(tmp_path):

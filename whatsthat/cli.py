@@ -103,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = train(
         args.data, args.out, arch=args.arch, pretrained=not args.no_pretrained, epochs=args.epochs,
-        freeze_epochs=args.freeze_epochs, size=args.size, bs=args.bs, valid_pct=args.valid_pct, seed=args.seed,
+        freeze_epochs=args.freeze_epochs, head_epochs=args.head_epochs, size=args.size, bs=args.bs, valid_pct=args.valid_pct, seed=args.seed,
         lr=args.lr, workers=args.workers, threshold=args.threshold, progress=args.progress,
     )  # fmt: skip
     m = result.card["metrics"]
@@ -246,8 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, default=Path("."), help="where export.pkl goes (default: .)")
     t.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet34", "efficientnet_lite0"],
                    help="backbone (default resnet18, as in the course; efficientnet_lite0 trains fully offline)")
-    t.add_argument("--epochs", type=_count, default=4, help="epochs with all layers unfrozen (default 4)")
-    t.add_argument("--freeze-epochs", type=_count, default=1, help="epochs training only the head first (default 1)")
+    t.add_argument("--head-epochs", type=_count, default=8,
+                   help="first, epochs training only the head on cached body features: seconds each (default 8)")
+    t.add_argument("--freeze-epochs", type=_count, default=0,
+                   help="then fastai frozen-body epochs, as fine_tune's first stage (default 0; the course uses 1)")
+    t.add_argument("--epochs", type=_count, default=1, help="then epochs with all layers training (default 1; course 4)")
     t.add_argument("--size", type=_positive_int, default=224, help="training image size in pixels (default 224)")
     t.add_argument("--bs", type=_positive_int, default=32, help="batch size (default 32)")
     t.add_argument("--valid-pct", type=_fraction, default=0.2, help="share of images held out (default 0.2)")

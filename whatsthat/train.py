@@ -86,8 +86,9 @@ def train(
     *,
     arch: str = "resnet18",
     pretrained: bool = True,
-    epochs: int = 4,
-    freeze_epochs: int = 1,
+    epochs: int = 1,
+    freeze_epochs: int = 0,
+    head_epochs: int = 8,
     size: int = 224,
     bs: int = 32,
     valid_pct: float = 0.2,
@@ -100,6 +101,8 @@ def train(
 ) -> TrainResult:
     """Fine-tune `arch` on the folder-per-class dataset `data`; write export.pkl + card into `out`.
 
+    Stages, in order: `head_epochs` of the head alone on cached body features (seconds, see
+    fit_head_cached), `freeze_epochs` of fastai's frozen fit, `epochs` with every layer training.
     `lr=None` uses fastai's fine_tune default (2e-3). Returns the live learner too, for interpretation.
     """
     import fastai.callback.schedule  # noqa: F401  (adds Learner.fine_tune / fit_one_cycle)
@@ -112,10 +115,12 @@ def train(
 
     echo = echo or (lambda s: print(s, file=sys.stderr))
     data, out = Path(data), Path(out)
-    if epochs < 0 or freeze_epochs < 0:
-        raise WhatsthatError("epochs and freeze_epochs must be 0 or more")
-    if epochs + freeze_epochs == 0:
-        raise WhatsthatError("nothing to train: epochs and freeze_epochs are both 0")
+    if min(epochs, freeze_epochs, head_epochs) < 0:
+        raise WhatsthatError("epochs, freeze_epochs and head_epochs must be 0 or more")
+    if epochs + freeze_epochs + head_epochs == 0:
+        raise WhatsthatError("nothing to train: epochs, freeze_epochs and head_epochs are all 0")
+    if not pretrained:
+        head_epochs = 0  # a random body has no features worth caching: everything trains from the start
     if size < 32:
         raise WhatsthatError(f"image size {size} is too small; use 32 or more (224 is the usual)")
     if not 0 < threshold < 1:
@@ -131,22 +136,27 @@ def train(
     learn = vision_learner(
         dls, spec.builder(), pretrained=pretrained, normalize=False, metrics=[error_rate, accuracy], **head
     )
-    stages = ["frozen", "unfrozen"] if pretrained and freeze_epochs else ["unfrozen" if pretrained else "scratch"]
+    stages = (["frozen"] if pretrained and freeze_epochs else []) + ["unfrozen" if pretrained else "scratch"]
     # with a progress bar fastai prints the epoch table itself; without one we print our own lines
     recorder = EpochHistory(stages, echo=None if progress else echo)
     echo(f"training {arch} on {len(dls.train_ds)} images ({len(dls.valid_ds)} for validation), "
          f"classes {list(dls.vocab)}, size {size}, bs {dls.bs}")
+    base_lr = lr or 2e-3
     t0 = time.time()
+    head_history = fit_head_cached(learn, head_epochs, base_lr * 5, seed, echo) if head_epochs else []
     quiet = contextlib.ExitStack()
     if not progress:
         quiet.enter_context(learn.no_bar())
         quiet.enter_context(learn.no_logging())  # fastai would print raw lists to stdout
     with quiet:
-        if pretrained:
-            learn.fine_tune(epochs, base_lr=lr or 2e-3, freeze_epochs=freeze_epochs, cbs=[recorder])
-        else:  # nothing pretrained to protect: train everything from the start
-            learn.fit_one_cycle(epochs + freeze_epochs, lr or 2e-3, cbs=[recorder])
-    history = recorder.history
+        if not pretrained:  # nothing pretrained to protect: train everything from the start
+            learn.fit_one_cycle(epochs + freeze_epochs, base_lr, cbs=[recorder])
+        elif freeze_epochs:
+            learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=freeze_epochs, cbs=[recorder])
+        elif epochs:  # fine_tune's second half: the head is trained already
+            learn.unfreeze()
+            learn.fit_one_cycle(epochs, slice(base_lr / 200, base_lr / 2), pct_start=0.3, div=5.0, cbs=[recorder])
+    history = head_history + recorder.history
     train_seconds = time.time() - t0
 
     metrics = evaluate(learn)
@@ -163,7 +173,8 @@ def train(
             "epochs": epochs,
             "freeze_epochs": freeze_epochs,
             "batch_size": dls.bs,
-            "lr": lr or 2e-3,
+            "head_epochs": head_epochs,
+            "lr": base_lr,
             "seed": seed,
             "valid_pct": valid_pct,
             "split": "hash of file name (stable across cleaning rounds)",
@@ -185,6 +196,68 @@ def train(
     echo(f"validation error {metrics['error_rate']:.3f} (accuracy {metrics['accuracy']:.3f}) after "
          f"{train_seconds:.0f}s; wrote {model_path} and {card_path_for(model_path).name}")
     return TrainResult(learn, model_path, card_path_for(model_path), card, history)
+
+
+def fit_head_cached(learn, epochs: int, lr: float, seed: int = 42, echo: Callable[[str], None] | None = None,
+                    bs: int = 64) -> list[dict]:
+    """Train only the head, for `epochs`, on body features computed once per image.
+
+    fastai's frozen epoch still runs the whole body forward *and backward* (its BatchNorm layers
+    stay trainable), so it costs as much as an unfrozen epoch. Here the body runs once, forward
+    only, on deterministic validation-style crops; then each head epoch takes milliseconds. The
+    body's BatchNorm statistics are left as pretrained until the unfrozen epochs adapt them.
+    """
+    import torch
+    from torch.nn import functional as F
+
+    body, head = learn.model[0], learn.model[1]
+    dls = learn.dls
+    train_dl = dls.test_dl(dls.train_ds.items, with_labels=True, bs=bs)  # validation transforms: no augmentation
+
+    def features(dl):
+        xs, ys = [], []
+        body.eval()
+        with torch.no_grad():  # not inference_mode: these tensors feed a backward pass later
+            for xb, yb in dl:
+                # plain tensors: fastai's TensorImage/TensorCategory types reject F.cross_entropy
+                xs.append(body(xb).as_subclass(torch.Tensor))
+                ys.append(yb.as_subclass(torch.Tensor))
+        return torch.cat(xs), torch.cat(ys).long()
+
+    t0 = time.time()
+    xt, yt = features(train_dl)
+    xv, yv = features(dls.valid)
+    t_feats = time.time() - t0
+    n = len(xt)
+    steps_per_epoch = max(1, n // bs)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(epochs):
+        head.train()
+        perm = torch.randperm(n, generator=gen)
+        losses = []
+        for i in range(steps_per_epoch):  # drop the last partial batch, as fastai does (BatchNorm needs 2+)
+            idx = perm[i * bs : (i + 1) * bs]
+            loss = F.cross_entropy(head(xt[idx]), yt[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        head.eval()
+        with torch.no_grad():
+            out = head(xv)
+        err = (out.argmax(1) != yv).float().mean().item()
+        rec = {"stage": "head (cached features)", "epoch": epoch, "train_loss": round(sum(losses) / len(losses), 5),
+               "valid_loss": round(F.cross_entropy(out, yv).item(), 5), "error_rate": round(err, 5),
+               "accuracy": round(1 - err, 5), "time": f"{t_feats if epoch == 0 else 0:.0f}s"}
+        history.append(rec)
+        if echo:
+            echo(f"[head] epoch {epoch}: train_loss {rec['train_loss']:.4f}  valid_loss {rec['valid_loss']:.4f}  "
+                 f"error_rate {err:.4f}" + (f"  (features {t_feats:.0f}s)" if epoch == 0 else ""))
+    return history
 
 
 def evaluate(learn) -> dict:
