@@ -100,8 +100,12 @@ class Decision:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Decision:
-        """A decision from a mapping with keys path, action, and optional label, sha256."""
-        unknown = set(d) - {"path", "action", "label", "sha256"}
+        """A decision from a mapping with keys path, action, and optional label, sha256, note.
+
+        `note` (a person's reason, e.g. "plush toy") is allowed so hand-written files can say why;
+        it is not used.
+        """
+        unknown = set(d) - {"path", "action", "label", "sha256", "note"}
         if unknown:
             raise WhatsthatError(f"decision {d!r}: unknown field(s) {', '.join(sorted(unknown))}")
         if not d.get("path"):
