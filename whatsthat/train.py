@@ -307,6 +307,7 @@ def export(learn, model_path: str | Path, card: dict) -> Path:
     os.close(fd)
     try:
         learn.export(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a web server may run as another user
         os.replace(tmp, model_path)
     finally:
         if os.path.exists(tmp):
