@@ -54,12 +54,19 @@ def test_bad_arguments_get_a_usage_message(args, message):
         (["gather", "only=one"], "at least two categories"),
         (["gather", "--config", "missing.toml"], "categories file not found"),
         (["interpret", "nowhere"], "dataset folder not found"),
+        (["serve", "--model", "missing.pkl"], "model file not found"),
     ],
 )
 def test_user_errors_are_one_clear_line(tmp_path, args, message):
     proc = run(*args, cwd=tmp_path, check=False)
     assert proc.returncode == 1, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_deploy_check_lists_problems_of_an_empty_folder(tmp_path):
+    proc = run("deploy-check", str(tmp_path), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "requirements.txt" in proc.stdout and "Procfile is missing" in proc.stdout
 
 
 @pytest.mark.slow

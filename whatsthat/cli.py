@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from whatsthat import __version__
@@ -206,6 +207,25 @@ def cmd_journal(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from whatsthat.serve import serve
+
+    return serve(args.model, port=args.port, host=args.host, notebook=args.notebook, examples=args.examples)
+
+
+def cmd_deploy_check(args: argparse.Namespace) -> int:
+    from whatsthat.deploy import check_deploy
+
+    problems = check_deploy(args.root, model=args.model)
+    for p in problems:
+        print(f"- {p}")
+    if problems:
+        print(f"{len(problems)} problem(s): the deployed app would not match this environment", file=sys.stderr)
+        return 1
+    print("deploy files OK: requirements pins match this environment, Procfile, runtime and export.pkl check out")
+    return 0
+
+
 # --- parser ---------------------------------------------------------------------------------------
 
 
@@ -308,10 +328,28 @@ def build_parser() -> argparse.ArgumentParser:
     jo.add_argument("-v", "--verbose", action="store_true", help="list every move of each batch")
     jo.add_argument("--json", action="store_true", help="print the raw journal records")
     jo.set_defaults(func=cmd_journal)
+
+    sv = sub.add_parser("serve", help="serve the web page (Voila) for a model, locally",
+                        description="Run Voila on app.ipynb with kernel culling and a preheated kernel.")
+    sv.add_argument("--model", type=Path, default=Path(os.environ.get("WHATSTHAT_MODEL", "export.pkl")),
+                    help="exported model (default: $WHATSTHAT_MODEL or export.pkl)")
+    sv.add_argument("--port", type=_positive_int, default=int(os.environ.get("PORT", 8866)),
+                    help="port (default: $PORT or 8866)")
+    sv.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1; 0.0.0.0 for all)")
+    sv.add_argument("--notebook", type=Path, help="the app notebook (default: ./app.ipynb or the checkout's)")
+    sv.add_argument("--examples", type=Path, help="folder of example images offered on the page")
+    sv.set_defaults(func=cmd_serve)
+
+    dc = sub.add_parser("deploy-check", help="check the deployment files against this environment and the model")
+    dc.add_argument("root", type=Path, nargs="?", default=Path("."), help="the repository (default: .)")
+    dc.add_argument("--model", type=Path, help="model to check (default: ROOT/export.pkl)")
+    dc.set_defaults(func=cmd_deploy_check)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torch warns on fastai's import that torch.jit.script is deprecated: nothing a user can act on
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -59,6 +59,10 @@ def _describe_non_image(data: bytes) -> str:
     return "unknown"
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"  # binary megabytes, as file managers and phones count them
+
+
 def load_image(
     source: bytes | str | Path, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS
 ) -> Image.Image:
@@ -70,14 +74,14 @@ def load_image(
         except OSError as e:
             raise ImageError("unreadable", f"cannot read {path}: {e.strerror or e}") from e
         if size > max_bytes:
-            raise ImageError("too-large", f"file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
+            raise ImageError("too-large", f"file is {_mib(size)}; the limit is {_mib(max_bytes)}")
         data = path.read_bytes()
     else:
         data = bytes(source)
     if not data:
         raise ImageError("empty", "the file is empty (0 bytes)")
     if len(data) > max_bytes:
-        raise ImageError("too-large", f"file is {len(data) / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
+        raise ImageError("too-large", f"file is {_mib(len(data))}; the limit is {_mib(max_bytes)}")
     if sniff(data) is None:
         kind = _describe_non_image(data)
         if kind == "svg":

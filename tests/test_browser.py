@@ -1,0 +1,362 @@
+"""The real thing: Voila (started with whatsthat.serve's command) driven by headless Chromium.
+
+Uses the shipped export.pkl with a real bear photo when both exist, else the tiny model with a
+generated picture. Skipped without /usr/bin/chromium, except under CI=true, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import ROOT, SHARED_BEARS, draw_image, image_bytes
+from model_fixture import SHIPPED_MODEL, tiny_model  # noqa: F401  (pytest fixture)
+
+from whatsthat.serve import voila_command
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+CULL_IDLE = 30  # short, so the culling test can watch a kernel go
+CULL_INTERVAL = 5
+START_TIMEOUT = 180
+EVIL_NAME = '<img src=x onerror="alert(1)">.jpg'
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    model: Path
+    photo: tuple[str, bytes]  # (name, bytes) of a picture to classify
+    expected: str  # what the model says about it in-process: the label or "not sure"
+    timings: dict = field(default_factory=dict)
+
+    def kernels(self) -> list[psutil.Process]:
+        try:
+            children = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return [p for p in children if _is_kernel(p)]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _is_kernel(p: psutil.Process) -> bool:
+    try:
+        return "ipykernel_launcher" in " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http_status(url: str) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    missing = []
+    if not CHROMIUM.exists():
+        missing.append(f"{CHROMIUM} (Debian's chromium package)")
+    if importlib.util.find_spec("playwright") is None:
+        missing.append("the playwright Python package (pip install -e '.[dev]')")
+    if missing:
+        if os.environ.get("CI") == "true":  # on CI a skipped browser test would hide a broken page
+            pytest.fail("browser tests need " + " and ".join(missing))
+        pytest.skip("needs " + " and ".join(missing))
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def model_and_photo(request) -> tuple[Path, tuple[str, bytes], str]:
+    """The shipped model and a real grizzly when available, else the tiny model and a generated picture.
+
+    The expected answer is what the model says in-process, so the page must agree with it exactly.
+    """
+    from whatsthat.app import verdict
+    from whatsthat.predict import load_classifier
+
+    if SHIPPED_MODEL.is_file() and (SHARED_BEARS / "grizzly").is_dir():
+        path = sorted((SHARED_BEARS / "grizzly").glob("*.jpg"))[0]
+        model, photo = SHIPPED_MODEL, (path.name, path.read_bytes())
+    else:
+        model, photo = request.getfixturevalue("tiny_model"), ("red.jpg", image_bytes(draw_image("red", 96)))
+    clf = load_classifier(model)
+    return model, photo, verdict(clf.predict(photo[1]), clf.threshold)
+
+
+@pytest.fixture(scope="module")
+def server(chromium, model_and_photo, tmp_path_factory):
+    """Voila on a free local port, culling on, every Jupyter/home dir in tmp; all its processes stopped after."""
+    model, photo, expected = model_and_photo
+    tmp = tmp_path_factory.mktemp("voila")
+    home = tmp / "home"
+    env = dict(os.environ)
+    for var, sub in [
+        ("HOME", ""),
+        ("XDG_CACHE_HOME", ".cache"),
+        ("XDG_CONFIG_HOME", ".config"),
+        ("XDG_DATA_HOME", ".local/share"),
+        ("JUPYTER_CONFIG_DIR", ".jupyter"),
+        ("JUPYTER_DATA_DIR", ".local/share/jupyter"),
+        ("JUPYTER_RUNTIME_DIR", ".local/share/jupyter/runtime"),
+        ("IPYTHONDIR", ".ipython"),
+        ("MPLCONFIGDIR", ".config/matplotlib"),
+        ("TORCH_HOME", ".cache/torch"),
+    ]:
+        (home / sub).mkdir(parents=True, exist_ok=True)
+        env[var] = str(home / sub)
+    env["JUPYTER_PLATFORM_DIRS"] = "1"
+    env.pop("WHATSTHAT_EXAMPLES", None)
+    port = _free_port()
+    cmd = voila_command(
+        "app.ipynb",
+        port,
+        "127.0.0.1",
+        model,
+        examples=tmp / "no-examples",
+        cull_idle_timeout=CULL_IDLE,
+        cull_interval=CULL_INTERVAL,
+        extra_args=[f"--Voila.connection_dir_root={tmp}"],
+    )
+    log = tmp / "voila.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    srv = Server(f"http://127.0.0.1:{port}", proc, log, model, photo, expected)
+    started: set[int] = set()
+    try:
+        t0 = time.monotonic()
+        while _http_status(srv.url + "/voila/static/voila.js") != 200:
+            if proc.poll() is not None:
+                pytest.fail(f"voila exited with {proc.returncode}:\n{srv.log_text()}")
+            if time.monotonic() - t0 > START_TIMEOUT:
+                pytest.fail(f"voila did not answer in {START_TIMEOUT}s:\n{srv.log_text()}")
+            time.sleep(0.25)
+        srv.timings["server_ready_s"] = time.monotonic() - t0
+        # preheating: a pooled kernel starts with the server...
+        while "Kernel pool of app.ipynb is filled" not in srv.log_text():
+            if time.monotonic() - t0 > START_TIMEOUT:
+                pytest.fail(f"the kernel pool was not filled in {START_TIMEOUT}s:\n{srv.log_text()}")
+            time.sleep(0.25)
+        # ...and wait until that kernel has run the notebook, so page_load_s is what a visitor gets
+        while "whatsthat.app: model " not in srv.log_text():
+            if time.monotonic() - t0 > START_TIMEOUT:
+                pytest.fail(f"the preheated kernel did not load the model in {START_TIMEOUT}s:\n{srv.log_text()}")
+            time.sleep(0.25)
+        srv.timings["model_loaded_in_pool_s"] = time.monotonic() - t0
+        yield srv
+    finally:
+        started |= {p.pid for p in srv.kernels()}
+        _stop(proc, started)
+        print(f"\nvoila timings: {json.dumps({k: round(v, 2) for k, v in srv.timings.items()})}")
+
+
+def _stop(proc: subprocess.Popen, kernel_pids: set[int]) -> None:
+    """SIGTERM voila's process group (it shuts its kernels down), then kill whatever we started that is left."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+    for pid in kernel_pids:  # kernels run in their own sessions: not in voila's process group
+        try:
+            p = psutil.Process(pid)
+            if _is_kernel(p):
+                p.kill()
+        except psutil.NoSuchProcess:
+            continue
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh visitor: opens the app and waits for the widgets; fails on any JavaScript dialog (XSS)."""
+    context = browser.new_context()
+    pg = context.new_page()
+    dialogs: list[str] = []
+    pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    t0 = time.monotonic()
+    pg.goto(server.url + "/", wait_until="domcontentloaded", timeout=120_000)
+    pg.get_by_role("button", name="Classify").wait_for(timeout=120_000)
+    server.timings.setdefault("page_load_s", time.monotonic() - t0)
+    try:
+        yield pg
+    finally:
+        context.close()
+    assert dialogs == [], f"a JavaScript dialog opened: {dialogs}"
+
+
+def upload(page, *files: tuple[str, bytes] | Path) -> None:
+    """Choose files in the upload widget: (name, bytes) pairs, or paths (much faster for big files)."""
+    from playwright.sync_api import expect
+
+    # the app empties the upload after each Classify: a new "(n)" below is this upload, not the last one
+    expect(page.locator(".widget-upload")).to_have_text(re.compile(r"^\s*Upload( \(0\))?\s*$"), timeout=30_000)
+    with page.expect_file_chooser() as chooser:
+        page.click(".widget-upload")
+    chooser.value.set_files(
+        [f if isinstance(f, Path) else {"name": f[0], "mimeType": "image/jpeg", "buffer": f[1]} for f in files]
+    )
+    # the button counts the files once the browser has read them; the value is sent before the click
+    page.locator(".widget-upload").filter(has_text=f"({len(files)})").wait_for(timeout=60_000)
+
+
+def classify(page, expect_prefix: str, timeout_ms: int = 120_000) -> str:
+    page.get_by_role("button", name="Classify").click()
+    label = page.locator(".widget-label").filter(has_text=expect_prefix)
+    label.wait_for(timeout=timeout_ms)
+    return label.inner_text()
+
+
+def test_page_shows_the_app_without_source(page):
+    body = page.content()
+    assert "app_or_message" not in body and "WHATSTHAT_MODEL" not in body  # strip_sources
+    assert "Traceback" not in body
+    assert page.get_by_text("What's that?").count() >= 1
+    assert page.locator(".whatsthat-card").inner_text().startswith("Knows")
+
+
+def test_upload_classify_and_recover_from_a_bad_file(page, server):
+    # nothing uploaded yet
+    assert classify(page, "Nothing to classify").startswith("Nothing to classify yet")
+
+    name, data = server.photo
+    upload(page, (name, data))
+    t0 = time.monotonic()
+    text = classify(page, "Prediction:")
+    server.timings.setdefault("click_to_prediction_s", time.monotonic() - t0)
+    assert text.startswith(f"Prediction: {server.expected}"), text
+    assert page.locator(".whatsthat-result img").count() == 1
+    assert page.locator(".whatsthat-bar").count() >= 2
+
+    # a text file pretending to be a JPEG: a friendly message, no traceback
+    upload(page, ("notes.jpg", b"these are my notes, not a photo\n" * 5))
+    text = classify(page, "Could not classify")
+    assert (
+        text == "Could not classify notes.jpg: this is not an image file (JPEG, PNG, GIF, WebP, BMP or TIFF expected)"
+    )
+    assert "Traceback" not in page.content()
+
+    # ...and the page keeps working
+    upload(page, (name, data))
+    t0 = time.monotonic()
+    classify(page, "Prediction:")
+    server.timings["click_to_prediction_warm_s"] = time.monotonic() - t0
+
+    # the rejection went to the server log, for the operator
+    deadline = time.monotonic() + 10
+    while "upload 'notes.jpg' rejected (not-image" not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()[-3000:]
+        time.sleep(0.2)
+
+
+def test_several_files_and_html_in_a_file_name(page, server):
+    name, data = server.photo
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>'
+    upload(page, (EVIL_NAME, data), ("drawing.svg", svg), ("blank.jpg", b""))
+    text = classify(page, "3 images:")
+    assert EVIL_NAME in text  # shown as text in the Label...
+    results = page.locator(".whatsthat-result")
+    assert results.count() == 3
+    assert EVIL_NAME in results.nth(0).inner_text()  # ...and in the result card, escaped, not parsed
+    assert page.locator('img[src="x"]').count() == 0
+    assert "SVG drawings are not supported" in results.nth(1).inner_text()
+    assert "empty" in results.nth(2).inner_text()
+
+
+def test_big_uploads_do_not_break_the_page(page, tmp_path):
+    """Over tornado's default 10 MiB websocket message the connection would drop and the page die."""
+    from PIL import Image
+
+    noise = Image.frombytes("RGB", (1900, 1900), os.urandom(1900 * 1900 * 3))
+    noise.save(tmp_path / "big.png", compress_level=1)
+    assert (tmp_path / "big.png").stat().st_size > 10 * 2**20
+    upload(page, tmp_path / "big.png")
+    classify(page, "Prediction:")
+    (tmp_path / "huge.jpg").write_bytes(b"\xff\xd8\xff" + bytes(30_000_000))
+    upload(page, tmp_path / "huge.jpg")
+    assert "file is 30.0 MB; the limit is" in classify(page, "Could not classify huge.jpg")
+    upload(page, ("small.jpg", image_bytes(draw_image("red", 64))))
+    classify(page, "Prediction:")
+
+
+def test_exif_rotated_and_animated_uploads(page):
+    from PIL import Image
+
+    wide = Image.new("RGB", (120, 60), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    frames = [Image.new("RGB", (64, 64), c) for c in ((200, 30, 30), (30, 30, 200))]
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    upload(page, ("phone.jpg", image_bytes(wide, "JPEG", exif=exif)), ("anim.gif", buf.getvalue()))
+    classify(page, "2 images:")
+    box = page.locator(".whatsthat-result img").first.bounding_box()
+    assert box and box["height"] > box["width"]  # upright: EXIF orientation applied
+    assert page.locator(".whatsthat-result img").count() == 2
+
+
+def test_kernel_memory_and_idle_culling(page, server):
+    """This visitor's kernel is culled after CULL_IDLE seconds idle, even with the tab still open."""
+    classify(page, "Nothing to classify")  # this page's kernel is alive and was just busy
+    kernel_id = re.findall(r"Connecting to kernel ([0-9a-f-]{36})", server.log_text())[-1]
+    rss = [p.memory_info().rss for p in server.kernels()]
+    assert len(rss) >= 2, "expected this visitor's kernel plus a preheated one"
+    server.timings["kernel_rss_mb_max"] = max(rss) / 2**20
+    server.timings["kernels_alive"] = len(rss)
+    t0 = time.monotonic()
+    culled = re.compile(rf"Culling 'idle' kernel 'python3' \({kernel_id}\) with 1 connections")
+    while not culled.search(server.log_text()):
+        assert time.monotonic() - t0 < CULL_IDLE + 4 * CULL_INTERVAL + 30, server.log_text()[-3000:]
+        time.sleep(1)
+    server.timings["culled_after_idle_s"] = time.monotonic() - t0
+    assert f"Culling kernels with idle durations > {CULL_IDLE} seconds" in server.log_text()

@@ -1,0 +1,152 @@
+"""Serve the app notebook with Voila: one place that decides the server flags.
+
+Voila starts one Python kernel (torch + fastai + the model: hundreds of MB) per page view, so:
+
+- kernel culling is always on: a kernel idle for `cull_idle_timeout` seconds is shut down, even
+  with a tab still open (`cull_connected`), because closed phones and crashed tabs never say goodbye;
+- preheating keeps `pool_size` kernels that have already run the notebook (model loaded), so a
+  visitor waits for a page, not for `import torch`; each pooled kernel costs a kernel's memory;
+- sources are stripped and tracebacks are never sent to visitors.
+
+`whatsthat serve` calls `serve()`, and the Procfile is `procfile_line()` (tests keep them in sync).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from whatsthat.errors import WhatsthatError
+
+DEFAULT_PORT = 8866
+CULL_IDLE_TIMEOUT = 600  # seconds; a visitor thinking for 10 minutes reloads the page, a leak lasts forever
+CULL_INTERVAL = 60
+POOL_SIZE = 1  # one warm kernel: the next visitor is fast, and a small dyno still fits two kernels
+# One upload (all its files) travels in one websocket message. Tornado's default limit, 10 MiB, is
+# smaller than many phone photos, and a bigger message drops the connection: the page stops working.
+# 64 MiB lets several photos through and lets images.load_image refuse the oversized ones politely.
+MAX_UPLOAD_MB = 64
+REPO_NOTEBOOK = Path(__file__).resolve().parent.parent / "app.ipynb"
+
+
+def voila_command(
+    notebook: str | Path = "app.ipynb",
+    port: int | str = DEFAULT_PORT,
+    host: str = "127.0.0.1",
+    model: str | Path | None = None,
+    *,
+    examples: str | Path | None = None,
+    cull_idle_timeout: int = CULL_IDLE_TIMEOUT,
+    cull_interval: int = CULL_INTERVAL,
+    cull_connected: bool = True,
+    preheat: bool = True,
+    pool_size: int = POOL_SIZE,
+    max_upload_mb: int = MAX_UPLOAD_MB,
+    voila: Sequence[str] | None = None,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The argv that serves `notebook` with Voila: `env MPLBACKEND=Agg [WHATSTHAT_MODEL=...] voila ...`.
+
+    `port` may be a string such as "$PORT" (for a Procfile). `voila` is the program to run
+    (default: this interpreter's `python -m voila`). The model and examples reach the kernel
+    through the environment, which Voila passes on to every kernel it starts.
+    """
+    if cull_idle_timeout <= 0 or cull_interval <= 0:
+        raise WhatsthatError("kernel culling must stay on: cull_idle_timeout and cull_interval must be positive")
+    if preheat and pool_size < 1:
+        raise WhatsthatError("preheating needs a pool size of at least 1 (or turn preheating off)")
+    env = ["MPLBACKEND=Agg"]  # no GUI backend on a server; kernels inherit it
+    if model is not None:
+        env.append(f"WHATSTHAT_MODEL={model}")
+    if examples is not None:
+        env.append(f"WHATSTHAT_EXAMPLES={examples}")
+    program = list(voila) if voila is not None else [sys.executable, "-m", "voila"]
+    args = [
+        f"--port={port}",
+        f"--Voila.ip={host}",
+        "--no-browser",
+        "--strip_sources=True",
+        "--show_tracebacks=False",
+        f"--MappingKernelManager.cull_idle_timeout={int(cull_idle_timeout)}",
+        f"--MappingKernelManager.cull_interval={int(cull_interval)}",
+        f"--MappingKernelManager.cull_connected={cull_connected}",
+        # JSON, not key=value: traitlets would pass the number to tornado as a string
+        "--Voila.tornado_settings="
+        + json.dumps({"websocket_max_message_size": int(max_upload_mb) * 2**20}, separators=(",", ":")),
+    ]
+    if preheat:
+        args += ["--preheat_kernel=True", f"--pool_size={int(pool_size)}"]
+    return ["env", *env, *program, *args, *extra_args, str(notebook)]
+
+
+def procfile_line(notebook: str = "app.ipynb") -> str:
+    """The Procfile's web process: Voila on Heroku's $PORT, all interfaces, same flags as `serve()`."""
+    argv = voila_command(notebook, "$PORT", "0.0.0.0", voila=["voila"])
+    # shlex.join would quote $PORT and stop the shell from expanding it
+    return "web: " + " ".join(a if a == "--port=$PORT" else shlex.quote(a) for a in argv)
+
+
+def find_notebook(notebook: str | Path | None = None) -> Path:
+    """`notebook`, else ./app.ipynb, else the checkout's app.ipynb; a clear error when none exists."""
+    candidates = [Path(notebook)] if notebook is not None else [Path("app.ipynb"), REPO_NOTEBOOK]
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    raise WhatsthatError(
+        f"app notebook not found: {candidates[0]} (run from the whatsthat checkout or pass --notebook)"
+    )
+
+
+def serve(
+    model: str | Path = "export.pkl",
+    *,
+    port: int = DEFAULT_PORT,
+    host: str = "127.0.0.1",
+    notebook: str | Path | None = None,
+    examples: str | Path | None = None,
+    cull_idle_timeout: int = CULL_IDLE_TIMEOUT,
+    cull_interval: int = CULL_INTERVAL,
+    preheat: bool = True,
+    pool_size: int = POOL_SIZE,
+    echo: Callable[[str], None] | None = None,
+) -> int:
+    """Run Voila on `notebook` with `model` until interrupted; returns Voila's exit code.
+
+    The model path is made absolute (the kernel runs in the notebook's folder). A missing model
+    or notebook raises WhatsthatError before anything starts.
+    """
+    nb = find_notebook(notebook)
+    model_path = Path(model).resolve()
+    if not model_path.is_file():
+        raise WhatsthatError(f"model file not found: {model_path} (train one with `whatsthat train`, or pass --model)")
+    examples_path = Path(examples).resolve() if examples is not None else None
+    cmd = voila_command(
+        nb.name,
+        port,
+        host,
+        model_path,
+        examples=examples_path,
+        cull_idle_timeout=cull_idle_timeout,
+        cull_interval=cull_interval,
+        preheat=preheat,
+        pool_size=pool_size,
+    )
+    echo = echo or (lambda s: print(s, file=sys.stderr))
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+    echo(f"serving {nb} with {model_path} at http://{shown}:{port}/ (Ctrl-C stops)")
+    proc = subprocess.Popen(cmd, cwd=nb.parent)  # the kernel's cwd is the notebook's folder, as in Voila
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        # Voila shuts its kernels down on SIGINT; give it time before forcing
+        proc.send_signal(signal.SIGINT)
+        try:
+            return proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
