@@ -88,7 +88,7 @@ def test_binder_server_allows_the_same_upload_size_as_voila():
 
 
 def test_binder_and_heroku_docs_exist():
-    text = (ROOT / "docs" / "deploy.md").read_text()
+    text = (ROOT / "README.md").read_text()
     assert "urlpath=voila/render/app.ipynb" in text
     assert "git push heroku" in text
 

@@ -1,6 +1,6 @@
 """Clean a dataset safely: apply delete/relabel decisions reversibly, journal them, undo them.
 
-Rules (see docs/maintainers.md):
+Rules (see the README, "Maintaining the model"):
 
 * Nothing is ever unlinked here except by `empty_trash`. A deletion moves the file to
   ``<root>/.trash/<batch>/<label>/<name>``; a relabel moves it to ``<root>/<new label>/<name>``.
