@@ -4,8 +4,11 @@
 VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
-# Pinned: an unpinned torch pulls a multi-GB CUDA build. These versions trained the shipped model.
+# The versions that trained the shipped model (export.pkl must be unpickled by the same ones).
+# PyPI's Linux build of torch includes CUDA (GBs); for a CPU-only venv add the PyTorch CPU index:
+#   make app TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX ?=
 PORT   ?= 8866
 
 .PHONY: install app test lint bench clean-venv
@@ -13,7 +16,7 @@ PORT   ?= 8866
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet $(TORCH_INDEX) $(TORCH)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 

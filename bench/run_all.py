@@ -1,0 +1,22 @@
+"""Run every benchmark in turn (each prints its own table): `make bench` or `python bench/run_all.py`.
+
+Takes about half an hour on a 2-core CPU, mostly the training runs. Run on an otherwise idle machine.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = ["train_bench.py", "predict_bench.py", "app_bench.py", "gather_bench.py", "deploy_size.py"]
+
+if __name__ == "__main__":
+    failed = []
+    for script in SCRIPTS:
+        print(f"\n## {script}\n", flush=True)
+        if subprocess.run([sys.executable, str(HERE / script)], cwd=HERE.parent).returncode != 0:
+            failed.append(script)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
