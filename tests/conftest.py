@@ -94,8 +94,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    """A real exported model trained for a few seconds on generated red/blue images (random init)."""
+def tiny_training(tmp_path_factory):
+    """A real model trained for a few seconds on generated red/blue images (random init): the TrainResult.
+
+    Session-scoped fixtures are set up outside the per-test isolated home, so it isolates its own.
+    """
     from whatsthat.train import train
 
     root = tmp_path_factory.mktemp("tiny")
@@ -104,6 +107,8 @@ def tiny_model(tmp_path_factory):
         (data / c).mkdir(parents=True)
         for i in range(16):
             draw_image(c, 64, seed=i).save(data / c / f"{c}_{i:03d}.jpg", quality=90)
-    result = train(data, root / "model", arch="resnet18", pretrained=False, epochs=2, freeze_epochs=0,
-                   size=64, bs=8, echo=lambda s: None)
-    return result
+    with pytest.MonkeyPatch.context() as mp:
+        for var in ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "TORCH_HOME"):
+            mp.setenv(var, str(root / "home"))
+        return train(data, root / "model", arch="resnet18", pretrained=False, epochs=2, freeze_epochs=0,
+                     size=64, bs=8, echo=lambda s: None)

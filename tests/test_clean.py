@@ -445,7 +445,7 @@ def ipython_display(monkeypatch):
 
 
 @pytest.fixture
-def learner_on_copy(tiny_model, tmp_path):
+def learner_on_copy(tiny_training, tmp_path):
     """The session's tiny learner (a copy of its model) over a copy of its data, which we may clean."""
     from fastai.learner import Learner
 
@@ -453,10 +453,10 @@ def learner_on_copy(tiny_model, tmp_path):
     from whatsthat.models import get_arch
 
     data = tmp_path / "data"
-    shutil.copytree(tiny_model.card["dataset"]["path"], data)
+    shutil.copytree(tiny_training.card["dataset"]["path"], data)
     with_manifest(data)
     dls = make_dataloaders(data, size=64, bs=8, stats=get_arch("resnet18").stats)
-    learn = Learner(dls, copy.deepcopy(tiny_model.learn.model), loss_func=tiny_model.learn.loss_func)
+    learn = Learner(dls, copy.deepcopy(tiny_training.learn.model), loss_func=tiny_training.learn.loss_func)
     return learn, data
 
 

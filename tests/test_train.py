@@ -132,11 +132,11 @@ def _assert_round_trip(result, files):
 
 
 @pytest.mark.slow
-def test_round_trip_random_resnet18(tiny_model):
-    data = tiny_model.card["dataset"]["path"]
+def test_round_trip_random_resnet18(tiny_training):
+    data = tiny_training.card["dataset"]["path"]
     files = list(get_dataset_images(data))[:6]
-    clf = _assert_round_trip(tiny_model, files)
-    card = json.loads(card_path_for(tiny_model.model_path).read_text())
+    clf = _assert_round_trip(tiny_training, files)
+    card = json.loads(card_path_for(tiny_training.model_path).read_text())
     assert card["classes"] == ["blue", "red"] and card["arch"] == "resnet18" and card["pretrained"] is False
     assert card["dataset"]["n_images"] == 32 and len(card["dataset"]["sha256"]) == 64
     assert set(card["metrics"]) >= {"error_rate", "accuracy", "valid_loss", "per_class", "confusion"}
