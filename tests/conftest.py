@@ -14,29 +14,38 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_BEARS = ROOT.parent / "shared" / "datasets" / "bears"
 
 
+USER_DIRS = [  # every place a tool might write user state, relative to a fake home
+    ("HOME", ""),
+    ("XDG_CACHE_HOME", ".cache"),
+    ("XDG_CONFIG_HOME", ".config"),
+    ("XDG_DATA_HOME", ".local/share"),
+    ("JUPYTER_CONFIG_DIR", ".jupyter"),
+    ("JUPYTER_DATA_DIR", ".local/share/jupyter"),
+    ("JUPYTER_RUNTIME_DIR", ".local/share/jupyter/runtime"),
+    ("IPYTHONDIR", ".ipython"),
+    ("MPLCONFIGDIR", ".config/matplotlib"),
+    ("TORCH_HOME", ".cache/torch"),
+]
+
+
+def isolated_env(home: Path) -> dict[str, str]:
+    """Environment variables that point every user directory into `home` (created here)."""
+    env = {}
+    for var, sub in USER_DIRS:
+        (home / sub).mkdir(parents=True, exist_ok=True)
+        env[var] = str(home / sub)
+    env["MPLBACKEND"] = "Agg"
+    # Jupyter kernels must find this interpreter's kernelspec, not one from the real home
+    env["JUPYTER_PLATFORM_DIRS"] = "1"
+    return env
+
+
 @pytest.fixture(autouse=True)
 def isolated_home(tmp_path_factory, monkeypatch):
     """Nothing a test runs may write into the user's home, Jupyter or torch dirs."""
     home = tmp_path_factory.mktemp("home")
-    for var, sub in [
-        ("HOME", ""),
-        ("XDG_CACHE_HOME", ".cache"),
-        ("XDG_CONFIG_HOME", ".config"),
-        ("XDG_DATA_HOME", ".local/share"),
-        ("JUPYTER_CONFIG_DIR", ".jupyter"),
-        ("JUPYTER_DATA_DIR", ".local/share/jupyter"),
-        ("JUPYTER_RUNTIME_DIR", ".local/share/jupyter/runtime"),
-        ("IPYTHONDIR", ".ipython"),
-        ("MPLCONFIGDIR", ".config/matplotlib"),
-    ]:
-        path = home / sub
-        path.mkdir(parents=True, exist_ok=True)
-        monkeypatch.setenv(var, str(path))
-    # torch hub cache: keep pointing at the real one read-only? No: tests must not depend on it.
-    monkeypatch.setenv("TORCH_HOME", str(home / ".cache" / "torch"))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    # Jupyter kernels must find this interpreter's kernelspec, not one from the real home.
-    monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")
+    for var, value in isolated_env(home).items():
+        monkeypatch.setenv(var, value)
     return home
 
 

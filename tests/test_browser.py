@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import ROOT, SHARED_BEARS, draw_image, image_bytes
+from conftest import ROOT, SHARED_BEARS, draw_image, image_bytes, isolated_env
 from model_fixture import SHIPPED_MODEL, tiny_model  # noqa: F401  (pytest fixture)
 
 from whatsthat.serve import voila_command
@@ -127,22 +127,7 @@ def server(chromium, model_and_photo, tmp_path_factory):
     model, photo, expected = model_and_photo
     tmp = tmp_path_factory.mktemp("voila")
     home = tmp / "home"
-    env = dict(os.environ)
-    for var, sub in [
-        ("HOME", ""),
-        ("XDG_CACHE_HOME", ".cache"),
-        ("XDG_CONFIG_HOME", ".config"),
-        ("XDG_DATA_HOME", ".local/share"),
-        ("JUPYTER_CONFIG_DIR", ".jupyter"),
-        ("JUPYTER_DATA_DIR", ".local/share/jupyter"),
-        ("JUPYTER_RUNTIME_DIR", ".local/share/jupyter/runtime"),
-        ("IPYTHONDIR", ".ipython"),
-        ("MPLCONFIGDIR", ".config/matplotlib"),
-        ("TORCH_HOME", ".cache/torch"),
-    ]:
-        (home / sub).mkdir(parents=True, exist_ok=True)
-        env[var] = str(home / sub)
-    env["JUPYTER_PLATFORM_DIRS"] = "1"
+    env = {**os.environ, **isolated_env(home)}
     env.pop("WHATSTHAT_EXAMPLES", None)
     port = _free_port()
     cmd = voila_command(
