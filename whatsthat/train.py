@@ -162,7 +162,7 @@ def train(
     metrics = evaluate(learn)
     files = list(get_dataset_images(data))
     card = {
-        "name": out.resolve().name or "whatsthat",
+        "name": " / ".join(map(str, dls.vocab)),  # what it tells apart, e.g. "black / grizzly / teddy"
         "classes": list(dls.vocab),
         "arch": arch,
         "pretrained": pretrained,
