@@ -28,6 +28,7 @@ from PIL import Image
 
 from whatsthat.errors import WhatsthatError
 from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
+from whatsthat.predict import NOT_SURE, verdict  # light: predict imports torch/fastai only when loading
 
 log = logging.getLogger("whatsthat.app")
 
@@ -38,7 +39,6 @@ THUMB_SIDE = 192
 EXAMPLE_SIDE = 96
 MAX_EXAMPLES = 6
 EXAMPLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}
-NOT_SURE = "not sure"
 NOTHING_UPLOADED = "Nothing to classify yet: upload a photo first (or try an example)."
 GENERIC_FAILURE = "Sorry, something went wrong while classifying. Please try again or use another photo."
 
@@ -77,14 +77,6 @@ def uploaded_files(value: Iterable[Any]) -> list[tuple[str, bytes]]:
         data = content.tobytes() if isinstance(content, memoryview) else bytes(content)
         files.append((str(item.get("name") or "upload"), data))
     return files
-
-
-def verdict(ranked: Sequence[tuple[str, float]], threshold: float) -> str:
-    """The top label, or NOT_SURE when its probability is below `threshold` (or nothing is ranked)."""
-    if not ranked:
-        return NOT_SURE
-    label, prob = ranked[0]
-    return label if prob >= threshold else NOT_SURE
 
 
 def describe(result: FileResult) -> str:

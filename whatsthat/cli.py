@@ -111,7 +111,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from whatsthat.images import ImageError
-    from whatsthat.predict import load_classifier
+    from whatsthat.predict import NOT_SURE, load_classifier, verdict
 
     clf = load_classifier(args.model)
     results, failed = [], 0
@@ -123,7 +123,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             results.append({"image": image, "error": str(e)})
             continue
         top = ranked[: args.top] if args.top else ranked
-        results.append({"image": image, "label": ranked[0][0] if clf.is_sure(ranked) else None,
+        answer = verdict(ranked, clf.threshold)
+        results.append({"image": image, "label": None if answer == NOT_SURE else answer,
                         "probabilities": dict(top)})
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))

@@ -8,7 +8,6 @@ one is gigabytes that a web dyno cannot use), and `check_deploy` says what is ou
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import tomllib
@@ -221,10 +220,7 @@ def check_model(model: Path) -> list[str]:
     card_path = card_path_for(model)
     if not card_path.is_file():
         return [f"{card_path.name} is missing beside {model.name}: the page shows no model card"]
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        return [f"{card_path.name} is unreadable: {e}"]
+    card = clf.card  # load_classifier has read (and validated) it already
     if card.get("classes") != clf.classes:
         return [
             f"{card_path.name} lists classes {card.get('classes')} but {model.name} predicts {clf.classes}: "

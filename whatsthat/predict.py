@@ -20,6 +20,7 @@ from whatsthat.errors import WhatsthatError
 from whatsthat.images import load_image
 
 DEFAULT_THRESHOLD = 0.6  # below this top probability the app answers "not sure"
+NOT_SURE = "not sure"
 
 ImageInput = bytes | str | Path | Image.Image
 Ranked = list[tuple[str, float]]
@@ -83,9 +84,13 @@ class Classifier:
                 out.append(sorted(zip(self.classes, row, strict=True), key=lambda p: -p[1]))
         return out
 
-    def is_sure(self, ranked: Ranked) -> bool:
-        """Whether the top probability clears the model card's "not sure" threshold."""
-        return bool(ranked) and ranked[0][1] >= self.threshold
+
+def verdict(ranked: Sequence[tuple[str, float]], threshold: float) -> str:
+    """The top label, or NOT_SURE when its probability is below `threshold` (or nothing is ranked)."""
+    if not ranked:
+        return NOT_SURE
+    label, prob = ranked[0]
+    return label if prob >= threshold else NOT_SURE
 
 
 def card_path_for(model_path: str | Path) -> Path:
