@@ -53,6 +53,12 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+def epoch_line(stage: str, rec: dict) -> str:
+    """One printed line per epoch: '[stage] epoch N: train_loss 0.1234  valid_loss ...  (time)'."""
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in rec.items() if isinstance(v, float))
+    return f"[{stage}] epoch {rec['epoch']}: {metrics}  ({rec.get('time', '')})"
+
+
 class EpochHistory(Callback):
     """Record (and optionally print) each epoch's metrics, labelled with the fine_tune stage.
 
@@ -76,8 +82,7 @@ class EpochHistory(Callback):
         rec["epoch"] = int(rec.get("epoch", 0))
         self.history.append(rec)
         if self.echo:
-            parts = [f"{k} {v:.4f}" for k, v in rec.items() if isinstance(v, float)]
-            self.echo(f"[{stage}] epoch {rec['epoch']}: " + "  ".join(parts) + f"  ({rec.get('time', '')})")
+            self.echo(epoch_line(stage, rec))
 
 
 def train(
@@ -255,8 +260,7 @@ def fit_head_cached(learn, epochs: int, lr: float, seed: int = 42, echo: Callabl
                "accuracy": round(1 - err, 5), "time": f"{t_feats if epoch == 0 else 0:.0f}s"}
         history.append(rec)
         if echo:
-            echo(f"[head] epoch {epoch}: train_loss {rec['train_loss']:.4f}  valid_loss {rec['valid_loss']:.4f}  "
-                 f"error_rate {err:.4f}" + (f"  (features {t_feats:.0f}s)" if epoch == 0 else ""))
+            echo(epoch_line("head", rec))
     return history
 
 
