@@ -1,23 +1,22 @@
 # Two commands set everything up (each idempotent, each creates .venv on first use):
 #   make app    install, then serve the shipped model as a web page (Voila) on http://localhost:8866
 #   make test   install, then lint and run the whole test suite (incl. slow and browser tests)
+# Versions come from one place: requirements/dev.lock (this venv) and requirements.txt (the dyno),
+# both written by `make lock` from requirements/*.in. See "Versions and the lock" in the README.
 VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
-# The versions that trained the shipped model (export.pkl must be unpickled by the same ones).
-# PyPI's Linux build of torch includes CUDA (GBs); for a CPU-only venv add the PyTorch CPU index:
-#   make app TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
-TORCH  ?= torch==2.14.1 torchvision==0.29.1
-TORCH_INDEX ?=
+LOCK    = requirements/dev.lock
 PORT   ?= 8866
 
-.PHONY: install app test lint bench clean-venv
+.PHONY: install app test test-fast lint lock bench clean-venv
 
-$(VENV)/.installed: pyproject.toml
+# Rebuilt when the lock changes; `tools/lock.py sync` installs exactly the lock (pip, torch and all),
+# removes what it does not list, installs whatsthat editable and runs `pip check`.
+$(VENV)/.installed: $(LOCK) pyproject.toml
+	$(PYTHON) tools/lock.py check
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_INDEX) $(TORCH)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PYTHON) tools/lock.py sync $(VENV)
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,10 +27,20 @@ app: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-# pytest exits 5 when it collects nothing: a missing suite must fail, not pass silently.
+# pytest exits 5 when it collects nothing: a missing suite must fail, not pass silently. Browser tests
+# must run: Chromium is installed first where we may, and a missing browser fails them instead of skipping.
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	bash .ci/ensure-chromium
+	WHATSTHAT_BROWSER_TESTS=required $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+
+# Everything but the slow (training, notebooks) and browser tests: seconds, for the edit-test loop.
+test-fast: lint
+	$(PY) -m pytest -m "not slow and not browser" $(PYTEST_ARGS)
+
+# Re-resolve requirements/*.in with today's releases, rewrite the locks and say what changed.
+lock:
+	$(PYTHON) tools/lock.py lock
 
 bench: install
 	$(PY) bench/run_all.py

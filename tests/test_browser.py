@@ -97,7 +97,8 @@ def chromium() -> Path:
     if importlib.util.find_spec("playwright") is None:
         missing.append("the playwright Python package (pip install -e '.[dev]')")
     if missing:
-        if os.environ.get("CI") == "true":  # on CI a skipped browser test would hide a broken page
+        # `make test` and CI require them: a skipped browser test would hide a broken page
+        if os.environ.get("CI") == "true" or os.environ.get("WHATSTHAT_BROWSER_TESTS") == "required":
             pytest.fail("browser tests need " + " and ".join(missing))
         pytest.skip("needs " + " and ".join(missing))
     return CHROMIUM

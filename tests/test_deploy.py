@@ -16,6 +16,7 @@ from whatsthat import serve as servemod
 from whatsthat.deploy import (
     CPU_INDEX,
     check_deploy,
+    check_lock,
     check_procfile,
     check_python_version,
     check_requirements,
@@ -308,3 +309,59 @@ def test_serve_runs_voila_in_the_notebook_folder(tmp_path, monkeypatch):
     [(cmd, cwd)] = calls
     assert cwd == ROOT and cmd[-1] == "app.ipynb"
     assert f"WHATSTHAT_MODEL={model.resolve()}" in cmd and "--port=9001" in cmd
+
+
+# -- the lock (requirements/dev.lock) and drift from it --
+
+
+def test_real_environment_and_shipped_card_match_the_lock():
+    """`make install` installs the lock exactly, and the shipped model was made with the locked versions."""
+    card = json.loads((ROOT / "export.card.json").read_text()) if (ROOT / "export.card.json").is_file() else {}
+    assert check_lock(ROOT, card) == []
+
+
+def test_lock_drift_in_this_environment_is_reported(repo_copy):
+    (repo_copy / "requirements").mkdir()
+    fastai = installed_version("fastai")
+    (repo_copy / "requirements" / "dev.lock").write_text(f"# a lock\nnumpy==0.0.1\nfastai=={fastai}\n")
+    problems = check_lock(repo_copy)
+    assert len(problems) == 1
+    assert "numpy " + installed_version("numpy") + " (locked 0.0.1)" in problems[0]
+    assert "make install" in problems[0] and "fastai" not in problems[0]
+
+
+def test_model_made_with_other_versions_than_the_lock_must_be_retrained(repo_copy):
+    (repo_copy / "requirements").mkdir()
+    fastcore = installed_version("fastcore")
+    (repo_copy / "requirements" / "dev.lock").write_text(f"fastcore=={fastcore}\n")
+    card = {"versions": {"fastcore": "1.0.0", "pillow": "1.0.0"}}  # pillow is not baked into the model
+    problems = check_lock(repo_copy, card)
+    assert problems == [problems[0]] and f"fastcore 1.0.0 (locked {fastcore})" in problems[0]
+    assert "retrain" in problems[0] and "pillow" not in problems[0]
+    assert check_lock(repo_copy, {"versions": {"fastcore": fastcore}}) == []
+
+
+def test_no_lock_no_lock_problems(repo_copy):
+    assert check_lock(repo_copy, {"versions": {"fastcore": "1.0.0"}}) == []
+
+
+def run_lock_tool(root, *args):
+    return subprocess.run([sys.executable, str(root / "tools" / "lock.py"), *args], capture_output=True, text=True)
+
+
+def test_lock_is_current_with_pyproject():
+    proc = run_lock_tool(ROOT, "check")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_lock_check_fails_when_dependencies_change_without_relocking(tmp_path):
+    for name in ("tools/lock.py", "pyproject.toml", "requirements/dev.in", "requirements/dev.lock"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    assert run_lock_tool(tmp_path, "check").returncode == 0
+    edit(tmp_path / "pyproject.toml", '"pillow>=10.0",', '"pillow>=10.0",\n    "left-pad>=1",')
+    proc = run_lock_tool(tmp_path, "check")
+    assert proc.returncode == 1 and "run `make lock`" in proc.stderr and "Traceback" not in proc.stderr
+    edit(tmp_path / "pyproject.toml", 'description = "', 'description = "Edited. ')
+    edit(tmp_path / "pyproject.toml", '\n    "left-pad>=1",', "")
+    assert run_lock_tool(tmp_path, "check").returncode == 0  # only dependency edits invalidate the lock

@@ -207,6 +207,45 @@ def check_python_version(root: Path, version: tuple[int, int] | None = None) -> 
     return problems
 
 
+DEV_LOCK = Path("requirements") / "dev.lock"
+# Libraries whose code or version is baked into export.pkl (tools/lock.py names the same ones).
+MODEL_LIBS = ("torch", "torchvision", "fastai", "fastcore", "fasttransform", "efficientnet-lite-pytorch")
+
+
+def read_lock(path: Path) -> dict[str, str]:
+    """{normalised name: version} of a `pip freeze`-style lock file."""
+    pins = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        match = _PIN_RE.match(raw.strip())
+        if match:
+            pins[_norm(match.group(1))] = match.group(2)
+    return pins
+
+
+def check_lock(root: Path, card: dict | None = None, show: int = 5) -> list[str]:
+    """Drift from requirements/dev.lock: in this environment, and in the versions that made the model.
+
+    Silent where there is no lock (a project that pip-installed whatsthat rather than cloning it).
+    """
+    path = root / DEV_LOCK
+    if not path.is_file():
+        return []
+    lock = read_lock(path)
+    drift = [f"{name} {have or 'absent'} (locked {want})" for name, want in lock.items()
+             if (have := installed_version(name)) is None or _public(have) != _public(want)]
+    problems = []
+    if drift:
+        more = f" and {len(drift) - show} more" if len(drift) > show else ""
+        problems.append(f"this environment differs from {DEV_LOCK}: {', '.join(drift[:show])}{more}; run `make install`")
+    made_with = {_norm(k): v for k, v in ((card or {}).get("versions") or {}).items()}
+    stale = [f"{name} {made_with[name]} (locked {lock[name]})" for name in MODEL_LIBS
+             if name in made_with and name in lock and _public(made_with[name]) != _public(lock[name])]
+    if stale:
+        problems.append(f"the model was made with {', '.join(stale)}: retrain it with the locked versions "
+                        "(make install, then whatsthat train) and commit export.pkl with the lock")
+    return problems
+
+
 def check_model(model: Path) -> list[str]:
     """Problems with the model: missing, does not load on a CPU, no card, or the card's classes differ."""
     from whatsthat.predict import card_path_for, load_classifier  # fastai/torch only when checking a model
@@ -231,12 +270,20 @@ def check_model(model: Path) -> list[str]:
 
 def check_deploy(root: str | Path = ".", model: str | Path | None = None) -> list[str]:
     """Everything wrong with the deployment files in `root` (empty list: ready to push)."""
+    from whatsthat.predict import read_card
+
     root = Path(root)
     if not root.is_dir():
         raise WhatsthatError(f"not a folder: {root}")
+    model = Path(model) if model is not None else root / "export.pkl"
+    try:
+        card = read_card(model)
+    except WhatsthatError:
+        card = {}  # check_model reports the unreadable card
     return [
         *check_requirements(root / "requirements.txt"),
         *check_procfile(root),
         *check_python_version(root),
-        *check_model(Path(model) if model is not None else root / "export.pkl"),
+        *check_lock(root, card),
+        *check_model(model),
     ]
