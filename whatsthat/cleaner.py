@@ -345,15 +345,17 @@ class Cleaner:
         lines = []
         if rel in self._preds:
             label, p = self._preds[rel]
-            lines.append(f"predicted {html.escape(label)} {p:.0%}" +
-                         ("" if label == current else f" <b>(not {html.escape(current)})</b>"))  # fmt: skip
+            not_current = "" if label == current else f' <b style="white-space:nowrap">(not {html.escape(current)})</b>'
+            lines.append(f"predicted {html.escape(label)} {p:.0%}{not_current}")
         d = self.pending.get(rel)
         action = d.action if d else "keep"
         if d:
             text = MARK_TEXT[action].format(label=d.label)
             lines.append(f'<b style="color:{BORDER[action]}">{html.escape(text)}</b>')
         lines.append(f'<span style="color:#777;font-size:85%;word-break:break-all">{html.escape(name)}</span>')
-        Thumbnails.mark(unit, action, "<br>".join(lines))
+        # the first line stays bare text (callers read "predicted ..."); later lines set a line height
+        # of their own, as ipywidgets' HTML is spaced for one line of 28 px
+        Thumbnails.mark(unit, action, lines[0] + "".join(f'<div style="line-height:1.3">{x}</div>' for x in lines[1:]))
 
     def _predict(self, files: list[Path]) -> None:
         todo = [f for f in files if relative_path(self.root, f) not in self._preds]
