@@ -2,7 +2,8 @@
 
 One JupyterLab server per module runs a notebook that shows `Cleaner` on generated pictures with the tiny
 model. The checks are geometric, on the boxes the browser lays out: every caption sits under its own
-picture (and under no other), its text fits its box, on every page and wherever the strip is scrolled;
+picture (and under no other), its text fits its box and stands apart from the next caption, on every
+page and wherever the strip is scrolled;
 then a picture is marked through the page's own dropdowns, shows up in the pending list, and Apply moves
 the file on disk.
 """
@@ -51,15 +52,20 @@ CAPTIONS_READY_JS = """notFirst => {
   const captions = [...document.querySelectorAll('.whatsthat-thumb .whatsthat-caption')].map(c => c.innerText.trim());
   return captions.length > 0 && captions.every(Boolean) && captions[0].split('\\n').pop() !== notFirst;
 }"""
-# Per unit: the boxes of its picture and caption, whether the caption's text is clipped, its file name.
+# Per unit: the boxes of its picture, its caption and the caption's text, whether that text is clipped.
 UNITS_JS = """() => [...document.querySelectorAll('.whatsthat-thumb')].map(u => {
-  const box = el => { const r = el.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom]; };
+  const box = r => [r.left, r.top, r.right, r.bottom];
   const caption = u.querySelector('.whatsthat-caption');
   const content = caption.querySelector('.widget-html-content') || caption;
-  return {unit: box(u), picture: box(u.querySelector('img')), caption: box(caption),
+  const text = document.createRange();
+  text.selectNodeContents(content);
+  return {unit: box(u.getBoundingClientRect()), picture: box(u.querySelector('img').getBoundingClientRect()),
+          caption: box(caption.getBoundingClientRect()), textbox: box(text.getBoundingClientRect()),
           clipped: content.scrollWidth > content.clientWidth + 1 || content.scrollHeight > content.clientHeight + 1,
           text: caption.innerText};
 })"""
+# fastai's carousel put captions 4 px apart: a page of them read as one line of text
+MIN_TEXT_GAP = 12
 
 
 @dataclass
@@ -166,6 +172,9 @@ def _check_layout(page, where: str) -> list[dict]:
         assert all(_overlap(u["caption"], p) <= 0 for p in others), f"{what}: caption under another picture"
         assert not u["clipped"], f"{what}: caption text does not fit its box"
         assert u["unit"][2] - u["unit"][0] < VIEWPORT["width"] / 2, f"{what}: unit {u['unit']} is far too wide"
+    for i, (u, v) in enumerate(zip(units, units[1:], strict=False)):
+        gap = v["textbox"][0] - u["textbox"][2]
+        assert gap >= MIN_TEXT_GAP, f"{where}: the captions of units {i} and {i + 1} are {gap:.0f} px apart"
     return units
 
 
@@ -224,6 +233,7 @@ def test_captions_stay_under_their_pictures_and_apply_moves_files_in_jupyterlab(
     assert "move to red" in units.nth(1).locator(".whatsthat-caption").inner_text()
     _check_scrolling(page, "after marking")
     page.screenshot(path=tmp_path / "cleaner-jupyterlab-marked.png")
+    page.locator(".whatsthat-cleaner").screenshot(path=tmp_path / "cleaner-widget.png")  # docs/cleaner.png
 
     # Apply moves the files: the junk to the trash, the mislabelled one to its label's folder
     page.get_by_role("button", name=re.compile(r"Apply 2 decision")).click()

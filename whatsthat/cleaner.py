@@ -17,10 +17,11 @@ things go wrong with that:
   template styles each output area as a table (``.jp-OutputArea-child {display: table; table-layout:
   fixed; width: 100%}``); a table with a percentage width has no max-content width of its own, and
   Chromium gives it its table size limit, 1,000,000 px, which the ``flex: 0 0 auto`` unit then takes on.
-* A caption appended to fastai's unit is an ``ipywidgets.Label``: it never wraps (``white-space: nowrap``)
-  and is exactly as wide as the picture above it, with nothing marking where one unit ends. A page of
-  captions read as one line of text under the pictures, clipped at the strip's right edge, and which
-  caption belonged to which picture could only be guessed.
+* A caption appended to fastai's unit is an ``ipywidgets.Label``: it never wraps (``white-space: nowrap``,
+  a longer text is cut with an ellipsis), it is exactly as wide as the picture above it, and nothing marks
+  where one unit ends and the next begins. In JupyterLab a page of captions read as one line of text
+  under the pictures, clipped at the strip's right edge, and which caption belonged to which picture
+  could only be guessed.
 
 So `Thumbnails` draws each picture as an ``ipywidgets.Image`` (JPEG bytes: no output area, no ``display``
 call, no table CSS) in a fixed-width, bordered unit whose HTML caption wraps inside it. Everything else is
@@ -203,6 +204,7 @@ class Cleaner:
             HBox([self._save_button, self._save_path]),
             self.messages,
         ])  # fmt: skip
+        self.widget.add_class("whatsthat-cleaner")
 
         # fastai redraws the thumbnails (new dropdowns) on every view change: hook each new set
         self.icc.iw.widget.observe(self._on_view, names="children")
