@@ -6,7 +6,10 @@ tests/test_cleaner_browser.py; the Cleaner's decisions and Apply in tests/test_c
 
 from __future__ import annotations
 
-from conftest import draw_image
+import subprocess
+import sys
+
+from conftest import ROOT, draw_image
 
 from whatsthat.cleaner import BORDER, MIN_UNIT_WIDTH, Thumbnails
 
@@ -55,3 +58,10 @@ def test_marking_a_unit_colours_its_border_and_sets_its_caption(tmp_path):
     assert "whatsthat-delete" in unit._dom_classes and "whatsthat-keep" not in unit._dom_classes
     Thumbnails.mark(unit, "keep")
     assert "whatsthat-delete" not in unit._dom_classes and unit.children[2].value == "predicted blue 90%"
+
+
+def test_the_engine_imports_neither_the_widget_nor_jupyter():
+    """clean.py is what the CLI and the widget share: it must not pull in the widget, ipywidgets or fastai."""
+    code = "import sys, whatsthat.clean; print(sorted(m for m in ('whatsthat.cleaner', 'ipywidgets', 'fastai') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
