@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import random
@@ -12,6 +13,16 @@ from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_BEARS = ROOT.parent / "shared" / "datasets" / "bears"
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; never `playwright install`
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 USER_DIRS = [  # every place a tool might write user state, relative to a fake home
@@ -121,3 +132,32 @@ def tiny_training(tmp_path_factory):
             mp.setenv(var, str(root / "home"))
         return train(data, root / "model", arch="resnet18", pretrained=False, epochs=2, freeze_epochs=0,
                      size=64, bs=8, echo=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Path:
+    """Debian's Chromium for Playwright: skipped when absent, except on CI (CI=true), where that is a failure."""
+    missing = []
+    if not CHROMIUM.exists():
+        missing.append(f"{CHROMIUM} (Debian's chromium package)")
+    if importlib.util.find_spec("playwright") is None:
+        missing.append("the playwright Python package (pip install -e '.[dev]')")
+    if missing:
+        # `make test` and CI require them: a skipped browser test would hide a broken page
+        if os.environ.get("CI") == "true" or os.environ.get("WHATSTHAT_BROWSER_TESTS") == "required":
+            pytest.fail("browser tests need " + " and ".join(missing))
+        pytest.skip("needs " + " and ".join(missing))
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    """One headless Chromium per test module."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()

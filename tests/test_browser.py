@@ -6,22 +6,18 @@ generated picture. Skipped without /usr/bin/chromium, except under CI=true, wher
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
+from browser_support import free_port, http_status, kernels_of, stop_server
 from conftest import ROOT, SHARED_BEARS, draw_image, image_bytes, isolated_env
 from model_fixture import SHIPPED_MODEL, tiny_model  # noqa: F401  (pytest fixture)
 
@@ -29,16 +25,6 @@ from whatsthat.serve import voila_command
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 CULL_IDLE = 30  # short, so the culling test can watch a kernel go
 CULL_INTERVAL = 5
 START_TIMEOUT = 180
@@ -56,52 +42,10 @@ class Server:
     timings: dict = field(default_factory=dict)
 
     def kernels(self) -> list[psutil.Process]:
-        try:
-            children = psutil.Process(self.proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
-        return [p for p in children if _is_kernel(p)]
+        return kernels_of(self.proc)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
-
-
-def _is_kernel(p: psutil.Process) -> bool:
-    try:
-        return "ipykernel_launcher" in " ".join(p.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Path:
-    missing = []
-    if not CHROMIUM.exists():
-        missing.append(f"{CHROMIUM} (Debian's chromium package)")
-    if importlib.util.find_spec("playwright") is None:
-        missing.append("the playwright Python package (pip install -e '.[dev]')")
-    if missing:
-        # `make test` and CI require them: a skipped browser test would hide a broken page
-        if os.environ.get("CI") == "true" or os.environ.get("WHATSTHAT_BROWSER_TESTS") == "required":
-            pytest.fail("browser tests need " + " and ".join(missing))
-        pytest.skip("needs " + " and ".join(missing))
-    return CHROMIUM
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +74,7 @@ def server(chromium, model_and_photo, tmp_path_factory):
     home = tmp / "home"
     env = {**os.environ, **isolated_env(home)}
     env.pop("WHATSTHAT_EXAMPLES", None)
-    port = _free_port()
+    port = free_port()
     cmd = voila_command(
         "app.ipynb",
         port,
@@ -148,7 +92,7 @@ def server(chromium, model_and_photo, tmp_path_factory):
     started: set[int] = set()
     try:
         t0 = time.monotonic()
-        while _http_status(srv.url + "/voila/static/voila.js") != 200:
+        while http_status(srv.url + "/voila/static/voila.js") != 200:
             if proc.poll() is not None:
                 pytest.fail(f"voila exited with {proc.returncode}:\n{srv.log_text()}")
             if time.monotonic() - t0 > START_TIMEOUT:
@@ -169,38 +113,8 @@ def server(chromium, model_and_photo, tmp_path_factory):
         yield srv
     finally:
         started |= {p.pid for p in srv.kernels()}
-        _stop(proc, started)
+        stop_server(proc, started)
         print(f"\nvoila timings: {json.dumps({k: round(v, 2) for k, v in srv.timings.items()})}")
-
-
-def _stop(proc: subprocess.Popen, kernel_pids: set[int]) -> None:
-    """SIGTERM voila's process group (it shuts its kernels down), then kill whatever we started that is left."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-    for pid in kernel_pids:  # kernels run in their own sessions: not in voila's process group
-        try:
-            p = psutil.Process(pid)
-            if _is_kernel(p):
-                p.kill()
-        except psutil.NoSuchProcess:
-            continue
-
-
-@pytest.fixture(scope="module")
-def browser(chromium):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from whatsthat.clean import (
     trash_list,
     undo,
 )
+from whatsthat.cleaner import Cleaner
 from whatsthat.cli import main
 from whatsthat.errors import WhatsthatError
 from whatsthat.manifest import FIELDS, read_manifest, write_manifest
@@ -433,7 +434,7 @@ def test_cli_errors_are_messages(ds, tmp_path, capsys):
 def test_the_cleaner_outside_jupyter_is_a_clear_error(monkeypatch):
     monkeypatch.delattr(builtins, "display", raising=False)  # as in plain python: no IPython builtins
     with pytest.raises(WhatsthatError, match="Jupyter widget and IPython's display"):
-        clean.Cleaner(object())
+        Cleaner(object())
 
 
 @pytest.fixture
@@ -467,7 +468,7 @@ def test_the_cleaner_keeps_decisions_across_views_and_applies_them(learner_on_co
     learn, data = learner_on_copy
     before, rows = tree(data), read_manifest(data)
     with learn.no_bar():
-        cleaner = clean.Cleaner(learn, page_size=5)
+        cleaner = Cleaner(learn, page_size=5)
     icc = cleaner.icc
     assert isinstance(icc, ImageClassifierCleaner) and cleaner.root == data.resolve()
     assert (icc.dd_cats.value, icc.dd_ds.value) == ("blue", "Train")

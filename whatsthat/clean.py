@@ -19,14 +19,12 @@ Rules (see the README, "Maintaining the model"):
 * `undo` reverts the latest batch not yet undone (call again to go further back), or a given
   batch when no later batch touched its files; it restores files and manifest rows exactly.
 
-`Cleaner` is the notebook widget: fastai's ``ImageClassifierCleaner`` plus decisions that survive
-switching views, predictions on the thumbnails, paging, and an Apply button that calls
-`apply_decisions`.
+This module is the engine only and knows nothing of Jupyter: the notebook widget that makes the
+decisions (`whatsthat.cleaner.Cleaner`) and the CLI (`whatsthat clean|undo|trash|journal`) both call it.
 """
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import csv
 import datetime as dt
@@ -401,7 +399,8 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _dataset_root(root: str | Path) -> Path:
+def dataset_root(root: str | Path) -> Path:
+    """`root` resolved, or a WhatsthatError when it is not a folder."""
     root = Path(root).resolve()
     if not root.is_dir():
         raise WhatsthatError(f"dataset folder not found: {root}")
@@ -644,7 +643,7 @@ def apply_decisions(root: str | Path, decisions: Iterable[Decision], *, dry_run:
     The whole batch is validated first (StaleDecisionError, nothing moved); decisions already
     applied are skipped. With dry_run, returns what would happen and changes nothing.
     """
-    root = _dataset_root(root)
+    root = dataset_root(root)
     decisions = list(decisions)
     batch = _new_batch_id()
     report = ApplyReport(root, batch, dry_run=dry_run)
@@ -702,7 +701,7 @@ def undo(root: str | Path, batch: str | None = None) -> UndoReport:
     Call again to undo the batch before. Refused when the batch's trash was emptied, or (for an
     explicit older batch) when a later batch still in effect moved the same files.
     """
-    root = _dataset_root(root)
+    root = dataset_root(root)
     if not journal_path(root).is_file():
         raise WhatsthatError(f"nothing to undo: {root} has no cleaning journal ({JOURNAL_NAME})")
     with _locked_journal(root) as jf:
@@ -800,7 +799,7 @@ def _restore_manifest(root: Path, target: Batch, report: UndoReport) -> int:
 
 def trash_list(root: str | Path) -> list[TrashItem]:
     """Files in `<root>/.trash`, with the original path and batch of each (None for unknown files)."""
-    root = _dataset_root(root)
+    root = dataset_root(root)
     trash = root / TRASH_DIR
     if not trash.is_dir():
         return []
@@ -828,7 +827,7 @@ def empty_trash(root: str | Path, older_than: dt.timedelta | float | None = None
     records it, after which those batches can no longer be undone. Files in `.trash` that no
     batch put there, and batches interrupted or undone, are left alone.
     """
-    root = _dataset_root(root)
+    root = dataset_root(root)
     if isinstance(older_than, int | float):
         older_than = dt.timedelta(days=older_than)
     if older_than is not None and older_than < dt.timedelta(0):
@@ -862,276 +861,3 @@ def empty_trash(root: str | Path, older_than: dt.timedelta | float | None = None
         _append(jf, [{"v": JOURNAL_VERSION, "type": "purge", "batch": bid, "time": _now(), "files": files}
                      for bid, files in deleted_by_batch.items()])  # fmt: skip
     return TrashReport(doomed, left, False)
-
-
-# --- the notebook widget --------------------------------------------------------------------------
-
-
-def _require_display() -> None:
-    """fastai's cleaner draws thumbnails with IPython's `display` builtin; say so when it is absent."""
-    try:
-        import fastai.vision.widgets as fastai_widgets
-    except ImportError as e:  # ipywidgets missing: fastai.vision.widgets imports it
-        raise WhatsthatError(f"the cleaner needs ipywidgets ({e}); install it with `pip install ipywidgets`") from e
-    if not callable(getattr(fastai_widgets, "display", None) or getattr(builtins, "display", None)):
-        raise WhatsthatError(
-            "the cleaner is a Jupyter widget and IPython's display() is not available here: open train.ipynb in "
-            "Jupyter (or VS Code/Colab), or apply a decisions file with `whatsthat clean DATA --apply decisions.json`"
-        )
-
-
-def _learner_files(learn) -> list[Path]:
-    """Absolute paths of every image in the learner's training and validation sets."""
-    return [Path(os.path.abspath(p)) for dl in (learn.dls.train, learn.dls.valid) for p in dl.dataset.items]
-
-
-def _dataset_root_of(files: list[Path]) -> Path:
-    """The folder whose label folders hold every one of `files`."""
-    if not files:
-        raise WhatsthatError("this learner has no training images (loaded from export.pkl?): the cleaner needs the "
-                             "live learner from training, e.g. Cleaner(train(...).learn, 'data')")
-    roots = {p.parent.parent for p in files}
-    if len(roots) != 1:
-        raise WhatsthatError(f"the learner's images are not all in one <root>/<label>/ layout ({len(roots)} roots); "
-                             "pass the dataset folder: Cleaner(learn, root)")
-    return roots.pop()
-
-
-class Cleaner:
-    """fastai's ImageClassifierCleaner, with decisions that survive switching views, paging, predictions, and Apply.
-
-    Each thumbnail's dropdown is bound to its file (and the sha256 seen when it was shown) the
-    moment fastai draws it, so a decision can never be applied to another view's file at the same
-    index. Nothing changes on disk until `apply` (or the Apply button).
-    """
-
-    def __init__(self, learn, root: str | Path | None = None, *, page_size: int = 30, height: int = 128,
-                 width: int = 256, predictions: bool = True):  # fmt: skip
-        _require_display()
-        from fastai.vision.widgets import ImageClassifierCleaner
-        from ipywidgets import HTML, Button, HBox, Label, Layout, Output, Text, VBox
-
-        if page_size < 1:
-            raise WhatsthatError(f"page_size must be 1 or more, not {page_size}")
-        files = _learner_files(learn)
-        self.root = _dataset_root(root if root is not None else _dataset_root_of(files))
-        outside = [p for p in files if not p.is_relative_to(self.root)]
-        if outside:
-            raise WhatsthatError(f"{outside[0]} (and {len(outside) - 1} more) are not in {self.root}: "
-                                 "pass the dataset folder the learner was trained on")
-        self.learn = learn
-        self.page_size, self.page, self.predictions = page_size, 0, predictions
-        self.pending: dict[str, Decision] = {}
-        self.refused: list[str] = []
-        self.last_report: ApplyReport | UndoReport | None = None
-        self._preds: dict[str, tuple[str, float]] = {}
-
-        self.icc = ImageClassifierCleaner(learn, max_n=page_size, height=height, width=width)
-        # fastai's (path, target, loss) per image, made absolute so a later chdir cannot confuse
-        # them; we show only those still on disk (see refresh)
-        self._all_info = tuple([(Path(os.path.abspath(p)), t, loss) for p, t, loss in info] for info in self.icc.iwis)
-        self.icc.iwis = self._all_info
-
-        self._prev = Button(description="◀ previous", layout=Layout(width="auto"))
-        self._next = Button(description="next ▶", layout=Layout(width="auto"))
-        self._page_label = Label()
-        self._prev.on_click(lambda _: self.show_page(self.page - 1))
-        self._next.on_click(lambda _: self.show_page(self.page + 1))
-        self._summary = HTML()
-        self._apply_button = Button(description="Apply", button_style="warning", icon="check")
-        self._undo_button = Button(description="Undo last apply", icon="undo")
-        self._forget_button = Button(description="Forget decisions")
-        self._save_button = Button(description="Save decisions to", icon="save")
-        self._save_path = Text(value=str(Path("cleaning-decisions.json").resolve()), layout=Layout(width="40em"))
-        self._apply_button.on_click(lambda _: self._guarded(self.apply))
-        self._undo_button.on_click(lambda _: self._guarded(self.undo))
-        self._forget_button.on_click(lambda _: self._guarded(self.forget))
-        self._save_button.on_click(lambda _: self._guarded(
-            lambda: f"saved {len(self.pending)} decision(s) to {self.save(self._save_path.value)}"))
-        self.messages = Output()
-        self.widget = VBox([
-            self.icc.widget,
-            HBox([self._prev, self._page_label, self._next]),
-            self._summary,
-            HBox([self._apply_button, self._undo_button, self._forget_button]),
-            HBox([self._save_button, self._save_path]),
-            self.messages,
-        ])  # fmt: skip
-
-        # fastai rebuilds the thumbnails (new dropdowns) on every view change: hook each new set
-        self.icc.iw.widget.observe(self._on_view, names="children")
-        self.icc.dd_cats.observe(self._on_select, names="value")
-        self.icc.dd_ds.observe(self._on_select, names="value")
-        self.show_page(0)  # redraw fastai's first view with absolute paths, hooked like every later one
-
-    # -- what a user sees and does --
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-
-    @property
-    def dropdowns(self) -> list:
-        """The per-image dropdowns of the current view, in thumbnail order."""
-        return [box.children[1] for box in self.icc.iw.widget.children]
-
-    @property
-    def files(self) -> list[str]:
-        """The files of the current view, root-relative, in thumbnail order."""
-        return [relative_path(self.root, os.path.abspath(f)) for f in self.icc.iw.fns]
-
-    def select(self, category: str | None = None, split: str | None = None) -> None:
-        """Switch the view as the two dropdowns do: a category, and "Train" or "Valid"."""
-        if split is not None:
-            self.icc.dd_ds.value = split
-        if category is not None:
-            self.icc.dd_cats.value = category
-
-    def view_files(self) -> list[Path]:
-        """Every file of the selected category and split, worst loss first (all pages)."""
-        info = [o for o in self.icc.iwis[self.icc.dd_ds.index] if o[1] == self.icc.dd_cats.value]
-        return [o[0] for o in sorted(info, key=lambda o: float(o[2]), reverse=True)]
-
-    @property
-    def pages(self) -> int:
-        return max(1, -(-len(self.view_files()) // self.page_size))
-
-    def show_page(self, page: int) -> None:
-        """Show page `page` (0-based, clamped) of the current category and split."""
-        self.page = min(max(page, 0), self.pages - 1)
-        start = self.page * self.page_size
-        self.icc.iw.set_fns(self.view_files()[start : start + self.page_size])
-        self._update_pager()
-
-    def decisions(self) -> list[Decision]:
-        """Pending decisions from every view seen so far."""
-        return list(self.pending.values())
-
-    def apply(self) -> ApplyReport:
-        """Apply the pending decisions as one batch; they stay pending if the batch is refused."""
-        try:
-            report = apply_decisions(self.root, self.decisions())
-        except StaleDecisionError as e:
-            self.refused = e.paths
-            self._update_summary()
-            raise
-        self.pending.clear()
-        self.refused = []
-        self.last_report = report
-        self.refresh()
-        return report
-
-    def undo(self) -> UndoReport:
-        """Undo the latest applied batch and show its files again."""
-        report = undo(self.root)
-        self.last_report = report
-        self.refresh()
-        return report
-
-    def forget(self, paths: Iterable[str] | None = None) -> None:
-        """Drop pending decisions (all, or those for `paths`) and reset their dropdowns to <Keep>."""
-        paths = list(self.pending) if paths is None else [relative_path(self.root, p) for p in paths]
-        for p in paths:
-            self.pending.pop(p, None)
-        self.refused = [p for p in self.refused if p in self.pending]
-        for rel, dd in zip(self.files, self.dropdowns, strict=True):
-            if rel in paths:
-                dd.value = KEEP
-        self._update_summary()
-
-    def save(self, path: str | Path) -> Path:
-        """Write the pending decisions to a JSON/CSV file for `whatsthat clean DATA --apply FILE`."""
-        return save_decisions(path, self.decisions(), root=self.root)
-
-    def refresh(self) -> None:
-        """Show only the images still where the learner saw them, then redraw the current page."""
-        self.icc.iwis = tuple([o for o in info if o[0].is_file()] for info in self._all_info)
-        self.show_page(self.page)
-
-    # -- widget plumbing --
-
-    def _guarded(self, fn) -> None:
-        # button callbacks: a user-fixable problem is shown in the widget, not lost in a log
-        self.messages.clear_output()
-        with self.messages:
-            try:
-                out = fn()
-            except WhatsthatError as e:
-                print(f"error: {e}")
-                return
-            if out is not None:
-                print(out)
-
-    def _on_select(self, change: dict | None = None) -> None:
-        self.page = 0  # fastai has already drawn the first page of the new view
-        self._update_pager()
-
-    def _on_view(self, change: dict | None = None) -> None:
-        from ipywidgets import Label
-
-        fns = [Path(os.path.abspath(f)) for f in self.icc.iw.fns]
-        boxes = list(self.icc.iw.widget.children)
-        if len(fns) != len(boxes):  # fastai sets fns, then children: a mismatch means another writer
-            raise WhatsthatError(f"cleaner view out of step ({len(fns)} files, {len(boxes)} thumbnails)")
-        preds = self._predict(fns) if self.predictions else {}
-        for f, box in zip(fns, boxes, strict=True):
-            rel = relative_path(self.root, f)
-            sha = file_sha256(f)  # what the user is looking at now; apply refuses other bytes
-            dd = box.children[1]
-            if rel in self.pending:
-                dd.value = _dropdown_value(self.pending[rel])
-            dd.observe(lambda change, rel=rel, sha=sha: self._on_pick(rel, sha, change["new"]), names="value")
-            extra = []
-            if rel in preds:
-                label, p = preds[rel]
-                current = rel.split("/")[0]
-                extra = [Label(f"predicted {label} {p:.0%}" + ("" if label == current else f" (not {current})"))]
-            # keep the dropdown at index 1: fastai's values()/delete()/change() read it there
-            box.children = (box.children[0], dd, *extra)
-        self._update_summary()
-
-    def _on_pick(self, rel: str, sha: str, value: str) -> None:
-        if value == KEEP or value == rel.split("/")[0]:
-            self.pending.pop(rel, None)
-        else:
-            self.pending[rel] = Decision.from_value(rel, value, sha256=sha)
-        self._update_summary()
-
-    def _predict(self, files: list[Path]) -> dict[str, tuple[str, float]]:
-        todo = [f for f in files if relative_path(self.root, f) not in self._preds]
-        if todo:
-            import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
-
-            dl = self.learn.dls.test_dl(todo)
-            with self.learn.no_bar(), self.learn.no_logging():
-                probs, _ = self.learn.get_preds(dl=dl)
-            vocab = [str(v) for v in self.learn.dls.vocab]
-            for f, row in zip(todo, probs.tolist(), strict=True):
-                best = max(range(len(row)), key=row.__getitem__)
-                self._preds[relative_path(self.root, f)] = (vocab[best], row[best])
-        return {rel: self._preds[rel] for rel in (relative_path(self.root, f) for f in files)}
-
-    def _update_pager(self) -> None:
-        n = len(self.view_files())
-        self._page_label.value = f"page {self.page + 1} of {self.pages} ({n} images, worst loss first)"
-        self._prev.disabled = self.page == 0
-        self._next.disabled = self.page >= self.pages - 1
-
-    def _update_summary(self) -> None:
-        ds = self.decisions()
-        self._apply_button.description = f"Apply {len(ds)} decision(s)"
-        self._apply_button.disabled = not ds
-        if not ds:
-            self._summary.value = "<i>No pending decisions. Mark images as &lt;Delete&gt; or pick their right label.</i>"
-            return
-        import html
-
-        items = "".join(f"<li>{'⚠ ' if d.path in self.refused else ''}{html.escape(d.describe())}</li>"
-                        for d in ds[:50])  # fmt: skip
-        more = f"<li>... and {len(ds) - 50} more</li>" if len(ds) > 50 else ""
-        self._summary.value = f"<b>{len(ds)} pending decision(s)</b> (kept when you switch views):<ul>{items}{more}</ul>"
-
-
-def _dropdown_value(d: Decision) -> str:
-    return {"keep": KEEP, "delete": DELETE}.get(d.action) or str(d.label)
