@@ -4,11 +4,17 @@
 CPU. `Classifier` runs the exported learner's *own* validation transforms (its after_item and
 after_batch pipelines, so Resize/crop and Normalize are exactly those used in training) and the
 model directly. Tests check it agrees with `Learner.predict`.
+
+When the model has out-of-class statistics beside it (``whatsthat.ood``), the same forward pass also
+gives each picture an out-of-class score; `judge` turns probabilities and score into a
+``whatsthat.verdict.Verdict`` (sure / ambiguous / out of class). A model without them still loads and
+judges by the softmax threshold alone (logged once).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import warnings
 from collections.abc import Sequence
@@ -16,11 +22,14 @@ from pathlib import Path
 
 from PIL import Image
 
+from whatsthat import ood
 from whatsthat.errors import WhatsthatError
 from whatsthat.images import load_image
+from whatsthat.verdict import DEFAULT_THRESHOLD, Verdict, decide
 
-DEFAULT_THRESHOLD = 0.6  # below this top probability the app answers "not sure"
 NOT_SURE = "not sure"
+__all__ = ["DEFAULT_THRESHOLD", "NOT_SURE", "Classifier", "Verdict", "load_classifier", "read_card", "verdict"]
+log = logging.getLogger(__name__)
 
 ImageInput = bytes | str | Path | Image.Image
 Ranked = list[tuple[str, float]]
@@ -29,7 +38,7 @@ Ranked = list[tuple[str, float]]
 class Classifier:
     """A loaded model: `predict(image)` -> [(label, probability), ...] ranked, highest first."""
 
-    def __init__(self, learn, card: dict | None = None, path: Path | None = None):
+    def __init__(self, learn, card: dict | None = None, path: Path | None = None, detector: ood.Detector | None = None):
         import torch
 
         self.learn = learn
@@ -47,6 +56,10 @@ class Classifier:
         self._after_item = learn.dls.valid.after_item
         self._after_batch = learn.dls.valid.after_batch
         self._after_item.split_idx = self._after_batch.split_idx = 1
+        self.detector = detector
+        if detector is not None and "not_sure" not in self.card:
+            # statistics without a card entry (card lost or hand-edited): the file's own threshold decides
+            self.card = {**self.card, "not_sure": ood.card_entry(detector)}
 
     def _tensor(self, image: ImageInput):
         from fastai.vision.core import PILImage
@@ -56,16 +69,36 @@ class Classifier:
             im = im.convert("RGB")
         return self._after_item(PILImage(im))
 
-    def probabilities(self, images: Sequence[ImageInput]):
-        """Softmax probabilities, one row per image, columns in `self.classes` order."""
+    def _forward(self, images: Sequence[ImageInput]):
+        """(softmax probabilities, out-of-class scores or None) from one forward pass."""
         torch = self._torch
         xs = [self._tensor(im) for im in images]
         batch = self._after_batch(torch.stack(xs))
         # a plain tensor: fastai's TensorImage subclass costs a __torch_function__ dispatch per layer
         batch = batch.as_subclass(torch.Tensor).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            logits = self.model(batch)
-        return torch.softmax(logits.float(), dim=1)
+            if self.detector is None:
+                return torch.softmax(self.model(batch).float(), dim=1), None
+            feats, logits = ood.split_forward(self.model, batch, self.detector.layer)
+            return torch.softmax(logits, dim=1), self.detector.score(feats, logits)
+
+    def probabilities(self, images: Sequence[ImageInput]):
+        """Softmax probabilities, one row per image, columns in `self.classes` order."""
+        return self._forward(images)[0]
+
+    def judge_many(self, images: Sequence[ImageInput], batch_size: int = 1) -> list[Verdict]:
+        """A Verdict (sure / ambiguous / out of class, with its sentence) for each image."""
+        out: list[Verdict] = []
+        for i in range(0, len(images), batch_size):
+            probs, scores = self._forward(images[i : i + batch_size])
+            for j, row in enumerate(probs.tolist()):
+                ranked = sorted(zip(self.classes, row, strict=True), key=lambda p: -p[1])
+                out.append(decide(ranked, self.card, None if scores is None else scores[j]))
+        return out
+
+    def judge(self, image: ImageInput) -> Verdict:
+        """The Verdict for one image (bytes, a path, or a PIL image)."""
+        return self.judge_many([image])[0]
 
     def predict(self, image: ImageInput) -> Ranked:
         """Ranked (label, probability) pairs for one image (bytes, a path, or a PIL image)."""
@@ -86,7 +119,10 @@ class Classifier:
 
 
 def verdict(ranked: Sequence[tuple[str, float]], threshold: float) -> str:
-    """The top label, or NOT_SURE when its probability is below `threshold` (or nothing is ranked)."""
+    """Softmax rule only: the top label, or NOT_SURE when its probability is below `threshold`.
+
+    Kept for callers without out-of-class scores; `Classifier.judge` / `whatsthat.verdict.decide`
+    tell the two kinds of "not sure" apart."""
     if not ranked:
         return NOT_SURE
     label, prob = ranked[0]
@@ -132,4 +168,38 @@ def load_classifier(path: str | Path = "export.pkl") -> Classifier:
         ) from e
     if not hasattr(learn, "dls") or not hasattr(learn.dls, "vocab"):
         raise WhatsthatError(f"{path} is not an image classifier export")
-    return Classifier(learn, read_card(path), path)
+    return Classifier(learn, read_card(path), path, ood.load_detector(path, learn.model))
+
+
+def write_card(model_path: str | Path, card: dict) -> Path:
+    """(Re)write the model card beside `model_path`."""
+    path = card_path_for(model_path)
+    path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def fit_not_sure(model_path: str | Path, data: str | Path, *, method: str = ood.DEFAULT_METHOD,
+                 layer: str = ood.DEFAULT_LAYER, k: int = ood.DEFAULT_K,
+                 in_class_rate: float = ood.DEFAULT_IN_CLASS_RATE, echo=None) -> dict:
+    """Give an existing export.pkl out-of-class statistics from its dataset folder; update its card.
+
+    For models trained before the detector existed (the statistics are otherwise fitted by `train`).
+    Returns the card's new "not_sure" entry.
+    """
+    from whatsthat.data import check_dataset, get_dataset_images
+
+    clf = load_classifier(model_path)
+    check_dataset(data)
+    files = list(get_dataset_images(data))
+    unknown = sorted({f.parent.name for f in files} - set(clf.classes))
+    if unknown:
+        raise WhatsthatError(f"{data} has labels the model does not know: {', '.join(unknown)} "
+                             f"(model classes: {', '.join(clf.classes)})")
+    train_items, valid_items = ood.split_items(files, clf.card)
+    if not train_items or not valid_items:
+        raise WhatsthatError(f"{data}: the model's split leaves no training or no held-out pictures")
+    entry = ood.fit_and_save(clf.learn, clf.path, train_items, valid_items, method=method, layer=layer, k=k,
+                             in_class_rate=in_class_rate, echo=echo)
+    card = {k_: v for k_, v in clf.card.items() if k_ != "not_sure"}
+    write_card(clf.path, {**card, "not_sure": entry})
+    return entry
