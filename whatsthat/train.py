@@ -20,6 +20,7 @@ from fastai.callback.core import Callback
 from fastai.learner import Recorder
 
 from whatsthat.errors import WhatsthatError
+from whatsthat.ood import fit_and_save
 from whatsthat.predict import DEFAULT_THRESHOLD, card_path_for
 
 
@@ -197,6 +198,8 @@ def train(
         "versions": library_versions(),
         "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+    # out-of-class statistics beside export.pkl, their calibration in the card (whatsthat.ood; README "Not sure")
+    card["not_sure"] = fit_and_save(learn, out / "export.pkl", echo=echo)
     model_path = export(learn, out / "export.pkl", card)
     echo(f"validation error {metrics['error_rate']:.3f} (accuracy {metrics['accuracy']:.3f}) after "
          f"{train_seconds:.0f}s; wrote {model_path} and {card_path_for(model_path).name}")
