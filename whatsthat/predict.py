@@ -19,10 +19,10 @@ import pickle
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from whatsthat import ood
 from whatsthat.errors import WhatsthatError
 from whatsthat.images import load_image
 from whatsthat.verdict import DEFAULT_THRESHOLD, Verdict, decide
@@ -31,6 +31,9 @@ NOT_SURE = "not sure"
 __all__ = ["DEFAULT_THRESHOLD", "NOT_SURE", "Classifier", "Verdict", "load_classifier", "read_card", "verdict"]
 log = logging.getLogger(__name__)
 
+if TYPE_CHECKING:  # whatsthat.ood imports torch: the page's thin kernels import this module without it
+    from whatsthat.ood import Detector
+
 ImageInput = bytes | str | Path | Image.Image
 Ranked = list[tuple[str, float]]
 
@@ -38,7 +41,7 @@ Ranked = list[tuple[str, float]]
 class Classifier:
     """A loaded model: `predict(image)` -> [(label, probability), ...] ranked, highest first."""
 
-    def __init__(self, learn, card: dict | None = None, path: Path | None = None, detector: ood.Detector | None = None):
+    def __init__(self, learn, card: dict | None = None, path: Path | None = None, detector: Detector | None = None):
         import torch
 
         self.learn = learn
@@ -58,6 +61,8 @@ class Classifier:
         self._after_item.split_idx = self._after_batch.split_idx = 1
         self.detector = detector
         if detector is not None and "not_sure" not in self.card:
+            from whatsthat import ood
+
             # statistics without a card entry (card lost or hand-edited): the file's own threshold decides
             self.card = {**self.card, "not_sure": ood.card_entry(detector)}
 
@@ -79,6 +84,8 @@ class Classifier:
         with torch.inference_mode():
             if self.detector is None:
                 return torch.softmax(self.model(batch).float(), dim=1), None
+            from whatsthat import ood
+
             feats, logits = ood.split_forward(self.model, batch, self.detector.layer)
             return torch.softmax(logits, dim=1), self.detector.score(feats, logits)
 
@@ -168,7 +175,9 @@ def load_classifier(path: str | Path = "export.pkl") -> Classifier:
         ) from e
     if not hasattr(learn, "dls") or not hasattr(learn.dls, "vocab"):
         raise WhatsthatError(f"{path} is not an image classifier export")
-    return Classifier(learn, read_card(path), path, ood.load_detector(path, learn.model))
+    from whatsthat.ood import load_detector
+
+    return Classifier(learn, read_card(path), path, load_detector(path, learn.model))
 
 
 def write_card(model_path: str | Path, card: dict) -> Path:
@@ -178,14 +187,14 @@ def write_card(model_path: str | Path, card: dict) -> Path:
     return path
 
 
-def fit_not_sure(model_path: str | Path, data: str | Path, *, method: str = ood.DEFAULT_METHOD,
-                 layer: str = ood.DEFAULT_LAYER, k: int = ood.DEFAULT_K,
-                 in_class_rate: float = ood.DEFAULT_IN_CLASS_RATE, echo=None) -> dict:
+def fit_not_sure(model_path: str | Path, data: str | Path, *, method: str | None = None, layer: str | None = None,
+                 k: int | None = None, in_class_rate: float | None = None, echo=None) -> dict:
     """Give an existing export.pkl out-of-class statistics from its dataset folder; update its card.
 
     For models trained before the detector existed (the statistics are otherwise fitted by `train`).
-    Returns the card's new "not_sure" entry.
+    Settings left None take whatsthat.ood's defaults. Returns the card's new "not_sure" entry.
     """
+    from whatsthat import ood
     from whatsthat.data import check_dataset, get_dataset_images
 
     clf = load_classifier(model_path)
@@ -195,11 +204,18 @@ def fit_not_sure(model_path: str | Path, data: str | Path, *, method: str = ood.
     if unknown:
         raise WhatsthatError(f"{data} has labels the model does not know: {', '.join(unknown)} "
                              f"(model classes: {', '.join(clf.classes)})")
+    from whatsthat.train import dataset_fingerprint
+
+    trained_on = clf.card.get("dataset", {}).get("sha256")
+    if trained_on and trained_on != dataset_fingerprint(files, Path(data)) and echo:
+        # still usable (e.g. more pictures since), but the split may then hold pictures the model trained on
+        echo(f"note: {data} is not the exact dataset the model was trained on (its card's sha256 differs)")
     train_items, valid_items = ood.split_items(files, clf.card)
     if not train_items or not valid_items:
         raise WhatsthatError(f"{data}: the model's split leaves no training or no held-out pictures")
-    entry = ood.fit_and_save(clf.learn, clf.path, train_items, valid_items, method=method, layer=layer, k=k,
-                             in_class_rate=in_class_rate, echo=echo)
+    entry = ood.fit_and_save(clf.learn, clf.path, train_items, valid_items, method=method or ood.DEFAULT_METHOD,
+                             layer=layer or ood.DEFAULT_LAYER, k=k or ood.DEFAULT_K,
+                             in_class_rate=in_class_rate or ood.DEFAULT_IN_CLASS_RATE, echo=echo)
     card = {k_: v for k_, v in clf.card.items() if k_ != "not_sure"}
     write_card(clf.path, {**card, "not_sure": entry})
     return entry
