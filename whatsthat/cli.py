@@ -25,6 +25,7 @@ examples:
   whatsthat interpret data --model export.pkl
   whatsthat clean data --apply cleaning-decisions.json   (then: whatsthat undo data)
   whatsthat predict photo.jpg --json
+  whatsthat not-sure fit export.pkl data   (statistics for a model trained before they existed)
 """
 
 
@@ -111,20 +112,24 @@ def cmd_interpret(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from whatsthat.images import ImageError
-    from whatsthat.predict import NOT_SURE, load_classifier, verdict
+    from whatsthat.predict import load_classifier
 
     clf = load_classifier(args.model)
+    if clf.detector is None:
+        print(f"note: {args.model} has no out-of-class statistics, so 'not sure' is only the softmax rule "
+              f"(top probability below {clf.threshold}); add them with `whatsthat not-sure fit {args.model} DATA`",
+              file=sys.stderr)
     results, failed = [], 0
     for image in args.images:
         try:
-            ranked = clf.predict(Path(image))
+            v = clf.judge(Path(image))
         except ImageError as e:
             failed += 1
             results.append({"image": image, "error": str(e)})
             continue
-        top = ranked[: args.top] if args.top else ranked
-        answer = verdict(ranked, clf.threshold)
-        results.append({"image": image, "label": None if answer == NOT_SURE else answer,
+        top = v.ranked[: args.top] if args.top else v.ranked
+        results.append({"image": image, "label": v.label, "verdict": v.kind, "message": v.message,
+                        "ood_score": v.ood_score, "ood_threshold": clf.detector.threshold if clf.detector else None,
                         "probabilities": dict(top)})
     if args.json:
         print(json.dumps(results if len(results) > 1 else results[0], indent=2))
@@ -133,10 +138,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if "error" in r:
                 print(f"{r['image']}: error: {r['error']}", file=sys.stderr)
                 continue
-            label = r["label"] or "not sure"
+            answer = {"sure": r["label"], "ambiguous": "not sure (ambiguous)",
+                      "out_of_class": "not sure (out of class)"}[r["verdict"]]
             probs = "  ".join(f"{k} {v:.3f}" for k, v in r["probabilities"].items())
-            print(f"{r['image']}: {label}  ({probs})")
+            print(f"{r['image']}: {answer}  ({probs})" + ("" if r["label"] else f"  {r['message']}"))
     return 1 if failed else 0
+
+
+def cmd_not_sure(args: argparse.Namespace) -> int:
+    from whatsthat.predict import card_path_for, fit_not_sure
+
+    entry = fit_not_sure(args.model, args.data, method=args.method, layer=args.layer, k=args.k,
+                         in_class_rate=args.rate, echo=lambda s: print(s, file=sys.stderr))
+    cal = entry["calibration"]
+    print(f"{args.model}: 'not sure' by {entry['method']} ({entry['layer']} features), threshold {entry['threshold']:.4f}, "
+          f"{cal['valid_flagged']:.1%} of {cal['n_valid']} held-out pictures above it; wrote {entry['file']} "
+          f"and updated {card_path_for(args.model).name}")
+    return 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
@@ -193,7 +211,17 @@ def cmd_journal(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from whatsthat.serve import serve
 
-    return serve(args.model, port=args.port, host=args.host, notebook=args.notebook, examples=args.examples)
+    voila_args = args.voila_args[1:] if args.voila_args[:1] == ["--"] else args.voila_args
+    return serve(args.model, port=args.port, host=args.host, notebook=args.notebook, examples=args.examples,
+                 cull_idle_timeout=args.cull_idle_timeout, cull_interval=args.cull_interval, voila_args=voila_args)
+
+
+def cmd_artifact(args: argparse.Namespace) -> int:
+    from whatsthat.artifact import artifact_from_export
+
+    for path in artifact_from_export(args.model):
+        print(f"wrote {path}")
+    return 0
 
 
 def cmd_deploy_check(args: argparse.Namespace) -> int:
@@ -282,6 +310,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--top", type=_positive_int, help="show only the K most likely labels")
     pr.set_defaults(func=cmd_predict)
 
+    ns = sub.add_parser("not-sure", help="out-of-class statistics for a model trained without them",
+                        description="Fit the out-of-class detector of MODEL on its dataset DATA (the split it was "
+                                    "trained with) and write MODEL's .ood.safetensors and card entry. "
+                                    "`whatsthat train` does this itself.")
+    ns.add_argument("action", choices=["fit"], help="fit")
+    ns.add_argument("model", type=Path, help="exported model, e.g. export.pkl")
+    ns.add_argument("data", type=Path, help="the dataset folder the model was trained on")
+    ns.add_argument("--method", choices=["knn", "mahalanobis", "energy", "max_logit", "msp"],
+                    help="detector (default: the benchmark's choice, see README)")
+    ns.add_argument("--layer", choices=["pooled", "penultimate"], help="features the detector reads")
+    ns.add_argument("--k", type=_positive_int, help="neighbours for knn")
+    ns.add_argument("--rate", type=_fraction, help="share of held-out in-class pictures allowed above the threshold")
+    ns.set_defaults(func=cmd_not_sure)
+
     c = sub.add_parser("clean", help="apply cleaning decisions (delete/relabel) as one undoable batch",
                        description="Apply a decisions file (JSON or CSV: path,action,label[,sha256]; path is "
                                    "<label>/<file> inside DATA; action keep, delete or relabel) saved by the "
@@ -321,7 +363,17 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1; 0.0.0.0 for all)")
     sv.add_argument("--notebook", type=Path, help="the app notebook (default: ./app.ipynb or the checkout's)")
     sv.add_argument("--examples", type=Path, help="folder of example images offered on the page")
+    sv.add_argument("--cull-idle-timeout", type=_positive_int, default=600,
+                    help="seconds before an idle visitor's kernel is shut down (default 600)")
+    sv.add_argument("--cull-interval", type=_positive_int, default=60, help="seconds between culling checks (default 60)")
+    sv.add_argument("voila_args", nargs=argparse.REMAINDER, help="after --: more Voila options")
     sv.set_defaults(func=cmd_serve)
+
+    ar = sub.add_parser("artifact", help="write the torch-only serving artifact beside an export.pkl",
+                        description="Write export.safetensors + export.serving.json beside MODEL (needs fastai to read "
+                                    "it); the model process then serves without fastai or torchvision.")
+    ar.add_argument("model", type=Path, nargs="?", default=Path("export.pkl"), help="the export (default: export.pkl)")
+    ar.set_defaults(func=cmd_artifact)
 
     dc = sub.add_parser("deploy-check", help="check the deployment files against this environment and the model")
     dc.add_argument("root", type=Path, nargs="?", default=Path("."), help="the repository (default: .)")
