@@ -321,4 +321,7 @@ def export(learn, model_path: str | Path, card: dict) -> Path:
             os.unlink(tmp)
     card_path = card_path_for(model_path)
     card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    from whatsthat.artifact import write_beside_export  # the model process's torch-only copy (whatsthat.artifact)
+
+    write_beside_export(learn, model_path, card)
     return model_path
