@@ -8,8 +8,11 @@ PYTHON ?= python3
 PY      = $(VENV)/bin/python
 LOCK    = requirements/dev.lock
 PORT   ?= 8866
+# The dyno's environment, built from requirements.txt as Heroku builds it (CPU torch, no fastai): the
+# browser tests serve the page from it, so what is deployed is what is tested.
+SERVE_VENV ?= .venv-serve
 
-.PHONY: install app test test-fast lint lock bench clean-venv
+.PHONY: install serve-env app test test-fast lint lock bench clean-venv
 
 # Rebuilt when the lock changes; `tools/lock.py sync` installs exactly the lock (pip, torch and all),
 # removes what it does not list, installs whatsthat editable and runs `pip check`.
@@ -21,6 +24,13 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 
 install: $(VENV)/.installed
 
+# Rebuilt when the serving lock or the package changes (whatsthat is installed non-editable, as on a dyno).
+$(SERVE_VENV)/.installed: requirements.txt pyproject.toml $(wildcard whatsthat/*.py)
+	$(PYTHON) tools/lock.py serve $(SERVE_VENV)
+	touch $@
+
+serve-env: $(SERVE_VENV)/.installed
+
 app: install
 	$(VENV)/bin/whatsthat serve --port $(PORT)
 
@@ -29,9 +39,9 @@ lint: install
 
 # pytest exits 5 when it collects nothing: a missing suite must fail, not pass silently. Browser tests
 # must run: Chromium is installed first where we may, and a missing browser fails them instead of skipping.
-test: lint
+test: lint serve-env
 	bash .ci/ensure-chromium
-	WHATSTHAT_BROWSER_TESTS=required $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	WHATSTHAT_BROWSER_TESTS=required WHATSTHAT_SERVE_VENV=$(abspath $(SERVE_VENV)) $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # Everything but the slow (training, notebooks) and browser tests: seconds, for the edit-test loop.
@@ -46,4 +56,4 @@ bench: install
 	$(PY) bench/run_all.py
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(SERVE_VENV)

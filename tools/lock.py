@@ -16,6 +16,7 @@ Usage (stdlib only: it runs before any venv exists):
     python tools/lock.py lock            re-resolve both, rewrite the locks, print what changed
     python tools/lock.py sync VENV       make VENV exactly dev.lock (+ whatsthat editable)
     python tools/lock.py check           fail when pyproject/dev.in changed since dev.lock was made
+    python tools/lock.py serve VENV      build VENV from requirements.txt as a dyno does (no fastai)
 """
 
 from __future__ import annotations
@@ -184,6 +185,36 @@ def cmd_sync(args: argparse.Namespace) -> None:
     run(py, "-m", "pip", "check")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Build the serving environment the way Heroku does: a fresh venv, `pip install -r requirements.txt`.
+
+    One difference: the PyTorch CPU index is not reachable from every machine (not from CI's), and pip
+    waits minutes on an index it cannot reach. The line is left out here; the same pinned CPU wheel then
+    comes from pip's configured sources, and `pip check` plus the import check below prove the result.
+    Re-run after a code change: whatsthat itself is reinstalled (non-editable, as on a dyno) every time.
+    """
+    where = Path(args.venv)
+    py = where / "bin" / "python"
+    if not py.exists():
+        venv.create(where, with_pip=True)
+    reqs = [ln for ln in SERVE_LOCK.read_text(encoding="utf-8").splitlines() if not ln.startswith("--extra-index-url")]
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=ROOT, prefix=".serve-req-", delete=False) as f:
+        f.write("\n".join(reqs) + "\n")  # in ROOT, so the '.' line still means this checkout
+    try:
+        run(py, "-m", "pip", "install", "--quiet", "-r", f.name)
+        run(py, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", ".")
+    finally:
+        Path(f.name).unlink()
+    run(py, "-m", "pip", "check")
+    # what serving must never need: if one of these imports, requirements.txt has grown a training library
+    leaked = run(py, "-c", "import importlib.util as u; print(' '.join(m for m in ('fastai', 'torchvision') "
+                           "if u.find_spec(m)))").strip()
+    if leaked:
+        raise LockError(f"the serving environment contains {leaked}: requirements/serve.in must not pull them in")
+    print(f"  {where}: the serving environment of requirements.txt (torch "
+          f"{run(py, '-c', 'import torch; print(torch.__version__)').strip()}, no fastai, no torchvision)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -191,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check", help="fail when the lock is older than pyproject.toml's dependencies")
     sync = sub.add_parser("sync", help="make a venv exactly requirements/dev.lock")
     sync.add_argument("venv")
+    serve = sub.add_parser("serve", help="build a venv from requirements.txt as a dyno does (CI's serving tests)")
+    serve.add_argument("venv")
     args = parser.parse_args(argv)
     try:
-        {"lock": cmd_lock, "check": cmd_check, "sync": cmd_sync}[args.cmd](args)
+        {"lock": cmd_lock, "check": cmd_check, "sync": cmd_sync, "serve": cmd_serve}[args.cmd](args)
     except LockError as e:
         print(f"lock: {e}", file=sys.stderr)
         return 1
