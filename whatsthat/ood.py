@@ -281,7 +281,7 @@ def fit_detector(train_features: torch.Tensor, train_labels: torch.Tensor, valid
 
 def card_entry(det: Detector, file: str | None = None) -> dict:
     """What the model card records as card["not_sure"] (see the module docstring)."""
-    return {"method": det.method, "layer": det.layer, "k": det.k, "threshold": round(det.threshold, 6),
+    return {"method": det.method, "layer": det.layer, "k": det.k, "threshold": det.threshold,
             "file": file, "model_fingerprint": det.model_fingerprint, "calibration": det.calibration}
 
 
