@@ -420,3 +420,118 @@ def test_shipped_model_on_real_bears(shipped_model, shared_bears):  # noqa: F811
     assert html.count("data:image/jpeg;base64,") == len(photos)
     thumb = base64.b64decode(html.split("base64,")[1].split('"')[0])
     assert thumb[:3] == b"\xff\xd8\xff"
+
+
+# -- the thin kernel: the model process does the work --
+
+
+def test_the_kernel_module_imports_no_torch_numpy_or_fastai():
+    import subprocess
+    import sys
+
+    code = "import sys, whatsthat.app; print(sorted(m for m in ('torch', 'numpy', 'fastai', 'torchvision') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "[]"
+
+
+class FakeClient:
+    """What RemoteClassifier needs from protocol.ModelClient; `fail` raises on the next classify."""
+
+    def __init__(self):
+        self.fail: Exception | None = None
+        self.sent: list[list[tuple[str, bytes]]] = []
+
+    def load_info(self):
+        return {"classes": list(CLASSES), "card": {"arch": "x"}, "threshold": 0.6, "backend": "artifact", "pid": 1}
+
+    def classify_files(self, files, thumb_side):
+        self.sent.append(list(files))
+        if self.fail is not None:
+            fail, self.fail = self.fail, None
+            raise fail
+        thumb = image_bytes(solid((200, 0, 0), (8, 8)))
+        return [{"name": n, "ranked": [("grizzly", 0.9), ("black", 0.07), ("teddy", 0.03)], "ood_score": 1.0,
+                 "error": "", "reason": "", "thumbnail": thumb} for n, _ in files]  # fmt: skip
+
+
+def test_remote_classifier_sends_bytes_and_shows_the_answer():
+    client = FakeClient()
+    app = build_app(appmod.RemoteClassifier(client))
+    assert "black, grizzly, teddy" in app.card.value
+    upload_and_click(app, ("bear.jpg", b"\xff\xd8\xff raw bytes, decoded by the model process"))
+    assert client.sent == [[("bear.jpg", b"\xff\xd8\xff raw bytes, decoded by the model process")]]
+    assert app.label.value == "Prediction: grizzly; Probability: 0.9000"
+    assert "data:image/jpeg;base64," in output_html(app)
+
+
+@pytest.mark.parametrize(
+    "error,words",
+    [
+        (appmod.ModelLost("the model process stopped during the request (EOFError)"), "restarting"),
+        (appmod.ModelUnavailable("not answering"), "not reachable"),
+        (WhatsthatError("at most 12 images per request"), "at most 12 images"),
+    ],
+)
+def test_model_process_trouble_is_a_friendly_message_and_the_next_click_works(caplog, error, words):
+    client = FakeClient()
+    app = build_app(appmod.RemoteClassifier(client))
+    client.fail = error
+    with caplog.at_level(logging.WARNING, logger="whatsthat.app"):
+        upload_and_click(app, ("a.jpg", red_jpeg()), ("b.jpg", red_jpeg(1)))
+    assert [r.ok for r in app.results] == [False, False]
+    assert words in app.results[0].error and "Traceback" not in app.label.value
+    assert caplog.records  # the operator sees what happened
+    upload_and_click(app, ("a.jpg", red_jpeg()))
+    assert app.label.value == "Prediction: grizzly; Probability: 0.9000"
+
+
+def test_app_or_none_uses_the_model_process_named_in_the_environment(tmp_path, monkeypatch, caplog):
+    import secrets
+    import threading
+
+    from whatsthat.modelserver import Predictor, serve_forever
+    from whatsthat.protocol import ENV_AUTHKEY, ENV_SOCKET
+
+    predictor = Predictor(["a", "b"], {"name": "a / b"}, 0.6, "stub", lambda ims: [([("b", 0.7), ("a", 0.3)], None) for _ in ims])
+    path, key = str(tmp_path / "m.sock"), secrets.token_bytes(32)
+    ready = threading.Event()
+    threading.Thread(target=serve_forever, args=(predictor, path, key, ready.set), daemon=True).start()
+    assert ready.wait(10)
+    monkeypatch.setenv(ENV_SOCKET, path)
+    monkeypatch.setenv(ENV_AUTHKEY, key.hex())
+    with caplog.at_level(logging.INFO, logger="whatsthat.app"):
+        app = appmod.app_or_none("export.pkl", connect=False)
+    assert isinstance(app, App) and isinstance(app.classifier, appmod.RemoteClassifier)
+    assert any("served by the model process" in r.getMessage() for r in caplog.records)
+    app.upload.value = upload_value(("x.jpg", red_jpeg()))
+    app.classify_button.click()  # connect=False: the notebook wires the button, so a click does nothing here
+    assert app.label.value == ""
+    app.on_classify()
+    assert app.label.value == "Prediction: b; Probability: 0.7000"
+
+
+@pytest.mark.slow
+def test_without_a_model_process_the_kernel_loads_the_model_itself(tiny_model, tmp_path, monkeypatch, caplog):  # noqa: F811
+    import shutil
+
+    from whatsthat.protocol import ENV_SOCKET
+
+    monkeypatch.delenv(ENV_SOCKET, raising=False)
+    with caplog.at_level(logging.INFO):
+        clf = appmod.load_classifier(tiny_model)
+    assert clf.backend == "artifact"  # torch-only, even in the kernel
+    assert any("in the kernel itself" in r.getMessage() for r in caplog.records)
+    app = build_app(clf)
+    upload_and_click(app, ("red.jpg", red_jpeg()))
+    assert app.results[0].ok and app.results[0].thumbnail[:3] == b"\xff\xd8\xff"
+
+    bare = tmp_path / "export.pkl"  # a course-style export: no artifact beside it
+    shutil.copy(tiny_model, bare)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        clf = appmod.load_classifier(bare)
+    assert clf.backend == "fastai"
+    assert any("loading export.pkl with fastai" in r.getMessage() for r in caplog.records)
+    app = build_app(clf)
+    upload_and_click(app, ("red.jpg", red_jpeg()))
+    assert app.results[0].ok

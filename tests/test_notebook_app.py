@@ -39,13 +39,14 @@ def test_notebook_is_thin_and_has_no_stored_outputs():
     assert len(code) == 1
     assert all(not c.outputs for c in code)
     source = code[0].source
-    assert "WHATSTHAT_MODEL" in source and "export.pkl" in source and "app_or_message" in source
+    assert "WHATSTHAT_MODEL" in source and "export.pkl" in source and "app_or_none" in source
+    # the lesson-2 page is laid out in the notebook, from the package's widgets and callbacks
+    for part in ("widgets.VBox(", "btn_upload", "btn_run.on_click(app.on_classify)", "out_pl", "lbl_pred", "connect=False"):
+        assert part in source, part
     assert nb.metadata["kernelspec"]["name"] == "python3"
 
 
-@pytest.mark.slow
-def test_notebook_shows_the_app(tiny_model, tmp_path, monkeypatch):  # noqa: F811
-    nb = run_notebook(tmp_path, monkeypatch, tiny_model)
+def assert_shows_the_app(nb) -> None:
     outputs = visible_outputs(nb)
     assert [o.output_type for o in outputs] == ["display_data"], outputs  # nothing else: no error, no stderr
     assert WIDGET_VIEW in outputs[0].data
@@ -60,6 +61,30 @@ def test_notebook_shows_the_app(tiny_model, tmp_path, monkeypatch):  # noqa: F81
     assert "Classify" in buttons
     card = json.dumps([m["state"].get("value", "") for m in models.values() if m["model_name"] == "HTMLModel"])
     assert "blue, red" in card
+    # the displayed VBox holds the upload, the button, the output and the label directly, as in lesson 2
+    children = {models[c.removeprefix("IPY_MODEL_")]["model_name"] for c in root["state"]["children"]}
+    assert {"OutputModel", "LabelModel"} <= children
+
+
+@pytest.mark.slow
+def test_notebook_shows_the_app_with_the_model_in_the_kernel(tiny_model, tmp_path, monkeypatch, capfd):  # noqa: F811
+    """No model process (plain Jupyter, Binder without the start script): the kernel loads the model."""
+    from whatsthat.protocol import ENV_SOCKET
+
+    monkeypatch.delenv(ENV_SOCKET, raising=False)
+    assert_shows_the_app(run_notebook(tmp_path, monkeypatch, tiny_model))
+    assert "in the kernel itself" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_notebook_shows_the_app_served_by_a_model_process(tiny_model, tmp_path, monkeypatch, capfd):  # noqa: F811
+    from whatsthat.modelserver import Supervisor
+
+    with Supervisor(tiny_model) as sup:
+        for var, value in sup.env().items():
+            monkeypatch.setenv(var, value)  # the kernel inherits them, as Voila's kernels do
+        assert_shows_the_app(run_notebook(tmp_path, monkeypatch, tiny_model))
+    assert "served by the model process" in capfd.readouterr().err
 
 
 @pytest.mark.slow

@@ -1,7 +1,15 @@
 """The web page: upload photos, click Classify, see what the model thinks (fastai lesson 2's layout).
 
 Everything here is plain Python over ipywidgets, so the rules and callbacks are tested without a
-browser; `app.ipynb` only calls `app_or_message()` and Voila turns the result into a page.
+browser; `app.ipynb` builds the lesson-2 VBox from the widgets and callbacks made here, and Voila
+turns it into a page.
+
+This module runs in every visitor's kernel, so it imports neither torch nor fastai nor numpy. Under
+`whatsthat serve` (and the Binder start script) the model lives in one model process per server
+(`whatsthat.modelserver`), reached over `whatsthat.protocol`: the kernel sends the upload bytes and
+gets back ranked labels, an out-of-class score and a small thumbnail per file. Where no model process
+runs (plain Jupyter, a Binder without the start script), `load_classifier` loads the model in the
+kernel itself with the very same decoding code, and logs that it does.
 
 Visitors' uploads are untrusted: each goes through `images.load_image` (byte cap, decompression-bomb
 guard, full decode, EXIF orientation, first animation frame, RGB), every name or message put into
@@ -24,11 +32,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import ipywidgets as widgets
-from PIL import Image
 
 from whatsthat.errors import WhatsthatError
 from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
 from whatsthat.predict import NOT_SURE, verdict  # light: predict imports torch/fastai only when loading
+from whatsthat.protocol import ModelClient, ModelLost, ModelUnavailable
 
 log = logging.getLogger("whatsthat.app")
 
@@ -41,16 +49,34 @@ MAX_EXAMPLES = 6
 EXAMPLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}
 NOTHING_UPLOADED = "Nothing to classify yet: upload a photo first (or try an example)."
 GENERIC_FAILURE = "Sorry, something went wrong while classifying. Please try again or use another photo."
+MODEL_LOST = "the classifier stopped while working on this photo and is restarting: please try again in a moment"
+MODEL_UNAVAILABLE = "the classifier is not reachable right now (it may be restarting): please try again in a moment"
 
 
 class ClassifierLike(Protocol):
-    """What the app needs from `whatsthat.predict.Classifier` (a stub in tests)."""
+    """What the app needs: classes, card, threshold, and either `classify_files` (the model process,
+    `RemoteClassifier`) or `predict_many` over decoded pictures (in-process: `modelserver.Predictor`,
+    `predict.Classifier`, a stub in tests), which `modelserver.classify_files` wraps."""
 
     classes: list[str]
     card: dict
     threshold: float
 
-    def predict_many(self, images: Sequence[Any]) -> list[list[tuple[str, float]]]: ...
+
+class RemoteClassifier:
+    """The model process as the page sees it: `classify_files` sends the bytes, never decodes them here."""
+
+    def __init__(self, client: ModelClient) -> None:
+        info = client.load_info()  # waits while the model process starts (cold start) or restarts
+        self.client = client
+        self.classes: list[str] = [str(c) for c in info.get("classes") or []]
+        self.card: dict = info.get("card") or {}
+        self.threshold: float = float(info.get("threshold", 0.6))
+        self.backend: str = str(info.get("backend", "?"))
+        self.pid = info.get("pid")
+
+    def classify_files(self, files: Sequence[tuple[str, bytes]], thumb_side: int) -> list[dict]:
+        return self.client.classify_files(files, thumb_side)
 
 
 @dataclass
@@ -243,7 +269,9 @@ class App:
         title: str = TITLE,
         description: str = DESCRIPTION,
         max_files: int = MAX_FILES,
+        connect: bool = True,
     ) -> None:
+        """`connect=False` leaves the Classify button unconnected, for a notebook that wires it itself."""
         self.classifier = classifier
         self.max_files = max_files
         self.results: list[FileResult] = []
@@ -260,7 +288,8 @@ class App:
         self.classify_button = widgets.Button(description="Classify", button_style="primary", icon="search")
         self.output = widgets.Output()
         self.label = widgets.Label()
-        self.classify_button.on_click(self.on_classify)
+        if connect:
+            self.classify_button.on_click(self.on_classify)
 
         self.example_buttons: list[widgets.Button] = []
         example_items = []
@@ -332,36 +361,26 @@ class App:
             self.classify_button.disabled = False
 
     def classify(self, files: Sequence[tuple[str, bytes]]) -> list[FileResult]:
-        """Decode and classify (name, bytes) pairs; a bad file gets a friendly error, the others still run."""
-        results: list[FileResult] = []
-        good: list[tuple[FileResult, Image.Image]] = []
-        for name, data in files[: self.max_files]:
-            result = FileResult(name=name)
-            results.append(result)
-            try:
-                im = load_image(data)
-            except ImageError as e:
-                log.warning("upload %r rejected (%s, %d bytes): %s", name, e.reason, len(data), e)
-                result.error, result.reason = str(e), e.reason
-                continue
-            result.thumbnail = encode_jpeg(resize_max(im, THUMB_SIDE), quality=80)
-            good.append((result, im))
-        if good:
-            try:
-                with _warnings_to_log("predicting"):
-                    predictions = self.classifier.predict_many([im for _, im in good])
-            except WhatsthatError as e:
-                log.warning("prediction refused: %s", e)
-                predictions = [None] * len(good)
-                message = str(e)
-            else:
-                message = ""
-            for (result, _), ranked in zip(good, predictions, strict=True):
-                if ranked is None:
-                    result.error, result.reason = message, "error"
-                    continue
-                result.ranked = [(str(label), float(prob)) for label, prob in ranked]
+        """Classify (name, bytes) pairs; a bad file gets a friendly error, the others still run."""
+        batch = list(files[: self.max_files])
+        try:
+            with _warnings_to_log("predicting"):
+                raw = self._classify_files(batch)
+        except (ModelLost, ModelUnavailable) as e:
+            log.warning("model process: %s", e)
+            message = MODEL_LOST if isinstance(e, ModelLost) else MODEL_UNAVAILABLE
+            raw = [{"name": name, "error": message, "reason": "model-unavailable"} for name, _ in batch]
+        except WhatsthatError as e:
+            log.warning("prediction refused: %s", e)
+            raw = [{"name": name, "error": str(e), "reason": "error"} for name, _ in batch]
+        results = []
+        for r in raw:
+            result = FileResult(name=str(r["name"]), error=r.get("error") or "", reason=r.get("reason") or "",
+                                thumbnail=r.get("thumbnail") or b"")  # fmt: skip
+            if result.ok:
+                result.ranked = [(str(label), float(prob)) for label, prob in r["ranked"]]
                 result.verdict = verdict(result.ranked, self.classifier.threshold)
+            results.append(result)
         if len(files) > self.max_files:
             results.append(
                 FileResult(
@@ -371,6 +390,14 @@ class App:
                 )
             )
         return results
+
+    def _classify_files(self, files: list[tuple[str, bytes]]) -> list[dict]:
+        remote = getattr(self.classifier, "classify_files", None)
+        if remote is not None:
+            return remote(files, THUMB_SIDE)
+        from whatsthat.modelserver import classify_files  # in-process: decode and predict in this kernel
+
+        return classify_files(self.classifier, files, THUMB_SIDE)
 
     def show(self, results: list[FileResult]) -> None:
         """Put results on the page: a card per file in the Output, the summary in the Label."""
@@ -396,19 +423,43 @@ def unavailable_message(detail: str = "") -> widgets.HTML:
     )
 
 
+def load_classifier(model: str | Path = "export.pkl") -> ClassifierLike:
+    """The model process when this kernel was given its channel, else the model loaded in this kernel.
+
+    The channel (socket and key) comes from the environment `whatsthat serve` or the Binder start
+    script set; without it (plain Jupyter, Binder without the start script) the kernel loads the
+    model itself: the artifact with torch, or export.pkl with fastai.
+    """
+    client = ModelClient.from_env()
+    if client is not None:
+        classifier = RemoteClassifier(client)
+        log.info("model %s served by the model process %s (%s)", model, classifier.pid, classifier.backend)
+        return classifier
+    log.info("no model process for this kernel (%s is unset): loading %s in the kernel itself", "WHATSTHAT_MODEL_SOCKET", model)
+    from whatsthat.modelserver import load_predictor  # imported here: torch loads only on this path
+
+    return load_predictor(model)
+
+
 def app_or_message(
     model: str | Path = "export.pkl", examples: Sequence[str | Path] | str | Path | None = None
 ) -> widgets.Widget:
     """Load `model` and return the app's widget, or a friendly message widget if that fails (logged)."""
+    app = app_or_none(model, examples)
+    return app.widget if isinstance(app, App) else app
+
+
+def app_or_none(
+    model: str | Path = "export.pkl", examples: Sequence[str | Path] | str | Path | None = None, **kwargs: Any
+) -> App | widgets.HTML:
+    """The App (its widgets and callbacks, for the notebook to lay out), or the friendly message widget."""
     _ensure_server_logging()
     try:
         t0 = time.monotonic()
         with _warnings_to_log("loading the model"):
-            from whatsthat.predict import load_classifier  # imported here: fastai/torch load only when needed
-
             classifier = load_classifier(model)
         log.info("model %s loaded in %.1fs: classes %s", model, time.monotonic() - t0, classifier.classes)
-        return build_app(classifier, examples).widget
+        return build_app(classifier, examples, **kwargs)
     except WhatsthatError as e:
         log.error("cannot start the app: %s", e)
         return unavailable_message(str(e))

@@ -1,32 +1,34 @@
-"""Serve the app notebook with Voila: one place that decides the server flags.
+"""Serve the app notebook with Voila, beside one supervised model process: one place for the flags.
 
-Voila starts one Python kernel (torch + fastai + the model: hundreds of MB) per page view, so:
+`serve()` starts the model process (`whatsthat.modelserver.Supervisor`: torch and the model, once
+per server) and Voila, which starts one thin kernel per page view (widgets only: it sends uploads
+to the model process). The kernels reach the model through environment variables Voila passes on.
 
 - kernel culling is always on: a kernel idle for `cull_idle_timeout` seconds is shut down, even
   with a tab still open (`cull_connected`), because closed phones and crashed tabs never say goodbye;
-- preheating keeps `pool_size` kernels that have already run the notebook (model loaded), so a
-  visitor waits for a page, not for `import torch`; each pooled kernel costs a kernel's memory;
+- preheating keeps `pool_size` kernels that have already run the notebook, so a visitor waits for
+  neither Python nor ipywidgets to start;
 - sources are stripped and tracebacks are never sent to visitors.
 
-`whatsthat serve` calls `serve()`, and the Procfile is `procfile_line()` (tests keep them in sync).
+`whatsthat serve` calls `serve()`, and the Procfile is `procfile_line()`, which runs `whatsthat serve`
+itself, so Heroku gets the same supervisor and flags as a local run (tests keep them in sync).
 """
 
 from __future__ import annotations
 
 import json
 import shlex
-import signal
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from whatsthat.errors import WhatsthatError
+from whatsthat.modelserver import run_with_model
 
 DEFAULT_PORT = 8866
 CULL_IDLE_TIMEOUT = 600  # seconds; a visitor thinking for 10 minutes reloads the page, a leak lasts forever
 CULL_INTERVAL = 60
-POOL_SIZE = 1  # one warm kernel: the next visitor is fast, and a small dyno still fits two kernels
+POOL_SIZE = 1  # one warm kernel: the next visitor gets a page at once; a thin kernel costs ~60 MB
 # One upload (all its files) travels in one websocket message. Tornado's default limit, 10 MiB, is
 # smaller than many phone photos, and a bigger message drops the connection: the page stops working.
 # 64 MiB lets several photos through and lets images.load_image refuse the oversized ones politely.
@@ -84,11 +86,20 @@ def voila_command(
     return ["env", *env, *program, *args, *extra_args, str(notebook)]
 
 
-def procfile_line(notebook: str = "app.ipynb") -> str:
-    """The Procfile's web process: Voila on Heroku's $PORT, all interfaces, same flags as `serve()`."""
-    argv = voila_command(notebook, "$PORT", "0.0.0.0", voila=["voila"])
-    # shlex.join would quote $PORT and stop the shell from expanding it
-    return "web: " + " ".join(a if a == "--port=$PORT" else shlex.quote(a) for a in argv)
+def procfile_line(notebook: str = "app.ipynb", model: str = "export.pkl") -> str:
+    """The Procfile's web process: `whatsthat serve` on Heroku's $PORT and all interfaces.
+
+    Running `whatsthat serve` (not Voila itself) gives the dyno the same model process, supervisor
+    and Voila flags as a local run.
+    """
+    # shlex.quote would quote $PORT and stop the shell from expanding it
+    return f"web: whatsthat serve --host=0.0.0.0 --port=$PORT --model={shlex.quote(model)} --notebook={shlex.quote(notebook)}"
+
+
+def model_exists(model: str | Path) -> bool:
+    """export.pkl itself, or the serving artifact written beside it (a deploy may ship only that)."""
+    p = Path(model)
+    return p.is_file() or (p.with_name(p.stem + ".serving.json").is_file() and p.with_name(p.stem + ".safetensors").is_file())
 
 
 def find_notebook(notebook: str | Path | None = None) -> Path:
@@ -113,16 +124,17 @@ def serve(
     cull_interval: int = CULL_INTERVAL,
     preheat: bool = True,
     pool_size: int = POOL_SIZE,
+    voila_args: Sequence[str] = (),
     echo: Callable[[str], None] | None = None,
 ) -> int:
-    """Run Voila on `notebook` with `model` until interrupted; returns Voila's exit code.
+    """Run the model process and Voila on `notebook` until interrupted; returns Voila's exit code.
 
     The model path is made absolute (the kernel runs in the notebook's folder). A missing model
     or notebook raises WhatsthatError before anything starts.
     """
     nb = find_notebook(notebook)
     model_path = Path(model).resolve()
-    if not model_path.is_file():
+    if not model_exists(model_path):
         raise WhatsthatError(f"model file not found: {model_path} (train one with `whatsthat train`, or pass --model)")
     examples_path = Path(examples).resolve() if examples is not None else None
     cmd = voila_command(
@@ -135,18 +147,10 @@ def serve(
         cull_interval=cull_interval,
         preheat=preheat,
         pool_size=pool_size,
+        extra_args=voila_args,
     )
     echo = echo or (lambda s: print(s, file=sys.stderr))
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     echo(f"serving {nb} with {model_path} at http://{shown}:{port}/ (Ctrl-C stops)")
-    proc = subprocess.Popen(cmd, cwd=nb.parent)  # the kernel's cwd is the notebook's folder, as in Voila
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        # Voila shuts its kernels down on SIGINT; give it time before forcing
-        proc.send_signal(signal.SIGINT)
-        try:
-            return proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+    # the kernel's cwd is the notebook's folder, as in Voila; the model process runs beside Voila
+    return run_with_model(model_path, cmd, cwd=nb.parent)

@@ -1,0 +1,284 @@
+"""The model process and its channel: wire format, authentication, concurrent kernels, failures, restarts."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing import Pipe
+from multiprocessing.connection import Client
+
+import pytest
+from conftest import ROOT, draw_image, image_bytes
+from model_fixture import tiny_model  # noqa: F401  (pytest fixture)
+
+from whatsthat.errors import WhatsthatError
+from whatsthat.modelserver import Predictor, Supervisor, classify_files, serve_forever
+from whatsthat.protocol import (
+    ENV_AUTHKEY,
+    ENV_SOCKET,
+    ModelClient,
+    ModelLost,
+    ModelUnavailable,
+    recv_message,
+    send_message,
+)
+
+
+def red() -> bytes:
+    return image_bytes(draw_image("red", 64))
+
+
+def blue() -> bytes:
+    return image_bytes(draw_image("blue", 64), "PNG")
+
+
+def stub_predictor(fail_on: str | None = None, delay: float = 0.0) -> Predictor:
+    """Red pictures are 'red' (0.9), others 'blue'; a picture `fail_on` wide raises (a model bug)."""
+
+    def score(images):
+        out = []
+        for im in images:
+            time.sleep(delay)
+            if fail_on == "any":
+                raise RuntimeError("the model broke")
+            r, _g, b = (sum(c) / len(c) for c in zip(*im.resize((8, 8)).getdata(), strict=True))
+            ranked = [("red", 0.9), ("blue", 0.1)] if r > b else [("blue", 0.8), ("red", 0.2)]
+            out.append((ranked, 0.5))
+        return out
+
+    return Predictor(["blue", "red"], {"name": "stub"}, 0.6, "stub", score)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A model server thread on a Unix socket in tmp, with a stub model; yields (path, key, predictor)."""
+    path, key = str(tmp_path / "model.sock"), secrets.token_bytes(32)
+    predictor = stub_predictor()
+    ready = threading.Event()
+    threading.Thread(target=serve_forever, args=(predictor, path, key, ready.set), daemon=True).start()
+    assert ready.wait(10)
+    return path, key, predictor
+
+
+# -- the wire format --
+
+
+def test_messages_carry_json_and_raw_blobs():
+    a, b = Pipe()
+    send_message(a, {"op": "classify", "names": ["x"]}, [b"\xff\xd8\xff" + bytes(1000), b""])
+    header, blobs = recv_message(b)
+    assert header == {"op": "classify", "names": ["x"], "blobs": 2}
+    assert blobs == [b"\xff\xd8\xff" + bytes(1000), b""]
+
+
+def test_malformed_header_is_a_clear_error_not_a_crash():
+    a, b = Pipe()
+    a.send_bytes(b"\x80not json")
+    with pytest.raises(WhatsthatError, match="malformed"):
+        recv_message(b)
+    a.send_bytes(b"[1, 2]")
+    with pytest.raises(WhatsthatError, match="malformed"):
+        recv_message(b)
+
+
+def test_client_reads_the_channel_from_the_environment():
+    assert ModelClient.from_env({}) is None
+    client = ModelClient.from_env({ENV_SOCKET: "/tmp/x.sock", ENV_AUTHKEY: "ab" * 16})
+    assert client.path == "/tmp/x.sock" and client.authkey == b"\xab" * 16
+    with pytest.raises(WhatsthatError, match="not hex"):
+        ModelClient.from_env({ENV_SOCKET: "/tmp/x.sock", ENV_AUTHKEY: "zz"})
+
+
+# -- the server --
+
+
+def test_info_and_classify(server):
+    path, key, _ = server
+    client = ModelClient(path, key)
+    info = client.load_info()
+    assert info["classes"] == ["blue", "red"] and info["backend"] == "stub" and info["threshold"] == 0.6
+    results = client.classify_files([("r.jpg", red()), ("notes.jpg", b"just text, not a photo"), ("b.png", blue())], 32)
+    assert [r["name"] for r in results] == ["r.jpg", "notes.jpg", "b.png"]
+    assert results[0]["ranked"] == [("red", 0.9), ("blue", 0.1)] and results[0]["ood_score"] == 0.5
+    assert results[2]["ranked"][0][0] == "blue"
+    assert results[1]["reason"] == "not-image" and "not an image" in results[1]["error"] and results[1]["ranked"] == []
+    for r in (results[0], results[2]):
+        assert r["thumbnail"][:3] == b"\xff\xd8\xff"  # the server sends the thumbnail; the kernel never decodes
+    assert results[1]["thumbnail"] == b""
+
+
+def test_wrong_key_is_refused_and_the_server_keeps_serving(server):
+    path, key, _ = server
+    from multiprocessing import AuthenticationError
+
+    with pytest.raises((AuthenticationError, EOFError, ConnectionResetError)):
+        Client(path, family="AF_UNIX", authkey=b"not the key" * 3)
+    assert ModelClient(path, key).load_info()["classes"] == ["blue", "red"]
+
+
+def test_socket_file_is_owner_only(server):
+    path, _, _ = server
+    assert os.stat(path).st_mode & 0o077 == 0
+
+
+def test_ten_kernels_at_once_each_get_their_own_answers(tmp_path):
+    path, key = str(tmp_path / "m.sock"), secrets.token_bytes(32)
+    ready = threading.Event()
+    predictor = stub_predictor(delay=0.02)
+    threading.Thread(target=serve_forever, args=(predictor, path, key, ready.set), daemon=True).start()
+    assert ready.wait(10)
+    answers: dict[int, list[str]] = {}
+    errors: list[BaseException] = []
+
+    def visitor(i: int) -> None:
+        try:
+            client = ModelClient(path, key)
+            files = [(f"{i}-{j}.jpg", red() if (i + j) % 2 else blue()) for j in range(3)]
+            answers[i] = [r["ranked"][0][0] for r in client.classify_files(files, 32)]
+        except BaseException as e:  # reported below: a thread's failure must fail the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=visitor, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    for i in range(10):
+        assert answers[i] == ["red" if (i + j) % 2 else "blue" for j in range(3)], (i, answers[i])
+
+
+def test_a_failing_request_is_refused_and_others_are_unaffected(tmp_path):
+    path, key = str(tmp_path / "m.sock"), secrets.token_bytes(32)
+    ready = threading.Event()
+    predictor = stub_predictor()
+    threading.Thread(target=serve_forever, args=(predictor, path, key, ready.set), daemon=True).start()
+    assert ready.wait(10)
+    victim, other = ModelClient(path, key), ModelClient(path, key)
+    good = predictor._score
+    predictor._score = stub_predictor(fail_on="any")._score
+    with pytest.raises(WhatsthatError, match="the classifier failed"):
+        victim.classify_files([("r.jpg", red())], 32)
+    predictor._score = good
+    assert victim.classify_files([("r.jpg", red())], 32)[0]["ranked"][0][0] == "red"  # same connection, still fine
+    assert other.classify_files([("b.png", blue())], 32)[0]["ranked"][0][0] == "blue"
+
+
+def test_server_refuses_malformed_requests_politely(server):
+    path, key, _ = server
+    client = ModelClient(path, key)
+    with pytest.raises(WhatsthatError, match="unknown request"):
+        client.request({"op": "shutdown"})
+    with pytest.raises(WhatsthatError, match="one name per file"):
+        client.request({"op": "classify", "names": ["a", "b"]}, [red()])
+    assert client.load_info()["backend"] == "stub"
+
+
+def test_no_server_is_model_unavailable_quickly(tmp_path):
+    client = ModelClient(str(tmp_path / "nobody.sock"), b"k" * 32, connect_wait=0.3)
+    t0 = time.monotonic()
+    with pytest.raises(ModelUnavailable, match="not answering"):
+        client.load_info()
+    assert time.monotonic() - t0 < 3
+
+
+def test_classify_files_in_process_with_a_plain_predict_many():
+    class Plain:
+        def predict_many(self, images):
+            return [[("x", 1.0)] for _ in images]
+
+    [ok, bad] = classify_files(Plain(), [("a.jpg", red()), ("b.svg", b"<svg></svg>")], 48)
+    assert ok["ranked"] == [("x", 1.0)] and ok["ood_score"] is None and ok["thumbnail"][:2] == b"\xff\xd8"
+    assert bad["reason"] == "svg"
+
+
+# -- the real process under its supervisor --
+
+
+def wait_for(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_supervisor_restarts_a_killed_model_process(tiny_model):  # noqa: F811
+    with Supervisor(tiny_model) as sup:
+        client = ModelClient(str(sup.socket), sup.authkey)
+        info = client.load_info()
+        assert info["backend"] == "artifact" and info["classes"] == ["blue", "red"]
+        first = info["pid"]
+        assert first == sup.proc.pid
+
+        # killed between two requests: the next request reconnects to the restarted process and succeeds
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: sup.starts == 2, 30, "the supervisor noticing the death")
+        [r] = client.classify_files([("r.jpg", red())], 32)
+        assert sorted(label for label, _ in r["ranked"]) == ["blue", "red"]
+        second = client.load_info()["pid"]
+        assert second != first
+
+        # killed in the middle of a request: that request fails as ModelLost (never resent: the upload
+        # may be what killed it), and the next one works
+        os.kill(second, signal.SIGSTOP)  # the request is sent and waits, unanswered
+        outcome: list[BaseException | list] = []
+        worker = threading.Thread(target=lambda: outcome.append(_try(client, [("r.jpg", red())])))
+        worker.start()
+        time.sleep(0.5)
+        os.kill(second, signal.SIGKILL)
+        worker.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], ModelLost), outcome
+        assert client.classify_files([("b.png", blue())], 32)[0]["ranked"]
+        assert client.load_info()["pid"] not in (first, second) and sup.starts == 3
+    assert not sup.dir.exists()  # the private socket directory is cleaned up
+
+
+def _try(client: ModelClient, files):
+    try:
+        return client.classify_files(files, 32)
+    except WhatsthatError as e:
+        return e
+
+
+def start_env(**extra: str) -> dict[str, str]:
+    """The environment repo2docker gives `start`: its Python first on PATH, no channel yet."""
+    env = {**os.environ, "PATH": f"{os.path.dirname(sys.executable)}:{os.environ.get('PATH', '')}", **extra}
+    env.pop(ENV_SOCKET, None)
+    return env
+
+
+@pytest.mark.slow
+def test_binder_start_script_runs_jupyter_beside_a_model_process(tiny_model, tmp_path):  # noqa: F811
+    """repo2docker's `start` wraps Jupyter's command: whatever it runs can reach the model process."""
+    photo = tmp_path / "red.jpg"
+    photo.write_bytes(red())
+    child = (
+        "import os, sys\n"
+        "from whatsthat.protocol import ModelClient\n"
+        "c = ModelClient.from_env()\n"
+        "assert c is not None, 'no channel in the environment'\n"
+        f"[r] = c.classify_files([('red.jpg', open({str(photo)!r}, 'rb').read())], 32)\n"
+        "print('CHILD', c.load_info()['backend'], r['ranked'][0][0])\n"
+        "sys.exit(7)\n"
+    )
+    env = start_env(WHATSTHAT_MODEL=str(tiny_model))
+    proc = subprocess.run([str(ROOT / "start"), sys.executable, "-c", child], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 7, proc.stderr[-3000:]  # the wrapped command's exit code comes back
+    assert "CHILD artifact " in proc.stdout, (proc.stdout, proc.stderr[-3000:])
+    assert "model process" in proc.stderr and "ready" in proc.stderr
+
+
+def test_start_script_without_a_model_runs_the_command_alone(tmp_path):
+    env = start_env(WHATSTHAT_MODEL=str(tmp_path / "absent.pkl"))
+    proc = subprocess.run([str(ROOT / "start"), sys.executable, "-c", f"import os; print(os.environ.get({ENV_SOCKET!r}))"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "None"  # no channel: the kernel will load the model itself
+    assert "without a model process" in proc.stderr

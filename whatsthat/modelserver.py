@@ -1,0 +1,436 @@
+"""The one model process per server, and the supervisor that keeps it running.
+
+Voila starts a kernel per page view; if each loaded torch and the model, a 512 MB dyno would be full
+before the second visitor. So the model lives here, once: visitors' kernels (`whatsthat.app`) send
+upload bytes over the local channel of `whatsthat.protocol`, and this process decodes them
+(`images.load_image`: byte cap, bomb guard, HEIC, draft-mode downscaling of huge JPEGs), classifies
+them, and answers ranked probabilities, an out-of-class score and a small JPEG thumbnail per file,
+so a kernel never holds a decoded 100-megapixel picture.
+
+- Model: the torch-only artifact (`whatsthat.artifact`) when it is beside export.pkl; otherwise (a
+  bare export.pkl from the course) export.pkl itself through fastai, when fastai is installed, with a
+  log line saying so.
+- Concurrency: one thread per connected kernel decodes its uploads in parallel (Pillow releases the
+  GIL while decoding); forward passes take turns under one lock, one picture at a time, because on a
+  small CPU batch 1 is the fastest per picture (bench/predict_bench.py) and two concurrent passes
+  would only fight over the same cores.
+- Failures: a bad upload is an error for that file only; an exception in one request is logged and
+  answered as a refusal on that connection; the other kernels' connections never notice.
+- Supervision: `Supervisor` (used by `whatsthat serve` and the Binder start script) runs this module
+  as a child process and restarts it when it exits, with a growing delay if it keeps failing.
+
+Heavy imports (torch, the model code) happen in `load_predictor`, so `whatsthat.app` can use
+`classify_files` in-process (the fallback where no model process runs) without loading more than it must.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Connection, Listener
+from pathlib import Path
+from typing import Any
+
+from whatsthat.errors import WhatsthatError
+from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
+from whatsthat.protocol import ENV_AUTHKEY, ENV_SOCKET, recv_message, send_message
+
+log = logging.getLogger("whatsthat.modelserver")
+
+MAX_FILES = 12  # per request; the page sends at most this many per click
+LOAD_FAILED = 3  # exit code: the model could not be loaded (the supervisor waits longer before retrying)
+
+Ranked = list[tuple[str, float]]
+
+
+@dataclass
+class Predictor:
+    """A loaded model: `score(images)` -> [(ranked, ood_score or None)], one per picture."""
+
+    classes: list[str]
+    card: dict
+    threshold: float
+    backend: str  # "artifact" or "fastai"
+    _score: Callable[[Sequence[Any]], list[tuple[Ranked, float | None]]]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def score(self, images: Sequence[Any]) -> list[tuple[Ranked, float | None]]:
+        out: list[tuple[Ranked, float | None]] = []
+        for im in images:  # batch 1, in turns: see the module docstring
+            with self.lock:
+                out.extend(self._score([im]))
+        return out
+
+    def predict_many(self, images: Sequence[Any]) -> list[Ranked]:
+        return [ranked for ranked, _ in self.score(images)]
+
+
+def _ranked(classes: Sequence[str], row: Sequence[float]) -> Ranked:
+    return sorted(zip(classes, (float(p) for p in row), strict=True), key=lambda p: -p[1])
+
+
+def load_predictor(model_path: str | Path) -> Predictor:
+    """The artifact beside `model_path` when there is one, else export.pkl through fastai (logged)."""
+    from whatsthat.artifact import has_artifact
+    from whatsthat.predict import DEFAULT_THRESHOLD, read_card
+
+    model_path = Path(model_path)
+    card = read_card(model_path)
+    threshold = float(card.get("threshold", DEFAULT_THRESHOLD))
+    predictor = _artifact_predictor(model_path, card, threshold) if has_artifact(model_path) else _fastai_predictor(model_path)
+    # one pass on a blank picture: oneDNN picks its kernels now, not on the first visitor's click
+    from PIL import Image
+
+    predictor.score([Image.new("RGB", (64, 64))])
+    return predictor
+
+
+def _fastai_predictor(model_path: Path) -> Predictor:
+    if not model_path.is_file():
+        raise WhatsthatError(f"model file not found: {model_path} (train one with `whatsthat train`)")
+    try:
+        import fastai  # noqa: F401  (only to tell a missing fastai from a broken export)
+    except ImportError:
+        raise WhatsthatError(
+            f"{model_path} has no serving artifact beside it, and fastai (needed to load export.pkl itself) is not "
+            f"installed here: run `whatsthat artifact {model_path}` where fastai is, and deploy the files it writes"
+        ) from None
+    log.warning("no serving artifact beside %s: loading export.pkl with fastai (more memory, slower start); "
+                "`whatsthat artifact %s` writes the torch-only one", model_path, model_path)  # fmt: skip
+    from whatsthat.predict import load_classifier
+
+    clf = load_classifier(model_path)
+
+    def score(images: Sequence[Any]) -> list[tuple[Ranked, float | None]]:
+        # no out-of-class score here: predict.Classifier does not expose its input batch
+        return [(ranked, None) for ranked in clf.predict_many(list(images))]
+
+    return Predictor(clf.classes, clf.card, clf.threshold, "fastai", score)
+
+
+def _artifact_predictor(model_path: Path, card: dict, threshold: float) -> Predictor:
+    import torch
+
+    from whatsthat import ood
+    from whatsthat.artifact import load_serving_model
+
+    sm = load_serving_model(model_path)
+    detector = ood.load_detector(model_path, sm.model)
+    layer = detector.layer if detector is not None else ood.DEFAULT_LAYER
+
+    def score(images: Sequence[Any]) -> list[tuple[Ranked, float | None]]:
+        with torch.inference_mode():
+            features, logits = ood.split_forward(sm.model, sm.batch(images), layer=layer)
+            probs = torch.softmax(logits, dim=1).tolist()
+            scores = detector.score(features, logits) if detector is not None else [None] * len(probs)
+        return [(_ranked(sm.classes, row), s) for row, s in zip(probs, scores, strict=True)]
+
+    card = {**card, "classes": card.get("classes") or sm.classes}
+    return Predictor(sm.classes, card, threshold, "artifact", score)
+
+
+
+def classify_files(predictor: Any, files: Sequence[tuple[str, bytes]], thumb_side: int) -> list[dict]:
+    """Decode, thumbnail and classify (name, bytes) pairs; a bad file gets an error, the others still run.
+
+    `predictor` has `score(images)` (ranked, ood_score) or just `predict_many(images)` (ranked). Each
+    result: name, ranked, ood_score, error, reason, thumbnail (JPEG bytes, b"" when there is none).
+    """
+    results: list[dict] = []
+    good: list[tuple[dict, Any]] = []
+    for name, data in files:
+        result: dict = {"name": name, "ranked": [], "ood_score": None, "error": "", "reason": "", "thumbnail": b""}
+        results.append(result)
+        try:
+            im = load_image(data)
+        except ImageError as e:
+            log.warning("upload %r rejected (%s, %d bytes): %s", name, e.reason, len(data), e)
+            result["error"], result["reason"] = str(e), e.reason
+            continue
+        result["thumbnail"] = encode_jpeg(resize_max(im, thumb_side), quality=80)
+        good.append((result, im))
+    if not good:
+        return results
+    images = [im for _, im in good]
+    try:
+        if hasattr(predictor, "score"):
+            scored = predictor.score(images)
+        else:
+            scored = [(ranked, None) for ranked in predictor.predict_many(images)]
+    except WhatsthatError as e:
+        log.warning("prediction refused: %s", e)
+        for result, _ in good:
+            result["error"], result["reason"] = str(e), "error"
+        return results
+    for (result, _), (ranked, ood_score) in zip(good, scored, strict=True):
+        result["ranked"] = [(str(label), float(p)) for label, p in ranked]
+        result["ood_score"] = None if ood_score is None else float(ood_score)
+    return results
+
+
+# -- the process: a listener, a thread per kernel --
+
+
+def _handle(predictor: Predictor, header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
+    op = header.get("op")
+    if op == "info":
+        return {"ok": True, "classes": predictor.classes, "card": predictor.card, "threshold": predictor.threshold,
+                "backend": predictor.backend, "pid": os.getpid()}, []  # fmt: skip
+    if op == "classify":
+        names = header.get("names")
+        if not isinstance(names, list) or len(names) != len(blobs):
+            return {"ok": False, "error": "malformed request: one name per file expected"}, []
+        if len(blobs) > MAX_FILES:
+            return {"ok": False, "error": f"at most {MAX_FILES} images per request"}, []
+        side = header.get("thumb_side", 192)
+        side = side if isinstance(side, int) and 16 <= side <= 1024 else 192
+        results = classify_files(predictor, list(zip(map(str, names), blobs, strict=True)), side)
+        thumbs: list[bytes] = []
+        for r in results:
+            jpeg = r.pop("thumbnail")
+            r["thumbnail"] = len(thumbs) if jpeg else -1
+            if jpeg:
+                thumbs.append(jpeg)
+        return {"ok": True, "results": results}, thumbs
+    return {"ok": False, "error": f"unknown request {op!r}"}, []
+
+
+def _serve_connection(predictor: Predictor, conn: Connection, peer: int) -> None:
+    with conn:
+        while True:
+            try:
+                header, blobs = recv_message(conn)
+            except (EOFError, OSError):  # the kernel went away (culled, closed): normal end
+                return
+            except WhatsthatError as e:
+                log.warning("connection %d: %s; closing it", peer, e)
+                return
+            t0 = time.monotonic()
+            log.info("request %s from connection %d: %d file(s)", header.get("op"), peer, len(blobs))
+            try:
+                reply, out = _handle(predictor, header, blobs)
+            except Exception:  # one request's failure must not end the process or other visitors' requests
+                log.exception("request %s from connection %d failed", header.get("op"), peer)
+                reply, out = {"ok": False, "error": "the classifier failed on this request"}, []
+            try:
+                send_message(conn, reply, out)
+            except OSError as e:
+                log.info("connection %d closed before its answer: %s", peer, e)
+                return
+            log.info("answered %s for connection %d in %.3fs", header.get("op"), peer, time.monotonic() - t0)
+
+
+def serve_forever(predictor: Predictor, socket_path: str | Path, authkey: bytes,
+                  ready: Callable[[], None] | None = None) -> None:  # fmt: skip
+    """Accept kernels on the Unix socket until the process is stopped (a thread per connection)."""
+    socket_path = str(socket_path)
+    with contextlib.suppress(FileNotFoundError):  # a predecessor's socket file; binding needs the name free
+        os.unlink(socket_path)
+    old = os.umask(0o177)  # the socket file itself is owner-only, on top of the private directory
+    try:
+        listener = Listener(socket_path, family="AF_UNIX", authkey=authkey)
+    finally:
+        os.umask(old)
+    log.info("model process %d ready (%s, classes %s) on %s", os.getpid(), predictor.backend, predictor.classes,
+             socket_path)  # fmt: skip
+    if ready is not None:
+        ready()
+    peer = 0
+    with listener:
+        while True:
+            try:
+                conn = listener.accept()
+            except (AuthenticationError, EOFError, ConnectionResetError) as e:
+                log.warning("refused a connection: %s", e)
+                continue
+            peer += 1
+            threading.Thread(target=_serve_connection, args=(predictor, conn, peer), daemon=True,
+                             name=f"kernel-{peer}").start()  # fmt: skip
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")  # fmt: skip
+
+
+def model_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m whatsthat.modelserver --model M --socket S` (authkey in $WHATSTHAT_MODEL_AUTHKEY)."""
+    ap = argparse.ArgumentParser(prog="python -m whatsthat.modelserver", description="the model process")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--socket", required=True)
+    args = ap.parse_args(argv)
+    _setup_logging()
+    key = os.environ.get(ENV_AUTHKEY, "")
+    try:
+        authkey = bytes.fromhex(key)
+    except ValueError:
+        authkey = b""
+    if len(authkey) < 16:
+        log.error("%s must hold the channel's key (hex, 16 bytes or more)", ENV_AUTHKEY)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    t0 = time.monotonic()
+    try:
+        predictor = load_predictor(args.model)
+    except WhatsthatError as e:
+        log.error("cannot load the model: %s", e)
+        return LOAD_FAILED
+    log.info("model %s loaded in %.1fs", args.model, time.monotonic() - t0)
+    serve_forever(predictor, args.socket, authkey)
+    return 0
+
+
+# -- supervision --
+
+
+class Supervisor:
+    """Runs the model process and restarts it when it exits; `env()` is what kernels need to reach it.
+
+    The socket lives in a fresh private directory (0700); the authkey is random per supervisor and
+    reaches the model process and the kernels only through their environment.
+    """
+
+    def __init__(self, model: str | Path, *, python: str | None = None, stderr: Any = None,
+                 min_delay: float = 0.5, max_delay: float = 30.0) -> None:  # fmt: skip
+        self.model = Path(model).resolve()
+        self.python = python or sys.executable
+        self.stderr = stderr
+        self.min_delay, self.max_delay = min_delay, max_delay
+        self.authkey = secrets.token_bytes(32)
+        self.dir = Path(tempfile.mkdtemp(prefix="whatsthat-model-"))  # mkdtemp: mode 0700
+        self.socket = self.dir / "model.sock"
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def env(self) -> dict[str, str]:
+        return {ENV_SOCKET: str(self.socket), ENV_AUTHKEY: self.authkey.hex()}
+
+    def command(self) -> list[str]:
+        return [self.python, "-m", "whatsthat.modelserver", "--model", str(self.model), "--socket", str(self.socket)]
+
+    def start(self) -> Supervisor:
+        self._spawn()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="model-supervisor")
+        self._thread.start()
+        return self
+
+    def _spawn(self) -> None:
+        env = {**os.environ, ENV_AUTHKEY: self.authkey.hex()}
+        env.pop(ENV_SOCKET, None)
+        self.starts += 1
+        self.proc = subprocess.Popen(self.command(), env=env, stdin=subprocess.DEVNULL, stderr=self.stderr)
+
+    def _watch(self) -> None:
+        delay = self.min_delay
+        while not self._stop.is_set():
+            proc = self.proc
+            assert proc is not None
+            started = time.monotonic()
+            rc = proc.wait()
+            if self._stop.is_set():
+                return
+            ran = time.monotonic() - started
+            if ran > 60:
+                delay = self.min_delay  # it had been healthy: a one-off crash restarts at once
+            why = "could not load the model" if rc == LOAD_FAILED else f"exited with {rc}"
+            log.warning("model process %d %s after %.0fs; restarting in %.1fs", proc.pid, why, ran, delay)
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, self.max_delay)
+            self._spawn()
+            log.info("model process restarted as %d (start %d)", self.proc.pid, self.starts)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Supervisor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run_with_model(model: str | Path, argv: Sequence[str], *, cwd: str | Path | None = None,
+                   env: dict[str, str] | None = None) -> int:  # fmt: skip
+    """Run `argv` (Voila, or Jupyter on Binder) beside a supervised model process; returns its exit code.
+
+    The child gets the channel's environment, so every kernel it starts can reach the model. SIGTERM
+    and Ctrl-C are passed on to the child (Voila shuts its kernels down); the model process stops after it.
+    """
+    with Supervisor(model) as sup:
+        child = subprocess.Popen(list(argv), cwd=cwd, env={**(env if env is not None else os.environ), **sup.env()})
+
+        def forward(signum: int, _frame: object) -> None:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            while True:
+                try:
+                    return child.wait()
+                except KeyboardInterrupt:
+                    forward(signal.SIGINT, None)
+                    try:
+                        return child.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        child.kill()
+                        return child.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def run_main(argv: Sequence[str]) -> int:
+    """`python -m whatsthat.modelserver run --model M -- COMMAND...` (the Binder start script's way in)."""
+    ap = argparse.ArgumentParser(prog="python -m whatsthat.modelserver run",
+                                 description="run COMMAND with a supervised model process beside it")  # fmt: skip
+    ap.add_argument("--model", default=os.environ.get("WHATSTHAT_MODEL", "export.pkl"))
+    ap.add_argument("command", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        ap.error("give the command to run after --")
+    _setup_logging()
+    if not Path(args.model).is_file() and not Path(args.model).with_suffix(".serving.json").is_file():
+        log.error("model %s not found: running %s without a model process (kernels load the model themselves)",
+                  args.model, command[0])  # fmt: skip
+        os.execvp(command[0], command)
+    return run_with_model(args.model, command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        return run_main(argv[1:])
+    return model_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""The local channel between visitors' kernels and the one model process: wire format and client.
+
+Standard library only, because this is what every visitor's kernel imports (no torch, no numpy).
+
+Transport: `multiprocessing.connection` over a Unix socket in a private (0700) directory, with an
+authkey: the connection starts with an HMAC challenge both ways, so only processes given the key
+(through the environment, from `whatsthat serve` or the Binder start script) can talk to the model,
+and nothing outside the machine can reach it at all.
+
+Messages are never pickled (Connection.send/recv would unpickle whatever arrives): each message is
+one JSON header frame followed by `header["blobs"]` raw byte frames (uploads, thumbnails).
+
+    request  {"op": "info"}                                          -> {"ok", "classes", "card", "threshold", "backend", ...}
+    request  {"op": "classify", "names": [...], "thumb_side": 192} + one blob per file
+             -> {"ok", "results": [{"name", "ranked", "ood_score", "error", "reason", "thumbnail": i | -1}]} + thumbnails
+    failure  {"ok": false, "error": "..."}  (the request was refused; the connection stays usable)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Client, Connection
+from typing import Any
+
+from whatsthat.errors import WhatsthatError
+
+ENV_SOCKET = "WHATSTHAT_MODEL_SOCKET"
+ENV_AUTHKEY = "WHATSTHAT_MODEL_AUTHKEY"  # hex
+MAX_HEADER = 1 << 20
+MAX_BLOB = 80 << 20  # above the 64 MiB websocket limit: whatever reached the kernel fits
+CONNECT_WAIT = 90.0  # s a kernel waits for the model process: a cold start loads torch and the model
+REQUEST_TIMEOUT = 120.0  # s for one click's images (12 at most, some of them 100-megapixel photos)
+
+log = logging.getLogger("whatsthat.protocol")
+
+
+class ModelUnavailable(WhatsthatError):
+    """The model process could not be reached (not started, still loading, or restarting)."""
+
+
+class ModelLost(WhatsthatError):
+    """The model process went away while it worked on this request (it is being restarted)."""
+
+
+def send_message(conn: Connection, header: dict, blobs: Sequence[bytes] = ()) -> None:
+    header = {**header, "blobs": len(blobs)}
+    conn.send_bytes(json.dumps(header, separators=(",", ":")).encode("utf-8"))
+    for blob in blobs:
+        conn.send_bytes(blob)
+
+
+def recv_message(conn: Connection, max_blob: int = MAX_BLOB) -> tuple[dict, list[bytes]]:
+    """One message; OSError/EOFError when the peer is gone, WhatsthatError when it is malformed."""
+    raw = conn.recv_bytes(MAX_HEADER)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WhatsthatError(f"malformed message header: {e}") from e
+    if not isinstance(header, dict) or not isinstance(header.get("blobs", 0), int):
+        raise WhatsthatError("malformed message header: not an object with a blob count")
+    blobs = [conn.recv_bytes(max_blob) for _ in range(header.get("blobs", 0))]
+    return header, blobs
+
+
+def channel_from_env(env: dict[str, str] | None = None) -> tuple[str, bytes] | None:
+    """(socket path, authkey) from the environment `whatsthat serve` set, or None outside it."""
+    env = os.environ if env is None else env
+    path, key = env.get(ENV_SOCKET), env.get(ENV_AUTHKEY)
+    if not path or not key:
+        return None
+    try:
+        return path, bytes.fromhex(key)
+    except ValueError:
+        raise WhatsthatError(f"{ENV_AUTHKEY} is not hex") from None
+
+
+class ModelClient:
+    """A kernel's connection to the model process; reconnects after the process was restarted.
+
+    A request that was sent and then lost its answer is NOT resent: the upload itself may be what
+    killed the process, and resending it would kill the restarted one too. The visitor gets
+    ModelLost (a friendly message) and the next click reconnects.
+    """
+
+    def __init__(self, path: str, authkey: bytes, *, connect_wait: float = CONNECT_WAIT,
+                 request_timeout: float = REQUEST_TIMEOUT) -> None:  # fmt: skip
+        self.path, self.authkey = path, authkey
+        self.connect_wait, self.request_timeout = connect_wait, request_timeout
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()  # one request at a time on the one connection
+        self.info: dict[str, Any] = {}
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **kwargs: Any) -> ModelClient | None:
+        found = channel_from_env(env)
+        return None if found is None else cls(*found, **kwargs)
+
+    def _connect(self) -> Connection:
+        deadline = time.monotonic() + self.connect_wait
+        delay = 0.05
+        while True:
+            try:
+                return Client(self.path, family="AF_UNIX", authkey=self.authkey)
+            except (FileNotFoundError, ConnectionRefusedError) as e:  # not (yet) listening: starting or restarting
+                if time.monotonic() + delay > deadline:
+                    raise ModelUnavailable(f"the model process is not answering at {self.path} ({e.strerror or e})") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    def _usable(self) -> Connection:
+        conn = self._conn
+        # a peer that closed shows as "readable" (EOF): that connection belongs to a dead process
+        if conn is not None:
+            try:
+                stale = conn.poll(0)
+            except (OSError, EOFError):
+                stale = True
+            if stale:
+                log.info("model process connection closed; reconnecting")
+                self.close()
+                conn = None
+        if conn is None:
+            conn = self._conn = self._connect()
+        return conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError as e:
+                log.debug("closing the model connection: %s", e)
+            self._conn = None
+
+    def request(self, header: dict, blobs: Sequence[bytes] = ()) -> tuple[dict, list[bytes]]:
+        """Send one request and wait for its answer; raises ModelUnavailable, ModelLost or WhatsthatError."""
+        with self._lock:
+            conn = self._usable()
+            try:
+                send_message(conn, header, blobs)
+            except (BrokenPipeError, ConnectionResetError):
+                # the process died between requests, before reading this one: safe to send it again
+                self.close()
+                conn = self._usable()
+                send_message(conn, header, blobs)
+            try:
+                if not conn.poll(self.request_timeout):
+                    self.close()  # its late answer must not be read as the next request's
+                    raise ModelLost(f"the model did not answer within {self.request_timeout:.0f}s")
+                reply, out = recv_message(conn)
+            except (EOFError, OSError) as e:
+                self.close()
+                raise ModelLost(f"the model process stopped during the request ({type(e).__name__})") from None
+        if not reply.get("ok"):
+            raise WhatsthatError(str(reply.get("error") or "the model refused the request"))
+        return reply, out
+
+    def load_info(self) -> dict[str, Any]:
+        """Classes, card and threshold of the served model (waits for the process to be ready)."""
+        reply, _ = self.request({"op": "info"})
+        self.info = reply
+        return reply
+
+    def classify_files(self, files: Sequence[tuple[str, bytes]], thumb_side: int) -> list[dict]:
+        """Per file: name, ranked [(label, prob)], ood_score, error, reason, thumbnail (JPEG bytes or b"")."""
+        reply, thumbs = self.request(
+            {"op": "classify", "names": [name for name, _ in files], "thumb_side": int(thumb_side)},
+            [data for _, data in files],
+        )
+        results = reply.get("results")
+        if not isinstance(results, list) or len(results) != len(files):
+            raise WhatsthatError("the model process answered with the wrong number of results")
+        for r in results:
+            i = r.get("thumbnail", -1)
+            r["thumbnail"] = thumbs[i] if isinstance(i, int) and 0 <= i < len(thumbs) else b""
+            r["ranked"] = [(str(label), float(p)) for label, p in r.get("ranked") or []]
+        return results
