@@ -390,7 +390,8 @@ def test_lock_is_current_with_pyproject():
 
 
 def test_lock_check_fails_when_dependencies_change_without_relocking(tmp_path):
-    for name in ("tools/lock.py", "pyproject.toml", "requirements/dev.in", "requirements/dev.lock"):
+    for name in ("tools/lock.py", "pyproject.toml", "requirements/dev.in", "requirements/dev.lock",
+                 "requirements/serve.in", "requirements.txt"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
     assert run_lock_tool(tmp_path, "check").returncode == 0
@@ -400,3 +401,6 @@ def test_lock_check_fails_when_dependencies_change_without_relocking(tmp_path):
     edit(tmp_path / "pyproject.toml", 'description = "', 'description = "Edited. ')
     edit(tmp_path / "pyproject.toml", '\n    "left-pad>=1",', "")
     assert run_lock_tool(tmp_path, "check").returncode == 0  # only dependency edits invalidate the lock
+    edit(tmp_path / "requirements" / "serve.in", "torch==2.13.0", "torch==2.13.0\nleft-pad>=1")
+    proc = run_lock_tool(tmp_path, "check")
+    assert proc.returncode == 1 and "requirements/serve.in changed" in proc.stderr

@@ -61,20 +61,20 @@ def read_pins(path: Path) -> dict[str, str]:
     return parse_pins(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def inputs_digest() -> str:
-    """sha256 of what the dev lock was resolved from: dev.in and pyproject's dependency lists.
+def inputs_digest(source: Path = DEV_IN) -> str:
+    """sha256 of what a lock was resolved from: its .in file and pyproject's dependency lists.
 
     Only the dependency lists, so editing the description or version does not invalidate the lock.
     """
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     deps = repr((project.get("dependencies", []), sorted(project.get("optional-dependencies", {}).items())))
-    h = hashlib.sha256(DEV_IN.read_bytes())
+    h = hashlib.sha256(source.read_bytes())
     h.update(deps.encode())
     return h.hexdigest()
 
 
-def locked_digest() -> str | None:
-    for line in DEV_LOCK.read_text(encoding="utf-8").splitlines() if DEV_LOCK.is_file() else []:
+def locked_digest(lock: Path = DEV_LOCK) -> str | None:
+    for line in lock.read_text(encoding="utf-8").splitlines() if lock.is_file() else []:
         if line.startswith("# inputs-sha256: "):
             return line.split(": ", 1)[1].strip()
     return None
@@ -124,14 +124,7 @@ def cmd_lock(_args: argparse.Namespace) -> None:
                        f"# inputs-sha256: {inputs_digest()}", *dev]) + "\n",
             encoding="utf-8",
         )
-        if not SERVE_IN.is_file():
-            # Until serving has its own environment, the dyno runs the training stack: requirements.txt
-            # is the dev lock's serving subset, written by the package's own generator.
-            run(Path(tmp) / "dev" / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-deps", "-e", ".")
-            run(Path(tmp) / "dev" / "bin" / "python", "-c",
-                f"from whatsthat.deploy import write_requirements; write_requirements({str(SERVE_LOCK)!r})")
-        else:
-            write_serve_lock(fresh_freeze(SERVE_IN, Path(tmp) / "serve"))
+        write_serve_lock(fresh_freeze(SERVE_IN, Path(tmp) / "serve"))
     report("requirements/dev.lock", old_dev, read_pins(DEV_LOCK))
     report("requirements.txt", old_serve, read_pins(SERVE_LOCK))
     retrain = [n for n in MODEL_LIBS if old_dev.get(n) != read_pins(DEV_LOCK).get(n)]
@@ -144,6 +137,7 @@ def cmd_lock(_args: argparse.Namespace) -> None:
 def write_serve_lock(serve: list[str]) -> None:
     SERVE_LOCK.write_text(
         "\n".join([*header(SERVE_IN, "What a web dyno installs (Heroku, Binder), exactly."),
+                   f"# inputs-sha256: {inputs_digest(SERVE_IN)}",
                    "# CPU-only torch: a dyno has no GPU and the CUDA build is gigabytes.",
                    f"--extra-index-url {CPU_INDEX}",
                    *(ln for ln in serve if norm(ln.split("==")[0]) not in ("pip", "setuptools")),
@@ -161,11 +155,12 @@ def report(name: str, old: dict[str, str], new: dict[str, str]) -> None:
 def cmd_check(_args: argparse.Namespace) -> None:
     if not DEV_LOCK.is_file():
         raise LockError(f"{DEV_LOCK.relative_to(ROOT)} is missing: run `make lock`")
-    if locked_digest() != inputs_digest():
-        raise LockError(
-            "pyproject.toml's dependencies or requirements/dev.in changed since requirements/dev.lock was made: "
-            "run `make lock` (it re-resolves and says what changed), then `make install`"
-        )
+    for source, lock in ((DEV_IN, DEV_LOCK), (SERVE_IN, SERVE_LOCK)):
+        if locked_digest(lock) != inputs_digest(source):
+            raise LockError(
+                f"pyproject.toml's dependencies or {source.relative_to(ROOT)} changed since {lock.relative_to(ROOT)} "
+                "was made: run `make lock` (it re-resolves and says what changed), then `make install`"
+            )
 
 
 def cmd_sync(args: argparse.Namespace) -> None:

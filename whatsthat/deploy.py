@@ -295,10 +295,13 @@ def check_deploy(root: str | Path = ".", model: str | Path | None = None) -> lis
         card = {}  # check_model reports the unreadable card
     from whatsthat.artifact import has_artifact
 
+    model_problems = check_model(model)
+    # whether the dyno needs fastai depends on a model that loads: a missing or broken one is reported once
+    artifact = has_artifact(model) or bool(model_problems)
     return [
-        *check_requirements(root / "requirements.txt", has_artifact=has_artifact(model)),
+        *check_requirements(root / "requirements.txt", has_artifact=artifact),
         *check_procfile(root),
         *check_python_version(root),
         *([] if _is_serving_environment() else check_lock(root, card)),  # the dyno has no dev.lock environment
-        *check_model(model),
+        *model_problems,
     ]
