@@ -150,7 +150,7 @@ def assert_distinct(pictures: dict[str, Image.Image], min_bits: int = 9) -> None
 
 
 def big_pixels_png(width: int = 9000, height: int = 5000) -> bytes:
-    """A small file that decodes to more than images.MAX_PIXELS (a decompression bomb in spirit)."""
+    """A small file whose decode needs more than images.MAX_DECODE_BYTES (a decompression bomb in spirit)."""
     return image_bytes(Image.new("1", (width, height)), "PNG")
 
 

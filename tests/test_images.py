@@ -6,7 +6,17 @@ import pytest
 from conftest import draw_image, image_bytes
 from PIL import Image
 
-from whatsthat.images import ImageError, load_image, phash, phash_distance, resize_max, sniff
+from whatsthat.images import (
+    MAX_DECODE_BYTES,
+    TARGET_PIXELS,
+    ImageError,
+    decode_cost,
+    load_image,
+    phash,
+    phash_distance,
+    resize_max,
+    sniff,
+)
 
 
 def test_plain_jpeg_and_path(tmp_path):
@@ -45,8 +55,66 @@ def test_caps_on_bytes_and_pixels():
         load_image(data, max_bytes=100)
     big = image_bytes(Image.new("L", (3000, 3000)), "PNG")  # compresses to a few KB: a classic bomb shape
     with pytest.raises(ImageError) as e:
-        load_image(big, max_pixels=1_000_000)
-    assert e.value.reason == "too-many-pixels"
+        load_image(big, max_decode_bytes=20_000_000)  # 9 MP of L + its RGB copy: 34.3 MiB
+    assert e.value.reason == "too-many-pixels" and "34.3 MB of memory" in str(e.value)
+
+
+def test_the_bomb_guard_counts_memory_at_the_scale_of_the_decode():
+    # a 50 MP PNG must be decoded whole (and copied to RGB): refused, with what it would cost
+    png = image_bytes(Image.new("1", (10_000, 5_000)), "PNG")
+    with pytest.raises(ImageError) as e:
+        load_image(png)
+    assert e.value.reason == "too-many-pixels" and "50 megapixels" in str(e.value) and "memory" in str(e.value)
+    assert decode_cost("1", (10_000, 5_000)) > MAX_DECODE_BYTES
+    assert decode_cost("RGB", (8_000, 6_000)) < MAX_DECODE_BYTES  # a 48 MP HEIC decodes straight to RGB
+
+
+def test_a_100_megapixel_jpeg_is_decoded_small_not_refused():
+    data = image_bytes(draw_image("blue", 400).resize((12_500, 8_000)), "JPEG")
+    im = load_image(data)
+    assert im.mode == "RGB" and im.width / im.height == pytest.approx(12_500 / 8_000, rel=0.01)
+    assert TARGET_PIXELS / 4 <= im.width * im.height <= 2 * TARGET_PIXELS
+    assert decode_cost("RGB", (12_500, 8_000)) > MAX_DECODE_BYTES  # what a full decode would have needed
+
+
+def test_a_big_png_is_reduced_and_keeps_its_exif_rotation():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = image_bytes(Image.new("RGB", (6_000, 5_000), (0, 128, 0)), "PNG", exif=exif)
+    im = load_image(data)
+    assert im.width * im.height <= 2 * TARGET_PIXELS
+    assert im.height > im.width  # rotated as the EXIF says, after the reduction
+
+
+def _heic(im: Image.Image, **kwargs) -> bytes:
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()  # to write one; load_image registers it by itself to read
+    return image_bytes(im, "HEIF", **kwargs)
+
+
+def test_heic_from_an_iphone_is_decoded_upright():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _heic(Image.new("RGB", (40, 20), (0, 128, 0)), exif=exif.tobytes())
+    assert sniff(data) == "HEIF"
+    im = load_image(data)
+    assert im.mode == "RGB" and im.size == (20, 40)
+    r, g, b = im.getpixel((10, 20))
+    assert g > 100 and r < 40 and b < 40
+
+
+def test_a_truncated_heic_is_corrupt_not_a_crash():
+    data = _heic(draw_image("red", 64))
+    with pytest.raises(ImageError) as e:
+        load_image(data[: len(data) // 2])
+    assert e.value.reason in ("truncated", "corrupt")
+
+
+def test_avif_is_accepted():
+    im = draw_image("red", 64)
+    data = image_bytes(im, "AVIF")
+    assert sniff(data) == "AVIF" and load_image(data).size == im.size
 
 
 def test_modes_are_flattened_to_rgb():
