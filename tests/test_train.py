@@ -9,6 +9,7 @@ import threading
 
 import pytest
 from conftest import draw_image, image_bytes
+from fastai.callback.core import Callback
 from fastai.vision.core import PILImage
 
 from whatsthat.data import HashSplitter, check_dataset, get_dataset_images
@@ -196,3 +197,66 @@ def test_load_classifier_errors(tmp_path):
     lfs.write_bytes(b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 1\n")
     with pytest.raises(WhatsthatError, match="git lfs pull"):
         load_classifier(lfs)
+
+
+class Sabotage(Callback):
+    """Wreck the head after every unfrozen step: the run's last epoch is then far worse than its head stage."""
+
+    def before_fit(self):
+        self.learned = self.learn.model[1][-1].weight.detach().clone()  # the head stage's final Linear
+
+    def after_step(self):
+        import torch
+
+        with torch.no_grad():  # every answer the head learnt, reversed and very confident
+            self.learn.model[1][-1].weight.copy_(-100 * self.learned / self.learned.abs().max())
+
+
+@pytest.mark.slow
+def test_a_model_worse_than_its_head_stage_is_never_exported(make_dataset, tmp_path):
+    data = make_dataset(n=16, classes=("red", "blue", "green"))
+    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=4, epochs=1,
+                   echo=lambda s: None, callbacks=[Sabotage()])
+    head, unfrozen = result.history[3], result.history[4]
+    assert unfrozen["stage"] == "unfrozen" and unfrozen["valid_loss"] > 2 * head["valid_loss"]  # the case is forced
+    card = json.loads(card_path_for(result.model_path).read_text())
+    assert card["training"]["best_stage"] == "head (cached features) epoch 3"
+    # what was exported is the head stage's model, not the wrecked one: same validation loss when reloaded
+    assert card["metrics"]["valid_loss"] == pytest.approx(head["valid_loss"], abs=2e-3)
+    clf = load_classifier(result.model_path)
+    with clf.learn.no_bar(), clf.learn.no_logging():
+        reloaded = clf.learn.validate(dl=result.learn.dls.valid)[0]
+    assert reloaded == pytest.approx(head["valid_loss"], abs=2e-3)
+    assert any("head (cached features) epoch 3" in line for line in result.quality.lines())
+
+
+@pytest.mark.slow
+def test_unlearnable_data_gets_the_baseline_warning(tmp_path, capsys):
+    # random labels on look-alike pictures, 3:1 imbalanced: nothing to learn beyond "always say cats"
+    import random
+
+    from whatsthat.cli import main
+
+    rng = random.Random(0)
+    data = tmp_path / "random"
+    for label, n in (("cats", 150), ("dogs", 50)):
+        (data / label).mkdir(parents=True)
+        for i in range(n):
+            draw_image(rng.choice(["red", "blue", "green"]), 40, seed=rng.randrange(10**6)).save(
+                data / label / f"{label}_{i:03d}.jpg")
+    assert main(["train", str(data), "--out", str(tmp_path / "m"), "--arch", "efficientnet_lite0", "--size", "48",
+                 "--bs", "16", "--no-progress"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    card = json.loads((tmp_path / "m" / "export.card.json").read_text())
+    assert card["metrics"]["baseline"]["label"] == "cats" and card["metrics"]["n_valid"] >= 30
+    assert card["quality"]["level"] == "no better" and card["quality"]["deployable"] is False
+    assert any("than always answering 'cats'" in line for line in out)
+    assert out[-1].startswith("verdict: not good enough to deploy")
+    lo, hi = card["metrics"]["accuracy_ci95"]
+    assert lo <= card["metrics"]["accuracy"] <= hi
+    # interpret says the same, its verdict last
+    assert main(["interpret", str(data), "--model", str(tmp_path / "m" / "export.pkl"),
+                 "--out", str(tmp_path / "i")]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert any("always answering 'cats'" in line for line in out)
+    assert out[-1].startswith("verdict: not good enough to deploy")

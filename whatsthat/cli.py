@@ -93,6 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     m = result.card["metrics"]
     print(f"{result.model_path}: error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  "
           f"({result.card['training']['seconds']:.0f}s)")
+    print("\n".join(result.quality.lines()))  # accuracy with interval, vs guessing, best stage, verdict last
     return 0
 
 
@@ -107,6 +108,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
         print(f"  skipped {f}: {why}", file=sys.stderr)
     for name, path in result.files.items():
         print(f"wrote {name}: {path}")
+    print("\n".join(result.quality.lines()))  # the verdict is the last line
     return 0
 
 
@@ -290,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=_count, default=0, help="data loader worker processes (default 0)")
     t.add_argument("--threshold", type=_fraction, default=0.6, help='"not sure" below this probability (default 0.6)')
     t.add_argument("--no-pretrained", action="store_true", help="start from random weights (for tests)")
-    t.add_argument("--progress", action="store_true", help="show fastai's progress bars")
+    t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars with time left (default: on a terminal; plain lines in a log)")
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("interpret", help="confusion matrix, top losses and per-class metrics of a model",

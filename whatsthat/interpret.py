@@ -14,6 +14,7 @@ from pathlib import Path
 
 from whatsthat.errors import WhatsthatError
 from whatsthat.images import ImageError
+from whatsthat.quality import Quality, quality_from_report
 
 
 @dataclass
@@ -23,6 +24,7 @@ class Interpretation:
     top_losses: list[dict]  # file, actual, predicted, probability, loss; worst first
     skipped: list[tuple[str, str]]  # (file, reason) for unreadable images
     files: dict[str, Path]  # name -> written file
+    quality: Quality | None = None  # accuracy with interval, vs always answering the majority label, verdict
 
     def table(self) -> str:
         """Per-class precision / recall / F1 / support as aligned text."""
@@ -79,6 +81,9 @@ def interpret(model: str | Path, data: str | Path, out: str | Path, *, top: int 
     index = {c: i for i, c in enumerate(clf.classes)}
     report = classification_report([index[r["predicted"]] for r in rows], [index[r["actual"]] for r in rows], clf.classes)
     worst = sorted(rows, key=lambda r: -r["loss"])[:top]
+    if not rows:
+        raise WhatsthatError(f"none of the {len(files)} {split} images could be read (first: {skipped[0][1]})")
+    quality = quality_from_report(report, baseline_on(rows, clf.card), clf.card.get("training", {}).get("best_stage"))
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,10 +92,24 @@ def interpret(model: str | Path, data: str | Path, out: str | Path, *, top: int 
         "top_losses": plot_top_losses(worst, out / "top_losses.png"),
     }
     report_path = out / "report.json"
-    report_path.write_text(json.dumps({"model": str(model), "data": str(data), "split": split, **report,
+    honest = {"baseline": {"label": quality.baseline_label, "accuracy": quality.baseline_accuracy},
+              "accuracy_ci95": [round(quality.low, 4), round(quality.high, 4)], "verdict": quality.verdict()}
+    report_path.write_text(json.dumps({"model": str(model), "data": str(data), "split": split, **report, **honest,
                                        "top_losses": worst, "skipped": skipped}, indent=2) + "\n", encoding="utf-8")
     files_written["report"] = report_path
-    return Interpretation(clf.classes, report, worst, skipped, files_written)
+    return Interpretation(clf.classes, report, worst, skipped, files_written, quality)
+
+
+def baseline_on(rows: list[dict], card: dict) -> dict:
+    """Always answering the model's majority training label (from its card), scored on these rows.
+
+    Cards older than the baseline field: the most common actual label among the rows themselves.
+    """
+    label = card.get("metrics", {}).get("baseline", {}).get("label")
+    actual = [r["actual"] for r in rows]
+    if label is None:
+        label = max(sorted(set(actual)), key=actual.count)
+    return {"label": label, "accuracy": round(actual.count(label) / len(actual), 4)}
 
 
 def _pyplot():

@@ -22,6 +22,7 @@ from fastai.learner import Recorder
 from whatsthat.errors import WhatsthatError
 from whatsthat.ood import fit_and_save
 from whatsthat.predict import DEFAULT_THRESHOLD, card_path_for
+from whatsthat.quality import majority_baseline, quality_from_report
 
 
 @dataclass
@@ -36,6 +37,13 @@ class TrainResult:
     def error_rate(self) -> float:
         return self.card["metrics"]["error_rate"]
 
+    @property
+    def quality(self):
+        """Accuracy with its 95% interval, the majority baseline and the verdict (whatsthat.quality)."""
+        from whatsthat.quality import card_quality
+
+        return card_quality(self.card)
+
 
 def dataset_fingerprint(files: list[Path], root: Path) -> str:
     """sha256 over (relative path, content) of every training file: names the exact data a model saw."""
@@ -44,6 +52,14 @@ def dataset_fingerprint(files: list[Path], root: Path) -> str:
         h.update(f.relative_to(root).as_posix().encode() + b"\0")
         h.update(hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()
+
+
+def label_counts(files) -> dict[str, int]:
+    """Pictures per label folder, from the file paths alone (no image is opened)."""
+    counts: dict[str, int] = {}
+    for f in files:
+        counts[Path(f).parent.name] = counts.get(Path(f).parent.name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def library_versions() -> dict[str, str]:
@@ -85,6 +101,88 @@ class EpochHistory(Callback):
         if self.echo:
             self.echo(epoch_line(stage, rec))
 
+    @property
+    def stage(self) -> str:
+        return self.stages[min(max(self.fits, 1), len(self.stages)) - 1]
+
+
+class EpochProgress(Callback):
+    """Progress with time left within each fastai epoch (train and validation batches together)."""
+
+    order = EpochHistory.order + 1
+
+    def __init__(self, stages: EpochHistory, bar: bool, echo: Callable[[str], None]):
+        self.stages, self.bar, self.echo, self.progress, self.done = stages, bar, echo, None, 0
+
+    def before_epoch(self) -> None:
+        from whatsthat.progress import Progress
+
+        total = len(self.dls.train) + len(self.dls.valid)
+        self.progress = Progress(f"[{self.stages.stage}] epoch {self.epoch}", total, bar=self.bar, echo=self.echo)
+        self.done = 0
+
+    def after_batch(self) -> None:
+        self.done += 1
+        self.progress.update(self.done)
+
+    def after_epoch(self) -> None:
+        self.progress.close()
+
+
+class KeepBest(Callback):
+    """Remember the weights with the lowest validation loss seen so far, across stages and epochs.
+
+    Seeded with the head stage's result, so an unfrozen epoch that makes the model worse is undone at
+    the end (`restore`) instead of exported. Lives only for the fits it is passed to: never pickled.
+    """
+
+    order = EpochProgress.order + 1
+
+    def __init__(self, stages: EpochHistory, loss: float = float("inf"), where: str | None = None,
+                 state: dict | None = None):
+        self.stages, self.best_loss, self.where, self.state = stages, loss, where, state
+
+    @staticmethod
+    def snapshot(model) -> dict:
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def after_epoch(self) -> None:
+        loss = float(self.recorder.values[-1][1])  # [train_loss, valid_loss, *metrics]
+        if loss < self.best_loss:  # NaN never wins
+            self.best_loss, self.where = loss, f"{self.stages.stage} epoch {self.epoch}"
+            self.state = self.snapshot(self.learn.model)
+
+    def restore(self, model) -> bool:
+        """Load the best weights into `model`; True when they are not the last epoch's."""
+        if self.state is None:
+            return False
+        current = model.state_dict()
+        changed = any(not v.equal(current[k]) for k, v in self.state.items())
+        if changed:
+            model.load_state_dict(self.state)
+        return changed
+
+
+class FrozenBatchNormStats(Callback):
+    """Keep the body's BatchNorm layers in eval mode while the body trains (their weights still learn).
+
+    Why: the head stage learns on features computed with the pretrained running statistics. In train
+    mode BatchNorm would normalise with each batch's statistics instead, so the first unfrozen batches
+    feed the head features it has never seen (on faces-fer the training loss jumped from 0.08 to 2.5 and
+    the model came out worse than the head alone), and validation would then use running statistics
+    that, at efficientnet-lite's momentum 0.01, are still mostly ImageNet's: unlike those the weights
+    were trained with. Keras's transfer-learning guide gives the same advice for the same reason.
+    """
+
+    order = 1  # after TrainEvalCallback (order -10) has put the whole model into train mode
+
+    def before_train(self) -> None:
+        from torch import nn
+
+        for m in self.learn.model[0].modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
 
 def train(
     data: str | Path,
@@ -102,14 +200,21 @@ def train(
     lr: float | None = None,
     workers: int = 0,
     threshold: float = DEFAULT_THRESHOLD,
-    progress: bool = False,
+    progress: bool | None = None,
     echo: Callable[[str], None] | None = None,
+    freeze_bn: bool = True,
+    callbacks: list | None = None,
 ) -> TrainResult:
     """Fine-tune `arch` on the folder-per-class dataset `data`; write export.pkl + card into `out`.
 
     Stages, in order: `head_epochs` of the head alone on cached body features (seconds, see
     fit_head_cached), `freeze_epochs` of fastai's frozen fit, `epochs` with every layer training.
-    `lr=None` uses fastai's fine_tune default (2e-3). Returns the live learner too, for interpretation.
+    `lr=None` uses fastai's fine_tune default (2e-3). After the head stage the body trains with its
+    BatchNorm statistics frozen (`freeze_bn`, see FrozenBatchNormStats). The weights exported are
+    those of the stage and epoch with the lowest validation loss (KeepBest), named in the card.
+    `progress`: a bar redrawn in place (True), plain lines every few seconds (False), or a bar only
+    when stderr is a terminal (None). `callbacks` are extra fastai callbacks for the fastai fits.
+    Returns the live learner too, for interpretation.
     """
     import fastai.callback.schedule  # noqa: F401  (adds Learner.fine_tune / fit_one_cycle)
     from fastai.metrics import accuracy, error_rate
@@ -143,29 +248,41 @@ def train(
         dls, spec.builder(), pretrained=pretrained, normalize=False, metrics=[error_rate, accuracy], **head
     )
     stages = (["frozen"] if pretrained and freeze_epochs else []) + ["unfrozen" if pretrained else "scratch"]
-    # with a progress bar fastai prints the epoch table itself; without one we print our own lines
-    recorder = EpochHistory(stages, echo=None if progress else echo)
+    bar = sys.stderr.isatty() if progress is None else progress
+    recorder = EpochHistory(stages, echo=echo)
     echo(f"training {arch} on {len(dls.train_ds)} images ({len(dls.valid_ds)} for validation), "
          f"classes {list(dls.vocab)}, size {size}, bs {dls.bs}")
     base_lr = lr or 2e-3
     t0 = time.time()
-    head_history = fit_head_cached(learn, head_epochs, base_lr * 5, seed, echo) if head_epochs else []
-    quiet = contextlib.ExitStack()
-    if not progress:
-        quiet.enter_context(learn.no_bar())
-        quiet.enter_context(learn.no_logging())  # fastai would print raw lists to stdout
-    with quiet:
+    keep = KeepBest(recorder)
+    head_history = []
+    if head_epochs:
+        head_history = fit_head_cached(learn, head_epochs, base_lr * 5, seed, echo, bar=bar)
+        keep = KeepBest(recorder, head_history[-1]["valid_loss"], f"head (cached features) epoch {head_epochs - 1}",
+                        KeepBest.snapshot(learn.model))
+    cbs = [recorder, EpochProgress(recorder, bar, echo), keep, *(callbacks or [])]
+    # our own epoch lines and progress replace fastai's bar and its raw-list logging on stdout
+    with learn.no_bar(), learn.no_logging():
         if not pretrained:  # nothing pretrained to protect: train everything from the start
-            learn.fit_one_cycle(epochs + freeze_epochs, base_lr, cbs=[recorder])
+            learn.fit_one_cycle(epochs + freeze_epochs, base_lr, cbs=cbs)
         elif freeze_epochs:
-            learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=freeze_epochs, cbs=[recorder])
+            learn.fine_tune(epochs, base_lr=base_lr, freeze_epochs=freeze_epochs, cbs=cbs)
         elif epochs:  # fine_tune's second half: the head is trained already
             learn.unfreeze()
-            learn.fit_one_cycle(epochs, slice(base_lr / 200, base_lr / 2), pct_start=0.3, div=5.0, cbs=[recorder])
+            if freeze_bn:
+                cbs.append(FrozenBatchNormStats())
+            learn.fit_one_cycle(epochs, slice(base_lr / 200, base_lr / 2), pct_start=0.3, div=5.0, cbs=cbs)
     history = head_history + recorder.history
+    last = history[-1]
+    if keep.restore(learn.model):
+        echo(f"exporting {keep.where} (validation loss {keep.best_loss:.4f}): the later epochs were worse "
+             f"(last {last['stage']} epoch {last['epoch']}: {last['valid_loss']:.4f})")
     train_seconds = time.time() - t0
 
     metrics = evaluate(learn)
+    metrics["baseline"] = majority_baseline(label_counts(dls.train_ds.items), label_counts(dls.valid_ds.items))
+    quality = quality_from_report(metrics, metrics["baseline"], keep.where)
+    metrics["accuracy_ci95"] = [round(quality.low, 4), round(quality.high, 4)]
     files = list(get_dataset_images(data))
     card = {
         "name": " / ".join(map(str, dls.vocab)),  # what it tells apart, e.g. "black / grizzly / teddy"
@@ -185,8 +302,11 @@ def train(
             "valid_pct": valid_pct,
             "split": "hash of file name (stable across cleaning rounds)",
             "seconds": round(train_seconds, 1),
+            "freeze_bn": freeze_bn,
+            "best_stage": keep.where,  # the epoch whose weights were exported (lowest validation loss)
             "history": history,
         },
+        "quality": {"level": quality.level, "deployable": quality.deployable, "verdict": quality.verdict()},
         "dataset": {
             "path": str(data),
             "n_images": len(files),
@@ -203,11 +323,12 @@ def train(
     model_path = export(learn, out / "export.pkl", card)
     echo(f"validation error {metrics['error_rate']:.3f} (accuracy {metrics['accuracy']:.3f}) after "
          f"{train_seconds:.0f}s; wrote {model_path} and {card_path_for(model_path).name}")
+
     return TrainResult(learn, model_path, card_path_for(model_path), card, history)
 
 
 def fit_head_cached(learn, epochs: int, lr: float, seed: int = 42, echo: Callable[[str], None] | None = None,
-                    bs: int = 64) -> list[dict]:
+                    bs: int = 64, bar: bool = False) -> list[dict]:
     """Train only the head, for `epochs`, on body features computed once per image.
 
     fastai's frozen epoch still runs the whole body forward *and backward* (its BatchNorm layers
@@ -222,20 +343,25 @@ def fit_head_cached(learn, epochs: int, lr: float, seed: int = 42, echo: Callabl
     dls = learn.dls
     train_dl = dls.test_dl(dls.train_ds.items, with_labels=True, bs=bs)  # validation transforms: no augmentation
 
-    def features(dl):
+    from whatsthat.progress import Progress
+
+    # one progress for both passes: this is the slow part of the stage (the body's forward on every image)
+    progress = Progress("[head] computing body features", len(train_dl) + len(dls.valid), bar=bar, echo=echo)
+
+    def features(dl, done: int):
         xs, ys = [], []
         body.eval()
         with torch.no_grad():  # not inference_mode: these tensors feed a backward pass later
-            for xb, yb in dl:
+            for i, (xb, yb) in enumerate(dl, 1):
                 # plain tensors: fastai's TensorImage/TensorCategory types reject F.cross_entropy
                 xs.append(body(xb).as_subclass(torch.Tensor))
                 ys.append(yb.as_subclass(torch.Tensor))
+                progress.update(done + i)
         return torch.cat(xs), torch.cat(ys).long()
 
-    t0 = time.time()
-    xt, yt = features(train_dl)
-    xv, yv = features(dls.valid)
-    t_feats = time.time() - t0
+    xt, yt = features(train_dl, 0)
+    xv, yv = features(dls.valid, len(train_dl))
+    t_feats = progress.close()
     n = len(xt)
     steps_per_epoch = max(1, n // bs)
     opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
