@@ -385,6 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# What `pip install whatsthat[train]` adds to the serving core (pyproject's optional dependencies).
+TRAINING_MODULES = {"fastai", "fastcore", "torchvision", "imagehash", "ddgs", "matplotlib", "scipy"}
+
+
 def main(argv: list[str] | None = None) -> int:
     # torch warns on fastai's import that torch.jit.script is deprecated: nothing a user can act on
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
@@ -397,6 +401,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except WhatsthatError as e:
         print(f"whatsthat {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as e:
+        if e.name not in TRAINING_MODULES:
+            raise
+        # a serving install (requirements.txt, `pip install whatsthat`) has torch but not the training stack
+        print(f"whatsthat {args.command}: error: this command needs {e.name}, which this environment does not "
+              "have (a serving install); install the training libraries: pip install 'whatsthat[train]'",
+              file=sys.stderr)  # fmt: skip
         return 1
     except KeyboardInterrupt:
         print(f"whatsthat {args.command}: interrupted", file=sys.stderr)
