@@ -1,25 +1,31 @@
 """Deploy size: an estimate of the Heroku slug that requirements.txt produces (limit: 500 MB compressed).
 
-    python bench/deploy_size.py [--torch-wheel /opt/wheels/torch-...+cpu-....whl]
+    python bench/deploy_size.py [--torch-wheel /opt/wheels/torch-...+cpu-....whl] [--baseline REF]
 
 Heroku's slug is a tar.gz of the app plus the installed packages. We build the same: the dependency
 closure of requirements.txt taken from this venv's installed files, except torch, whose CUDA build
 here is replaced by the files of a CPU torch wheel (what requirements.txt's CPU index installs),
-plus the repository's tracked files. Everything is streamed through gzip to count the bytes.
+plus the repository's tracked files less what `.slugignore` keeps off the dyno. Everything is
+streamed through gzip to count the bytes. `--baseline REF` measures REF's requirements.txt (and no
+.slugignore) the same way in the same run: the dev venv has every package either of them names.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import glob
 import re
 import subprocess
 import tarfile
+import tempfile
 import zipfile
 from importlib import metadata
 from pathlib import Path
 
 from common import ROOT, table
+
+from whatsthat.deploy import torch_pruned
 
 CUDA_ONLY = re.compile(r"^(nvidia-|triton$|cuda-)")  # pulled by the CUDA torch build only
 
@@ -65,15 +71,24 @@ def closure(names: list[str]) -> list[metadata.Distribution]:
     return list(seen.values())
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--requirements", type=Path, default=ROOT / "requirements.txt")
-    ap.add_argument("--torch-wheel", default=next(iter(sorted(glob.glob("/opt/wheels/torch-*+cpu-*.whl"))), None))
-    args = ap.parse_args()
-    if not args.torch_wheel:
-        raise SystemExit("need a CPU torch wheel to measure (--torch-wheel)")
+def slugignored(root: Path) -> list[str]:
+    """Heroku's .slugignore patterns (one per line, '#' comments): files left out of the slug."""
+    path = root / ".slugignore"
+    if not path.is_file():
+        return []
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
 
-    dists = closure(requirement_names(args.requirements))
+
+def ignored(f: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatch(f, p.lstrip("/")) or f.startswith(p.strip("/") + "/") for p in patterns)
+
+
+def measure(requirements: Path, torch_wheel: str, patterns: list[str], prune: bool = True) -> tuple[list[list], int, int, int]:
+    """(rows, raw bytes, compressed bytes, number of distributions) of one slug.
+
+    `prune`: leave out what bin/post_compile deletes from torch on the dyno (whatsthat.deploy.prune_torch).
+    """
+    dists = closure(requirement_names(requirements))
     rows = []
     sink = CountingSink()
     raw_total = 0
@@ -85,16 +100,19 @@ def main() -> None:
         # the CPU torch wheel's files, as pip would install them
         before = sink.n
         raw = 0
-        with zipfile.ZipFile(args.torch_wheel) as zf:
+        with zipfile.ZipFile(torch_wheel) as zf:
             for info in zf.infolist():
                 if info.is_dir():
+                    continue
+                if prune and info.filename.startswith("torch/") and torch_pruned(info.filename[len("torch/"):]):
                     continue
                 ti = tarfile.TarInfo("site-packages/" + info.filename)
                 ti.size = info.file_size
                 with zf.open(info) as f:
                     tar.addfile(ti, f)
                 raw += info.file_size
-        rows.append(["torch (CPU wheel " + Path(args.torch_wheel).name.split("-")[1] + ")", raw, sink.n - before])
+        pruned = ", pruned by bin/post_compile" if prune else ""
+        rows.append(["torch (CPU wheel " + Path(torch_wheel).name.split("-")[1] + pruned + ")", raw, sink.n - before])
         raw_total += raw
 
         sizes = []
@@ -112,20 +130,45 @@ def main() -> None:
         before, raw = sink.n, 0
         for f in subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split():
             p = ROOT / f
-            if p.is_file():
+            if p.is_file() and not ignored(f, patterns):
                 raw += add(p, f"app/{f}")
-        rows.append(["the repository (git ls-files, incl. export.pkl)", raw, sink.n - before])
+        what = "less .slugignore" if patterns else "incl. export.pkl"
+        rows.append([f"the repository (git ls-files, {what})", raw, sink.n - before])
         raw_total += raw
 
     sizes.sort(key=lambda r: -r[2])
     rest = sizes[8:]
     rows += sizes[:8] + [[f"{len(rest)} other packages", sum(r[1] for r in rest), sum(r[2] for r in rest)]]
+    return rows, raw_total, sink.n, len(dists)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requirements", type=Path, default=ROOT / "requirements.txt")
+    ap.add_argument("--torch-wheel", default=next(iter(sorted(glob.glob("/opt/wheels/torch-*+cpu-*.whl"))), None))
+    ap.add_argument("--baseline", metavar="REF", help="also measure this commit's requirements.txt (e.g. 4bb5d13)")
+    args = ap.parse_args()
+    if not args.torch_wheel:
+        raise SystemExit("need a CPU torch wheel to measure (--torch-wheel)")
+
     mb = 1e6
-    print(f"# estimated Heroku slug for {args.requirements.name} ({len(dists)} distributions, CUDA-only ones excluded)")
+    rows, raw_total, total, n = measure(args.requirements, args.torch_wheel, slugignored(ROOT))
+    print(f"# estimated Heroku slug for {args.requirements.name} ({n} distributions, CUDA-only ones excluded)")
     print(table(["part", "installed MB", "compressed MB"], [[n, f"{r / mb:.1f}", f"{c / mb:.1f}"] for n, r, c in rows]
-                + [["total", f"{raw_total / mb:.1f}", f"{sink.n / mb:.1f}"]]))
-    verdict = "under" if sink.n < 500 * mb else "OVER"
-    print(f"\n{sink.n / mb:.0f} MB compressed: {verdict} Heroku's 500 MB slug limit")
+                + [["total", f"{raw_total / mb:.1f}", f"{total / mb:.1f}"]]))
+    verdict = "under" if total < 500 * mb else "OVER"
+    print(f"\n{total / mb:.0f} MB compressed: {verdict} Heroku's 500 MB slug limit")
+    if args.baseline:
+        old = subprocess.run(["git", "show", f"{args.baseline}:requirements.txt"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout
+        with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+            f.write(old)
+            f.flush()
+            _, old_raw, old_total, old_n = measure(Path(f.name), args.torch_wheel, [], prune=False)
+        print(f"\n# same run, baseline requirements.txt of {args.baseline}")
+        print(table(["slug", "distributions", "installed MB", "compressed MB"], [
+            [f"{args.baseline} (fastai stack, whole torch, no .slugignore)", old_n, f"{old_raw / mb:.0f}", f"{old_total / mb:.0f}"],
+            ["now (serving stack, pruned torch, .slugignore)", n, f"{raw_total / mb:.0f}", f"{total / mb:.0f}"]]))
 
 
 if __name__ == "__main__":

@@ -404,3 +404,31 @@ def test_lock_check_fails_when_dependencies_change_without_relocking(tmp_path):
     edit(tmp_path / "requirements" / "serve.in", "torch==2.13.0", "torch==2.13.0\nleft-pad>=1")
     proc = run_lock_tool(tmp_path, "check")
     assert proc.returncode == 1 and "requirements/serve.in changed" in proc.stderr
+
+
+# -- the dyno's torch, pruned after pip install (bin/post_compile) --
+
+
+def test_prune_torch_deletes_tests_headers_and_tools_but_not_what_serving_runs(tmp_path):
+    from whatsthat.deploy import prune_torch, torch_pruned
+
+    torch_dir = tmp_path / "torch"
+    files = {"__init__.py": 10, "lib/libtorch_cpu.so": 100, "test/atest": 30, "include/ATen/ATen.h": 20,
+             "bin/test_api": 40, "bin/protoc": 5, "bin/torch_shm_manager": 7, "nn/modules/conv.py": 3}
+    for name, size in files.items():
+        (torch_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (torch_dir / name).write_bytes(b"x" * size)
+    assert prune_torch(torch_dir) == 30 + 20 + 40 + 5
+    left = sorted(p.relative_to(torch_dir).as_posix() for p in torch_dir.rglob("*") if p.is_file())
+    assert left == ["__init__.py", "bin/torch_shm_manager", "lib/libtorch_cpu.so", "nn/modules/conv.py"]
+    assert not (torch_dir / "test").exists() and not (torch_dir / "include").exists()
+    assert [name for name in files if torch_pruned(name)] == ["test/atest", "include/ATen/ATen.h", "bin/test_api",
+                                                               "bin/protoc"]
+
+
+def test_heroku_runs_the_prune_after_pip_install():
+    hook = ROOT / "bin" / "post_compile"
+    assert hook.is_file() and hook.stat().st_mode & 0o111, "bin/post_compile must exist and be executable"
+    assert "prune_torch()" in hook.read_text()
+    ignored = (ROOT / ".slugignore").read_text().split()
+    assert "export.pkl" in ignored and "whatsthat" not in ignored and "app.ipynb" not in ignored

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -80,8 +81,10 @@ def locked_digest(lock: Path = DEV_LOCK) -> str | None:
     return None
 
 
-def run(*cmd: str | Path, cwd: Path = ROOT) -> str:
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True)
+def run(*cmd: str | Path, cwd: Path = ROOT, env_path: Path | None = None) -> str:
+    """Run `cmd`; `env_path` goes first on PATH (a venv's bin, for scripts that call `python`)."""
+    env = None if env_path is None else {**os.environ, "PATH": f"{env_path}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise LockError(f"`{' '.join(map(str, cmd))}` failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     return proc.stdout
@@ -201,6 +204,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     finally:
         Path(f.name).unlink()
     run(py, "-m", "pip", "check")
+    # what Heroku then runs (bin/post_compile): the dyno has a pruned torch, so the tests must too
+    run("bash", ROOT / "bin" / "post_compile", cwd=ROOT, env_path=where / "bin")
     # what serving must never need: if one of these imports, requirements.txt has grown a training library
     leaked = run(py, "-c", "import importlib.util as u; print(' '.join(m for m in ('fastai', 'torchvision') "
                            "if u.find_spec(m)))").strip()

@@ -22,6 +22,47 @@ from whatsthat.errors import WhatsthatError
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # Only needed on a dyno that must unpickle export.pkl (no serving artifact): each costs slug and memory.
 TRAINING_LIBS = ("fastai", "torchvision")
+# Parts of the torch wheel that neither `import torch` nor serving ever touch: C++ test programs, C++
+# headers, build tools (about 50 MB of the compressed slug). Heroku's Python buildpack runs
+# bin/post_compile after `pip install`, which calls prune_torch; `make serve-env` does the same, so the
+# tests run on what is deployed. torch_shm_manager stays: torch.multiprocessing starts it.
+TORCH_KEEP_BIN = ("torch_shm_manager",)
+TORCH_PRUNE_DIRS = ("test", "include")
+
+
+def torch_pruned(relative: str) -> bool:
+    """Whether `relative` (a path inside the torch package, '/'-separated) is left out of a serving install."""
+    top, _, rest = relative.partition("/")
+    if top in TORCH_PRUNE_DIRS:
+        return True
+    return top == "bin" and bool(rest) and rest not in TORCH_KEEP_BIN
+
+
+def prune_torch(torch_dir: str | Path | None = None) -> int:
+    """Delete the pruned parts of an installed torch (default: the one this Python imports); bytes freed."""
+    import importlib.util
+    import shutil
+
+    if torch_dir is None:
+        spec = importlib.util.find_spec("torch")
+        if spec is None or spec.origin is None:
+            raise WhatsthatError("torch is not installed here: nothing to prune")
+        torch_dir = Path(spec.origin).parent
+    torch_dir = Path(torch_dir)
+    doomed = [torch_dir / name for name in TORCH_PRUNE_DIRS]
+    if (torch_dir / "bin").is_dir():
+        doomed += [p for p in (torch_dir / "bin").iterdir() if p.name not in TORCH_KEEP_BIN]
+    freed = 0
+    for path in doomed:
+        if path.is_dir() and not path.is_symlink():
+            freed += sum(f.lstat().st_size for f in path.rglob("*") if f.is_file() or f.is_symlink())
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            freed += path.lstat().st_size
+            path.unlink()
+    return freed
+
+
 _PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)\s*(?:[;#].*)?$")
 
 
