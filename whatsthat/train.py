@@ -109,7 +109,7 @@ class EpochHistory(Callback):
 class EpochProgress(Callback):
     """Progress with time left within each fastai epoch (train and validation batches together)."""
 
-    order = EpochHistory.order + 1
+    order = Recorder.order - 1  # the bar is cleared before EpochHistory prints the epoch's line
 
     def __init__(self, stages: EpochHistory, bar: bool, echo: Callable[[str], None]):
         self.stages, self.bar, self.echo, self.progress, self.done = stages, bar, echo, None, 0
@@ -136,7 +136,7 @@ class KeepBest(Callback):
     the end (`restore`) instead of exported. Lives only for the fits it is passed to: never pickled.
     """
 
-    order = EpochProgress.order + 1
+    order = EpochHistory.order + 1  # after Recorder has this epoch's validation loss
 
     def __init__(self, stages: EpochHistory, loss: float = float("inf"), where: str | None = None,
                  state: dict | None = None):
