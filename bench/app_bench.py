@@ -1,19 +1,25 @@
-"""The app as a visitor gets it: Voila + headless Chromium + the shipped model, and what a kernel costs.
+"""The page as visitors get it, before and after the model moved out of the kernels: memory and times.
 
-    .venv/bin/python bench/app_bench.py [--runs 3] [--model export.pkl]
+    .venv/bin/python bench/app_bench.py [--runs 3] [--model export.pkl] [--no-before]
+    WHATSTHAT_SERVE_VENV=.venv-serve .venv/bin/python bench/app_bench.py   # the servers run in the serving venv
 
-Measured (times are medians of --runs; needs /usr/bin/chromium and the playwright package):
+Two set-ups, measured in the same run with the same photo (a shipped grizzly) and headless Chromium:
 
-- cold: a fresh Voila process (fresh temp HOME/Jupyter dirs) until the first prediction shows in the
-  page: server start, page load (waiting for the preheated kernel to run the notebook), upload, Classify;
-- warm page load: Voila running and its preheated kernel (pool_size=1) done with the notebook, time
-  from `page.goto` to the Classify button being enabled; before each run the pool is refilled and idle;
-- click to prediction: photo uploaded, time from the click to "Prediction: ..." in the label (first
-  prediction in the kernel, and the next one in the same page);
-- memory: VmHWM (peak RSS) of the kernel behind the page after its predictions, VmRSS of the idle
-  preheated kernel, and VmHWM of plain subprocesses (no Voila, no ipykernel): `import torch` (the floor),
-  `import whatsthat.app`, that plus `load_classifier` and one predict, and the naive lesson-2 kernel
-  (`from fastai.vision.all import *`, `load_learner`, `learn.predict`).
+- after: `whatsthat serve` as the Procfile runs it: the supervisor, one model process, Voila with thin
+  kernels (preheated pool of 1);
+- before: Voila alone (the old Procfile), so every kernel loads the model itself. In the dev venv its
+  kernels load a bare copy of export.pkl with fastai, as the page did before the artifact existed; in the
+  serving venv (no fastai) they load the torch-only artifact in-process.
+
+Measured, each on a fresh server unless said otherwise (times are medians of --runs where repeated):
+
+- cold start -> first prediction: server start, first page, upload, Classify, until "Prediction:" shows;
+- warm page load: pool refilled and idle, page.goto -> Classify enabled;
+- click -> prediction: first and next click in a page;
+- 5 visitors at once: five pages navigated in the same moment, until the last one's Classify is enabled;
+- memory: PSS (proportional set size: shared pages split among their users, so sums are honest) of the
+  server processes, the model process and the kernels with 3, then 10 visitors who each classified once
+  (plus the preheated kernel); per kernel: PSS and whether libtorch is mapped.
 
 Every process started here is stopped at the end; Jupyter, IPython, matplotlib and torch dirs are temp dirs.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -41,34 +48,36 @@ from whatsthat.serve import voila_command
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-START_TIMEOUT = 300  # s: server up, and a kernel loading torch + fastai + the model, on a loaded machine
-PAGE_TIMEOUT_MS = 180_000
-MODEL_LOADED = "whatsthat.app: model "  # logged by app_or_message once per kernel that ran the notebook
-TEMP_DIRS = [
-    ("HOME", ""),
-    ("XDG_CACHE_HOME", ".cache"),
-    ("XDG_CONFIG_HOME", ".config"),
-    ("XDG_DATA_HOME", ".local/share"),
-    ("JUPYTER_CONFIG_DIR", ".jupyter"),
-    ("JUPYTER_DATA_DIR", ".local/share/jupyter"),
-    ("JUPYTER_RUNTIME_DIR", ".local/share/jupyter/runtime"),
-    ("IPYTHONDIR", ".ipython"),
-    ("MPLCONFIGDIR", ".config/matplotlib"),
-    ("TORCH_HOME", ".cache/torch"),
-]
+START_TIMEOUT = 300
+PAGE_TIMEOUT_MS = 300_000
+MODEL_LOADED = "whatsthat.app: model "  # logged by each kernel once it can classify
+TEMP_DIRS = [("HOME", ""), ("XDG_CACHE_HOME", ".cache"), ("XDG_CONFIG_HOME", ".config"),
+             ("XDG_DATA_HOME", ".local/share"), ("JUPYTER_CONFIG_DIR", ".jupyter"),
+             ("JUPYTER_DATA_DIR", ".local/share/jupyter"), ("JUPYTER_RUNTIME_DIR", ".local/share/jupyter/runtime"),
+             ("IPYTHONDIR", ".ipython"), ("MPLCONFIGDIR", ".config/matplotlib"), ("TORCH_HOME", ".cache/torch")]  # fmt: skip
+
+
+def serve_venv() -> Path | None:
+    venv = os.environ.get("WHATSTHAT_SERVE_VENV")
+    return Path(venv).resolve() if venv else None
+
+
+def bin_dir() -> Path:
+    venv = serve_venv()
+    return venv / "bin" if venv else Path(sys.executable).parent
 
 
 def temp_env(home: Path) -> dict[str, str]:
-    """os.environ with every per-user dir under `home` (created), so nothing touches the real home."""
     env = dict(os.environ, JUPYTER_PLATFORM_DIRS="1", MPLBACKEND="Agg")
     for var, sub in TEMP_DIRS:
         (home / sub).mkdir(parents=True, exist_ok=True)
         env[var] = str(home / sub)
-    env.pop("WHATSTHAT_EXAMPLES", None)
+    for var in ("WHATSTHAT_EXAMPLES", "WHATSTHAT_MODEL_SOCKET", "WHATSTHAT_MODEL_AUTHKEY"):
+        env.pop(var, None)
     return env
 
 
-def wait_until(check, timeout: float, what: str, interval: float = 0.2) -> None:
+def wait_until(check, timeout: float, what: str, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
@@ -76,37 +85,59 @@ def wait_until(check, timeout: float, what: str, interval: float = 0.2) -> None:
         time.sleep(interval)
 
 
-def vm_kb(pid: int | str, field: str) -> int:
-    """A VmHWM/VmRSS line of /proc/<pid>/status, in kB."""
-    text = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))
-
-
-def _is_kernel(p: psutil.Process) -> bool:
+def cmdline(p: psutil.Process) -> str:
     try:
-        return "ipykernel_launcher" in " ".join(p.cmdline())
+        return " ".join(p.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return ""
+
+
+def kind_of(p: psutil.Process) -> str:
+    line = cmdline(p)
+    if "ipykernel_launcher" in line:
+        return "kernel"
+    if "whatsthat.modelserver" in line:
+        return "model"
+    return "server"
+
+
+def pss_mb(p: psutil.Process) -> float:
+    try:
+        return p.memory_full_info().pss / 2**20
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0.0
+
+
+def loads_torch(p: psutil.Process) -> bool:
+    try:
+        return any("libtorch" in (m.path or "") for m in p.memory_maps(grouped=True))
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
 
 
-class Voila:
-    """`whatsthat serve`'s Voila command on a free local port, in a fresh temp dir; `with` stops it all."""
+class Server:
+    """One server on a free port in a temp dir: `after` is `whatsthat serve`, `before` is Voila alone."""
 
-    def __init__(self, model: Path) -> None:
-        self.model = model
-        self.tmp = tempfile.TemporaryDirectory(prefix="whatsthat-app-bench-")
-        self.log = Path(self.tmp.name) / "voila.log"
-        self.kernel_pids: set[int] = set()
+    def __init__(self, mode: str, model: Path) -> None:
+        self.mode, self.model = mode, model
+        self.tmp = tempfile.TemporaryDirectory(prefix=f"whatsthat-app-bench-{mode}-")
+        self.log = Path(self.tmp.name) / "server.log"
+        self.pids: set[int] = set()
 
-    def __enter__(self) -> Voila:
+    def __enter__(self) -> Server:
         tmp = Path(self.tmp.name)
         env = temp_env(tmp / "home")
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
-        cmd = voila_command("app.ipynb", port, "127.0.0.1", self.model,
-                            extra_args=[f"--Voila.connection_dir_root={tmp}"])  # fmt: skip
+        extra = [f"--Voila.connection_dir_root={tmp}"]
+        if self.mode == "after":
+            cmd = [str(bin_dir() / "whatsthat"), "serve", f"--model={self.model}", f"--port={port}",
+                   "--host=127.0.0.1", f"--examples={tmp / 'none'}", "--", *extra]  # fmt: skip
+        else:
+            cmd = voila_command("app.ipynb", port, "127.0.0.1", self.model, examples=tmp / "none",
+                                voila=[str(bin_dir() / "python"), "-m", "voila"], extra_args=extra)  # fmt: skip
         with self.log.open("wb") as out:
             self.started = time.monotonic()
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
@@ -114,21 +145,20 @@ class Voila:
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
-        """SIGTERM Voila's process group (it shuts its kernels down), then kill any kernel left over."""
-        if exc_type is not None:  # a timeout or a failed page: the server's side of the story
-            print(f"voila log (tail):\n{self.log_text()[-3000:]}", file=sys.stderr)
-        self.kernels()  # remember the kernels while Voila is still their parent
+        if exc_type is not None:
+            print(f"{self.mode} server log (tail):\n{self.log_text()[-4000:]}", file=sys.stderr)
+        self.processes()
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
-        for pid in self.kernel_pids:  # kernels run in their own sessions, outside Voila's process group
+        for pid in self.pids:  # kernels run in their own sessions, outside the server's process group
             try:
                 p = psutil.Process(pid)
-                if _is_kernel(p):
+                if kind_of(p) in ("kernel", "model"):
                     p.kill()
             except psutil.NoSuchProcess:
                 continue
@@ -137,9 +167,9 @@ class Voila:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def check_alive(self) -> bool:
+    def alive(self) -> bool:
         if self.proc.poll() is not None:
-            sys.exit(f"voila exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            sys.exit(f"the {self.mode} server exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
         return True
 
     def answers(self) -> bool:
@@ -149,40 +179,26 @@ class Voila:
         except (urllib.error.URLError, OSError):
             return False
 
-    def kernels(self) -> list[psutil.Process]:
+    def processes(self) -> list[psutil.Process]:
         try:
-            found = [p for p in psutil.Process(self.proc.pid).children(recursive=True) if _is_kernel(p)]
+            root = psutil.Process(self.proc.pid)
+            found = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
-        self.kernel_pids |= {p.pid for p in found}
+        self.pids |= {p.pid for p in found}
         return found
 
-    def kernel_pid(self, kernel_id: str) -> int:
-        """The pid of the kernel whose connection file names `kernel_id`."""
-        for p in self.kernels():
-            if kernel_id in " ".join(p.cmdline()):
-                return p.pid
-        raise RuntimeError(f"no process for kernel {kernel_id}")
+    def kernels(self) -> list[psutil.Process]:
+        return [p for p in self.processes() if kind_of(p) == "kernel"]
 
-    def page_kernel(self) -> str:
-        """The id of the kernel handed to the latest page (Voila logs it when it takes one from the pool)."""
-        ids = re.findall(r"Using pre-heated kernel: ([0-9a-f-]{36})", self.log_text())
-        if not ids:
-            raise RuntimeError("no page was given a preheated kernel: is preheating on?\n" + self.log_text()[-3000:])
-        return ids[-1]
-
-    def wait_pool_ready(self, pages_served: int) -> None:
-        """Until the pool is full again and its kernel has run the notebook and gone idle.
-
-        Every kernel that runs app.ipynb logs MODEL_LOADED once: the pages' kernels plus the pooled one.
-        After that line the notebook still builds the widgets, so also wait for the kernels' CPU to settle.
-        """
-        wait_until(lambda: self.check_alive() and self.log_text().count(MODEL_LOADED) >= pages_served + 1,
-                   START_TIMEOUT, "the preheated kernel loading the model")  # fmt: skip
+    def wait_ready(self, pages_served: int) -> None:
+        """Pool full, its kernel through the notebook, every kernel idle (so timings are a visitor's)."""
+        wait_until(lambda: self.alive() and self.log_text().count(MODEL_LOADED) >= pages_served + 1,
+                   START_TIMEOUT, f"{self.mode}: the preheated kernel running the notebook")  # fmt: skip
 
         def cpu_s() -> float:
             total = 0.0
-            for p in self.kernels():
+            for p in self.processes():
                 try:
                     t = p.cpu_times()
                     total += t.user + t.system
@@ -193,13 +209,21 @@ class Voila:
         def idle() -> bool:
             before = cpu_s()
             time.sleep(0.5)
-            return cpu_s() - before < 0.05
+            return cpu_s() - before < 0.1
 
-        wait_until(lambda: idle() and idle(), 60, "the kernels going idle")
+        wait_until(lambda: idle() and idle(), 120, "the server going idle")
+
+    def memory(self) -> dict:
+        by_kind: dict[str, list[float]] = {"server": [], "model": [], "kernel": []}
+        torch_kernels = 0
+        for p in self.processes():
+            kind = kind_of(p)
+            by_kind[kind].append(pss_mb(p))
+            torch_kernels += kind == "kernel" and loads_torch(p)
+        return {**by_kind, "total": sum(sum(v) for v in by_kind.values()), "torch_kernels": torch_kernels}
 
 
 def open_app(browser, url: str):
-    """A new visitor (fresh context, empty cache): returns (context, page, seconds from goto to Classify enabled)."""
     from playwright.sync_api import expect
 
     context = browser.new_context()
@@ -211,11 +235,9 @@ def open_app(browser, url: str):
 
 
 def upload(page, photo: Path) -> None:
-    """Choose `photo` in the upload widget and wait until the browser has read it."""
     from playwright.sync_api import expect
 
-    # the app empties the upload after each Classify: "(1)" below is this upload, not the last one
-    expect(page.locator(".widget-upload")).to_have_text(re.compile(r"^\s*Upload( \(0\))?\s*$"), timeout=30_000)
+    expect(page.locator(".widget-upload")).to_have_text(re.compile(r"^\s*Upload( \(0\))?\s*$"), timeout=60_000)
     with page.expect_file_chooser() as chooser:
         page.click(".widget-upload")
     chooser.value.set_files(photo)
@@ -223,7 +245,6 @@ def upload(page, photo: Path) -> None:
 
 
 def classify(page, expect_prefix: str = "Prediction:") -> tuple[float, str]:
-    """Click Classify; (seconds until the label starts with `expect_prefix`, the label's text)."""
     label = page.locator(".widget-label").filter(has_text=expect_prefix)
     t0 = time.monotonic()
     page.get_by_role("button", name="Classify").click()
@@ -231,74 +252,79 @@ def classify(page, expect_prefix: str = "Prediction:") -> tuple[float, str]:
     return time.monotonic() - t0, label.inner_text()
 
 
-def cold_run(browser, model: Path, photo: Path) -> dict:
-    """Fresh Voila -> first prediction in the page, as the first visitor right after a deploy sees it."""
-    with Voila(model) as voila:
-        wait_until(lambda: voila.check_alive() and voila.answers(), START_TIMEOUT, "voila answering")
-        server_s = time.monotonic() - voila.started
-        context, page, _ = open_app(browser, voila.url)
-        page_s = time.monotonic() - voila.started
+def cold_and_warm(browser, mode: str, model: Path, photo: Path, runs: int) -> dict:
+    """One server: cold start -> first prediction, then `runs` warm pages (load, first and next click)."""
+    out: dict = {"load": [], "click1": [], "click2": []}
+    with Server(mode, model) as srv:
+        wait_until(lambda: srv.alive() and srv.answers(), START_TIMEOUT, "server answering")
+        context, page, _ = open_app(browser, srv.url)
         upload(page, photo)
-        _, text = classify(page)
-        total_s = time.monotonic() - voila.started
+        _, out["label"] = classify(page)
+        out["cold"] = time.monotonic() - srv.started
         context.close()
-    return {"server": server_s, "page": page_s, "total": total_s, "label": text}
-
-
-def warm_runs(browser, model: Path, photo: Path, runs: int) -> dict[str, list[float]]:
-    """On one Voila: per run, a fresh page on a ready preheated kernel, two predictions, kernel memory."""
-    out: dict[str, list[float]] = {k: [] for k in ("load", "click1", "click2", "hwm", "pool_rss")}
-    with Voila(model) as voila:
-        wait_until(lambda: voila.check_alive() and voila.answers(), START_TIMEOUT, "voila answering")
-        for served in range(runs):
-            voila.wait_pool_ready(served)
-            if served == 0:  # no page yet: the one kernel is the pool's
-                out["pool_rss"] = [vm_kb(p.pid, "VmRSS") / 1024 for p in voila.kernels()]
-            context, page, load_s = open_app(browser, voila.url)
+        for served in range(1, runs + 1):
+            srv.wait_ready(served)
+            context, page, load_s = open_app(browser, srv.url)
             out["load"].append(load_s)
             upload(page, photo)
             out["click1"].append(classify(page)[0])
-            classify(page, "Nothing to classify")  # the label must change before the next "Prediction:"
+            classify(page, "Nothing to classify")
             upload(page, photo)
             out["click2"].append(classify(page)[0])
-            out["hwm"].append(vm_kb(voila.kernel_pid(voila.page_kernel()), "VmHWM") / 1024)
             context.close()
     return out
 
 
-# -- memory without Voila: one fresh interpreter per case, VmHWM read by the process itself at its end --
+def five_at_once(browser, mode: str, model: Path) -> float:
+    """A fresh, ready server; five pages navigate in the same moment: seconds until the last is interactive."""
+    from playwright.sync_api import expect
 
-HWM = "import re; print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))"
-CASES = [
-    ("import torch (the floor under every case below)", "import torch"),
-    ("import whatsthat.app", "import whatsthat.app"),
-    ("whatsthat.app + load_classifier + 1 predict",
-     "import sys, whatsthat.app\nfrom whatsthat.predict import load_classifier\n"
-     "load_classifier(sys.argv[1]).predict(sys.argv[2])"),
-    ("naive lesson-2: fastai.vision.all * + load_learner + 1 predict",
-     "import sys\nfrom fastai.vision.all import *\n"
-     "learn = load_learner(sys.argv[1])\nwith learn.no_bar(): learn.predict(PILImage.create(sys.argv[2]))"),
-]  # fmt: skip
+    with Server(mode, model) as srv:
+        wait_until(lambda: srv.alive() and srv.answers(), START_TIMEOUT, "server answering")
+        srv.wait_ready(0)
+        contexts = [browser.new_context() for _ in range(5)]
+        pages = [c.new_page() for c in contexts]
+        t0 = time.monotonic()
+        for page in pages:
+            page.goto(srv.url + "/", wait_until="commit", timeout=PAGE_TIMEOUT_MS)
+        for page in pages:
+            expect(page.get_by_role("button", name="Classify")).to_be_enabled(timeout=PAGE_TIMEOUT_MS)
+        elapsed = time.monotonic() - t0
+        for c in contexts:
+            c.close()
+    return elapsed
 
 
-def subprocess_hwm(code: str, model: Path, photo: Path, env: dict[str, str]) -> tuple[float, float]:
-    """(peak RSS in MB, wall seconds including interpreter start) of `python -c code model photo`."""
-    t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-c", code + "\n" + HWM, str(model), str(photo)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)  # fmt: skip
-    if r.returncode != 0:
-        sys.exit(f"memory case failed:\n{code}\n{r.stderr[-3000:]}")
-    return int(r.stdout.split()[-1]) / 1024, time.monotonic() - t0
+def visitors_memory(browser, mode: str, model: Path, photo: Path, counts: list[int]) -> dict[int, dict]:
+    """Visitors arrive one by one and classify once; memory after each count in `counts`."""
+    out: dict[int, dict] = {}
+    contexts = []
+    with Server(mode, model) as srv:
+        wait_until(lambda: srv.alive() and srv.answers(), START_TIMEOUT, "server answering")
+        try:
+            for n in range(1, max(counts) + 1):
+                srv.wait_ready(n - 1)
+                context, page, _ = open_app(browser, srv.url)
+                contexts.append(context)
+                upload(page, photo)
+                classify(page)
+                if n in counts:
+                    srv.wait_ready(n)
+                    out[n] = srv.memory()
+        finally:
+            for c in contexts:
+                c.close()
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(ROOT / "export.pkl"))
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-before", action="store_true", help="measure only the model-process set-up")
+    ap.add_argument("--before-visitors", type=int, default=3, help="visitors for the before memory (default 3)")
     args = ap.parse_args()
     model = Path(args.model).resolve()
-    if not model.is_file():
-        sys.exit(f"model not found: {model}")
     photos = sorted((require_bears() / "grizzly").glob("*.jpg"))
     if not photos:
         sys.exit(f"no grizzly photos in {require_bears() / 'grizzly'}")
@@ -307,45 +333,69 @@ def main() -> None:
         sys.exit(f"the app bench needs {CHROMIUM} (Debian's chromium package)")
     from playwright.sync_api import sync_playwright
 
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="whatsthat-app-bench-") as tmp:
-        env = temp_env(Path(tmp))  # for the plain subprocesses and Chromium (its profile, crash reports)
-        # memory first, while nothing else of ours runs; cases take turns, so a cold disk cache hits one run of each
-        memory: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in CASES}
-        for _ in range(args.runs):
-            for name, code in CASES:
-                memory[name].append(subprocess_hwm(code, model, photo, env))
-
+        env = temp_env(Path(tmp))
+        models = {"after": model}
+        if not args.no_before:
+            if serve_venv() is None:  # the old page: each kernel unpickles export.pkl with fastai
+                bare = Path(tmp) / "bare" / "export.pkl"
+                bare.parent.mkdir()
+                shutil.copy(model, bare)
+                shutil.copy(model.with_name(model.stem + ".card.json"), bare.with_name("export.card.json"))
+                models["before"] = bare
+            else:
+                models["before"] = model
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, env=env)
             try:
-                cold = [cold_run(browser, model, photo) for _ in range(args.runs)]
-                warm = warm_runs(browser, model, photo, args.runs)
+                for mode, m in models.items():
+                    counts = [3, 10] if mode == "after" else [args.before_visitors]
+                    r = cold_and_warm(browser, mode, m, photo, args.runs)
+                    r["five"] = five_at_once(browser, mode, m)
+                    r["memory"] = visitors_memory(browser, mode, m, photo, counts)
+                    results[mode] = r
+                    print(f"{mode}: done", file=sys.stderr)
             finally:
                 browser.close()
 
-    rows: list[list[object]] = []
+    modes = list(results)
 
-    def row(what: str, xs: list[float], unit: str) -> None:
-        fmt = "{:.0f}" if unit == "MB" else "{:.2f}"
-        rows.append([what, fmt.format(median(xs)), f"{fmt.format(min(xs))}-{fmt.format(max(xs))}", unit, len(xs)])
+    def cell(mode: str, get, fmt: str = "{:.2f}") -> str:
+        try:
+            value = get(results[mode])
+        except (KeyError, IndexError):
+            return "not run"
+        return fmt.format(value)
 
-    row("cold: voila start -> server answers", [c["server"] for c in cold], "s")
-    row("cold: voila start -> Classify enabled in page", [c["page"] for c in cold], "s")
-    row("cold: voila start -> first prediction shown", [c["total"] for c in cold], "s")
-    row("warm: page.goto -> Classify enabled (preheated kernel)", warm["load"], "s")
-    row("click -> prediction, first in the kernel", warm["click1"], "s")
-    row("click -> prediction, next one", warm["click2"], "s")
-    row("peak RSS (VmHWM), the page's kernel after 2 predictions", warm["hwm"], "MB")
-    row("RSS, idle preheated kernel (model loaded)", warm["pool_rss"], "MB")
-    for name, results in memory.items():
-        row(f"peak RSS, plain python: {name}", [hwm for hwm, _ in results], "MB")
-        row("  wall time of that process", [wall for _, wall in results], "s")
+    rows = []
 
-    print(
-        f"# app (Voila + headless Chromium) on {machine()}; model {model.name}; photo {photo.parent.name}/"
-        f"{photo.name}: {cold[0]['label']!r}; runs {args.runs}"
-    )
-    print(table(["measure", "median", "min-max", "unit", "n"], rows))
+    def row(what: str, get, unit: str, target: str, fmt: str = "{:.2f}") -> None:
+        rows.append([what, *[cell(m, get, fmt) for m in modes], unit, target])
+
+    row("cold start -> first prediction shown", lambda r: r["cold"], "s", "<= 6")
+    row("warm page: goto -> Classify enabled (median)", lambda r: median(r["load"]), "s", "<= 1.5")
+    row("click -> prediction, first in the page (median)", lambda r: median(r["click1"]), "s", "<= 0.29")
+    row("click -> prediction, next (median)", lambda r: median(r["click2"]), "s", "<= 0.29")
+    row("5 visitors at once -> all interactive", lambda r: r["five"], "s", "<= 8")
+    for n in sorted({n for r in results.values() for n in r["memory"]}):
+        mb = "{:.0f}"
+        target = {3: "<= 512", 10: "<= 1024"}.get(n, "")
+        row(f"PSS sum, {n} visitors (server + model + kernels)", lambda r, n=n: r["memory"][n]["total"], "MB", target, mb)
+        row(f"  server processes ({n} visitors)", lambda r, n=n: sum(r["memory"][n]["server"]), "MB", "", mb)
+        row(f"  model process ({n} visitors)", lambda r, n=n: sum(r["memory"][n]["model"]), "MB", "", mb)
+        row(f"  kernels: count ({n} visitors + preheated)", lambda r, n=n: len(r["memory"][n]["kernel"]), "", "", "{:d}")
+        row(f"  kernels: largest PSS ({n} visitors)", lambda r, n=n: max(r["memory"][n]["kernel"]), "MB", "<= 80", mb)
+        row(f"  kernels: sum PSS ({n} visitors)", lambda r, n=n: sum(r["memory"][n]["kernel"]), "MB", "", mb)
+        row(f"  kernels with torch loaded ({n} visitors)", lambda r, n=n: r["memory"][n]["torch_kernels"], "", "0", "{:d}")
+
+    venv = serve_venv()
+    where = f"serving venv {venv}" if venv else f"dev venv {Path(sys.executable).parent.parent}"
+    print(f"# app (Voila + headless Chromium) on {machine()}; servers from {where}; model {model.name}; "
+          f"photo {photo.parent.name}/{photo.name}: {results['after']['label']!r}; runs {args.runs}")  # fmt: skip
+    print("# before: Voila alone, each kernel loads the model" + (" (export.pkl with fastai)" if venv is None else
+          " (the artifact, in-process)") + "; after: `whatsthat serve` (one model process, thin kernels)")  # fmt: skip
+    print(table(["measure", *modes, "unit", "target"], rows))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -51,7 +52,10 @@ def http_status(url: str) -> int | None:
 
 
 def stop_server(proc: subprocess.Popen, kernel_pids: set[int]) -> None:
-    """SIGTERM the server's process group (it shuts its kernels down), then kill whatever we started that is left."""
+    """SIGTERM the server's process group (it shuts its kernels down), then kill whatever we started that is left.
+
+    `kernel_pids` may hold model process pids too: they are killed the same way if still there.
+    """
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -62,7 +66,7 @@ def stop_server(proc: subprocess.Popen, kernel_pids: set[int]) -> None:
     for pid in kernel_pids:  # kernels run in their own sessions: not in the server's process group
         try:
             p = psutil.Process(pid)
-            if is_kernel(p):
+            if is_kernel(p) or is_model_process(p):
                 p.kill()
         except psutil.NoSuchProcess:
             continue
@@ -78,3 +82,46 @@ def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -
             pytest.fail(f"the server did not answer in {timeout}s:\n{log.read_text(errors='replace')[-5000:]}")
         time.sleep(0.25)
     return time.monotonic() - t0
+
+
+def is_model_process(p: psutil.Process) -> bool:
+    try:
+        return "whatsthat.modelserver" in " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def model_processes_of(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The model process(es) `whatsthat serve` supervises (one, except for a moment while it restarts)."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [p for p in children if is_model_process(p)]
+
+
+def serve_command(model: Path, port: int, tmp: Path, cull_idle: int = 600, cull_interval: int = 60) -> list[str]:
+    """`whatsthat serve` as the Procfile runs it, from $WHATSTHAT_SERVE_VENV (the CPU-only serving venv) when set.
+
+    Without that variable the dev venv's `whatsthat` runs, i.e. this interpreter's.
+    """
+    venv = os.environ.get("WHATSTHAT_SERVE_VENV")
+    whatsthat = Path(venv) / "bin" / "whatsthat" if venv else Path(sys.executable).parent / "whatsthat"
+    if not whatsthat.is_file():
+        pytest.fail(f"{whatsthat} does not exist (WHATSTHAT_SERVE_VENV={venv!r})")
+    return [str(whatsthat), "serve", f"--model={model}", f"--port={port}", "--host=127.0.0.1",
+            f"--examples={tmp / 'no-examples'}", f"--cull-idle-timeout={cull_idle}", f"--cull-interval={cull_interval}",
+            "--", f"--Voila.connection_dir_root={tmp}"]  # fmt: skip
+
+
+def pss_mb(p: psutil.Process) -> float:
+    """Proportional set size: shared pages split among the processes that map them (what sums honestly)."""
+    return p.memory_full_info().pss / 2**20
+
+
+def loads_torch(p: psutil.Process) -> bool:
+    """Whether libtorch is mapped into the process (i.e. it imported torch)."""
+    try:
+        return any("libtorch" in (m.path or "") for m in p.memory_maps(grouped=True))
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False

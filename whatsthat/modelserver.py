@@ -355,6 +355,10 @@ class Supervisor:
             self._spawn()
             log.info("model process restarted as %d (start %d)", self.proc.pid, self.starts)
 
+    def stop_restarting(self) -> None:
+        """From now on an exit is final: at shutdown (Heroku signals every process at once) nothing restarts."""
+        self._stop.set()
+
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         proc = self.proc
@@ -387,6 +391,7 @@ def run_with_model(model: str | Path, argv: Sequence[str], *, cwd: str | Path | 
         child = subprocess.Popen(list(argv), cwd=cwd, env={**(env if env is not None else os.environ), **sup.env()})
 
         def forward(signum: int, _frame: object) -> None:
+            sup.stop_restarting()
             if child.poll() is None:
                 child.send_signal(signum)
 
