@@ -390,7 +390,10 @@ def main() -> None:
         row(f"  kernels with torch loaded ({n} visitors)", lambda r, n=n: r["memory"][n]["torch_kernels"], "", "0", "{:d}")
 
     venv = serve_venv()
+    torch_there = subprocess.run([str(bin_dir() / "python"), "-c", "import torch; print(torch.__version__)"],
+                                 capture_output=True, text=True, timeout=120).stdout.strip()  # fmt: skip
     where = f"serving venv {venv}" if venv else f"dev venv {Path(sys.executable).parent.parent}"
+    where += f" (torch {torch_there})"
     print(f"# app (Voila + headless Chromium) on {machine()}; servers from {where}; model {model.name}; "
           f"photo {photo.parent.name}/{photo.name}: {results['after']['label']!r}; runs {args.runs}")  # fmt: skip
     print("# before: Voila alone, each kernel loads the model" + (" (export.pkl with fastai)" if venv is None else

@@ -24,10 +24,10 @@ from whatsthat.app import (
     build_app,
     model_card_html,
     uploaded_files,
-    verdict,
 )
 from whatsthat.errors import WhatsthatError
 from whatsthat.images import MAX_BYTES
+from whatsthat.predict import verdict
 
 CLASSES = ["black", "grizzly", "teddy"]
 
@@ -156,7 +156,8 @@ def test_classify_one_upload(app, stub):
 
 def test_not_sure_below_threshold(app):
     upload_and_click(app, ("blue.png", image_bytes(draw_image("blue", 64), "PNG")))
-    assert app.label.value.startswith(f"Prediction: {NOT_SURE} (best guess black)")
+    assert app.label.value == f"Prediction: {NOT_SURE}: between black (50%) and teddy (30%); Probability: 0.5000"
+    assert app.results[0].kind == "ambiguous"
     assert app.results[0].verdict == NOT_SURE
     assert NOT_SURE in output_html(app)
 
@@ -535,3 +536,17 @@ def test_without_a_model_process_the_kernel_loads_the_model_itself(tiny_model, t
     app = build_app(clf)
     upload_and_click(app, ("red.jpg", red_jpeg()))
     assert app.results[0].ok
+
+
+def test_out_of_class_score_from_the_model_process_makes_it_not_sure():
+    """The model process sends an ood_score; above the card's detector threshold the answer is 'not sure'."""
+    client = FakeClient()
+    client.load_info = lambda: {"classes": list(CLASSES), "card": {"not_sure": {"threshold": 0.5}}, "threshold": 0.6}
+    app = build_app(appmod.RemoteClassifier(client))
+    upload_and_click(app, ("cat.jpg", red_jpeg()))  # FakeClient answers grizzly 0.9 with ood_score 1.0
+    [r] = app.results
+    assert r.kind == "out_of_class" and r.verdict == NOT_SURE and r.ood_score == 1.0
+    assert app.label.value == (
+        f"Prediction: {NOT_SURE}: this doesn't look like black, grizzly or teddy (best guess grizzly); Probability: 0.9000"
+    )
+    assert "doesn&#x27;t look like black, grizzly or teddy" in output_html(app)

@@ -282,3 +282,36 @@ def test_start_script_without_a_model_runs_the_command_alone(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "None"  # no channel: the kernel will load the model itself
     assert "without a model process" in proc.stderr
+
+
+def test_a_process_dying_during_the_handshake_is_waited_for_not_a_crash(tmp_path):
+    """A kernel connecting while the model process dies sees EOF mid-handshake: that is 'restarting', retried."""
+    import socket
+
+    path = str(tmp_path / "dying.sock")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(path)
+    sock.listen(8)
+
+    def accept_and_drop() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=accept_and_drop, daemon=True).start()
+    try:
+        with pytest.raises(ModelUnavailable, match="not answering"):
+            ModelClient(path, b"k" * 32, connect_wait=0.5).load_info()
+    finally:
+        sock.close()
+
+
+def test_wrong_key_is_model_unavailable_at_once(server):
+    path, _, _ = server
+    t0 = time.monotonic()
+    with pytest.raises(ModelUnavailable, match="refused this kernel's key"):
+        ModelClient(path, b"wrong" * 8, connect_wait=30).load_info()
+    assert time.monotonic() - t0 < 5

@@ -35,8 +35,9 @@ import ipywidgets as widgets
 
 from whatsthat.errors import WhatsthatError
 from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
-from whatsthat.predict import NOT_SURE, verdict  # light: predict imports torch/fastai only when loading
+from whatsthat.predict import NOT_SURE  # light: predict imports torch/fastai only when loading
 from whatsthat.protocol import ModelClient, ModelLost, ModelUnavailable
+from whatsthat.verdict import decide
 
 log = logging.getLogger("whatsthat.app")
 
@@ -86,6 +87,9 @@ class FileResult:
     name: str
     ranked: list[tuple[str, float]] = field(default_factory=list)
     verdict: str = ""  # the top label, NOT_SURE, or "" when there is an error
+    kind: str = ""  # verdict.decide's kind: "sure", "ambiguous" or "out_of_class"
+    message: str = ""  # verdict.decide's sentence for the visitor
+    ood_score: float | None = None  # the model process's out-of-class score, when the model has a detector
     error: str = ""  # friendly message for the visitor
     reason: str = ""  # short stable code (ImageError.reason, "error")
     thumbnail: bytes = b""  # small JPEG of the image as the model saw it (upright, RGB)
@@ -111,8 +115,19 @@ def describe(result: FileResult) -> str:
         return f"{result.name}: {result.error}"
     label, prob = result.ranked[0]
     if result.verdict == NOT_SURE:
-        return f"{result.name}: {NOT_SURE} (best guess {label}, {prob:.1%})"
+        return f"{result.name}: {NOT_SURE}{_why(result)}{_best_guess(result, f'{label}, {prob:.1%}')}"
     return f"{result.name}: {label} ({prob:.1%})"
+
+
+def _why(result: FileResult) -> str:
+    """': between grizzly (55%) and black (45%)' from verdict.decide's sentence, or '' without one."""
+    reason = result.message.split(":", 1)[1].strip() if result.message.lower().startswith("not sure:") else ""
+    return f": {reason}" if reason else ""
+
+
+def _best_guess(result: FileResult, guess: str) -> str:
+    # "between grizzly (55%) and black (45%)" names the guess already; "doesn't look like ..." does not
+    return "" if result.kind == "ambiguous" and _why(result) else f" (best guess {guess})"
 
 
 def summary(results: Sequence[FileResult]) -> str:
@@ -125,7 +140,7 @@ def summary(results: Sequence[FileResult]) -> str:
             return f"Could not classify {r.name}: {r.error}"
         label, prob = r.ranked[0]
         if r.verdict == NOT_SURE:
-            return f"Prediction: {NOT_SURE} (best guess {label}); Probability: {prob:.4f}"
+            return f"Prediction: {NOT_SURE}{_why(r)}{_best_guess(r, label)}; Probability: {prob:.4f}"
         return f"Prediction: {label}; Probability: {prob:.4f}"
     return f"{len(results)} images: " + " | ".join(describe(r) for r in results)
 
@@ -160,7 +175,7 @@ def result_html(result: FileResult) -> str:
         )
     label, prob = result.ranked[0]
     if result.verdict == NOT_SURE:
-        head = f"<b>{NOT_SURE}</b> (best guess {html.escape(label)}, {prob:.1%})"
+        head = f"<b>{NOT_SURE}</b>{html.escape(_why(result) + _best_guess(result, f'{label}, {prob:.1%}'))}"
     else:
         head = f"<b>{html.escape(label)}</b> ({prob:.1%})"
     img = (
@@ -379,7 +394,9 @@ class App:
                                 thumbnail=r.get("thumbnail") or b"")  # fmt: skip
             if result.ok:
                 result.ranked = [(str(label), float(prob)) for label, prob in r["ranked"]]
-                result.verdict = verdict(result.ranked, self.classifier.threshold)
+                answer = decide(result.ranked, self._verdict_card(), r.get("ood_score"))
+                result.kind, result.message, result.ood_score = answer.kind, answer.message, answer.ood_score
+                result.verdict = answer.label if answer.kind == "sure" and answer.label else NOT_SURE
             results.append(result)
         if len(files) > self.max_files:
             results.append(
@@ -390,6 +407,11 @@ class App:
                 )
             )
         return results
+
+    def _verdict_card(self) -> dict:
+        # what verdict.decide reads: the softmax threshold, the classes, the detector's threshold (card["not_sure"])
+        card = getattr(self.classifier, "card", None) or {}
+        return {**card, "threshold": self.classifier.threshold, "classes": card.get("classes") or list(self.classifier.classes)}
 
     def _classify_files(self, files: list[tuple[str, bytes]]) -> list[dict]:
         remote = getattr(self.classifier, "classify_files", None)

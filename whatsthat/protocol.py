@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Sequence
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection
 from typing import Any
 
@@ -106,9 +107,13 @@ class ModelClient:
         while True:
             try:
                 return Client(self.path, family="AF_UNIX", authkey=self.authkey)
-            except (FileNotFoundError, ConnectionRefusedError) as e:  # not (yet) listening: starting or restarting
+            except AuthenticationError as e:  # the wrong key: waiting would not help
+                raise ModelUnavailable(f"the model process refused this kernel's key ({e})") from None
+            # not (yet) listening, or it died during the handshake: starting or restarting
+            except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError, EOFError) as e:
                 if time.monotonic() + delay > deadline:
-                    raise ModelUnavailable(f"the model process is not answering at {self.path} ({e.strerror or e})") from None
+                    why = getattr(e, "strerror", None) or type(e).__name__
+                    raise ModelUnavailable(f"the model process is not answering at {self.path} ({why})") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
 
