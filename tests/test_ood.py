@@ -128,6 +128,22 @@ def test_fit_calibrates_and_separates(method):
     assert all(s > det.threshold for s in det.score(far))
 
 
+@pytest.mark.parametrize("n", [12, 200])  # fewer and more pictures than feature dimensions
+def test_mahalanobis_low_rank_form_is_the_exact_inverse(n):
+    x, y = clusters(n, dim=40)
+    det = ood.fit_detector(x, y, x, method="mahalanobis", layer="pooled", shrinkage=0.2)
+    z = torch.nn.functional.normalize(x.double(), dim=1)
+    means = torch.stack([z[y == c].mean(0) for c in range(3)])
+    centred = z - means[y]
+    cov = centred.T @ centred / (n - 3)
+    cov = 0.8 * cov + 0.2 * torch.eye(40) * cov.diagonal().mean()
+    q = torch.nn.functional.normalize(torch.randn(7, 40, dtype=torch.float64), dim=1)
+    d = q[:, None] - means[None]
+    expected = torch.einsum("ncd,de,nce->nc", d, torch.linalg.inv(cov), d).min(1).values
+    assert det.score_tensor(q.float()).double() == pytest.approx(expected, rel=1e-4)
+    assert det.tensors["basis"].shape[0] <= min(n - 3, 40)
+
+
 def test_logit_methods_need_logits():
     xt, yt = clusters(30)
     logits = torch.tensor([[5.0, 0.0], [1.0, 0.9]])

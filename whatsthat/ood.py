@@ -10,8 +10,9 @@ Methods (``Detector.method``; every score is "higher = more out of class"):
 
 - ``knn``: distance to the k-th nearest training picture, on L2-normalised features (Sun et al. 2022,
   "Out-of-distribution detection with deep nearest neighbors"). Stores the normalised training features.
-- ``mahalanobis``: smallest class-conditional Mahalanobis distance with one shared, shrunk covariance
-  (Lee et al. 2018). Stores class means and the precision matrix.
+- ``mahalanobis``: smallest class-conditional Mahalanobis distance, on L2-normalised features, with one
+  shared covariance shrunk towards the identity (Lee et al. 2018). Stores the class means and the
+  precision matrix in an exact low-rank form (``_fit_mahalanobis``): aggregates, no picture's features.
 - ``energy`` (-logsumexp of the logits), ``max_logit`` (-max logit), ``msp`` (-max softmax, the
   baseline): no statistics beyond the threshold.
 
@@ -25,7 +26,8 @@ tensors plus a JSON string of settings under the metadata key ``whatsthat_ood``;
 a fingerprint of the head's last Linear weights, so statistics never pair with a different model.
 The card gets ``card["not_sure"] = card_entry(detector)``: ``method``, ``layer``, ``k``, ``threshold``,
 ``file`` (the statistics file's name), ``model_fingerprint`` and ``calibration`` (``in_class_rate``: the
-share of held-out in-class pictures allowed above the threshold; ``n_valid``, ``n_train``;
+promised bound on the share of new in-class pictures above the threshold, ``rank``: which held-out
+score is the threshold (``conformal_threshold``); ``n_valid``, ``n_train``; ``shrinkage`` (mahalanobis);
 ``valid_flagged``: the share actually above it; ``valid_score_quantiles``).
 
 Serving: ``features, logits = split_forward(model, batch, layer=detector.layer)``, then
@@ -37,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import time
@@ -57,7 +60,7 @@ LOGIT_METHODS = ("energy", "max_logit", "msp")
 META_KEY = "whatsthat_ood"
 FORMAT_VERSION = 1
 # the defaults the benchmark chose (see README "Not sure")
-DEFAULT_METHOD = "knn"
+DEFAULT_METHOD = "mahalanobis"
 DEFAULT_LAYER = "pooled"
 DEFAULT_K = 5
 DEFAULT_IN_CLASS_RATE = 0.02
@@ -154,11 +157,11 @@ class Detector:
                 k = min(self.k, bank.shape[0])
                 kth = sims.topk(k, dim=1).values[:, -1]
                 return torch.sqrt(torch.clamp(2 - 2 * kth, min=0))  # Euclidean distance of unit vectors
-            # mahalanobis
-            means, precision = self.tensors["means"], self.tensors["precision"]
-            z = _normalise(features) if self.calibration.get("normalised", True) else features.float()
-            d = z[:, None, :] - means[None, :, :]  # (n, classes, dim)
-            m = torch.einsum("ncd,de,nce->nc", d, precision, d)
+            # mahalanobis, with the precision matrix in its low-rank form (see fit_detector)
+            means, basis, weights = self.tensors["means"], self.tensors["basis"], self.tensors["weights"]
+            floor = float(self.tensors["floor"])
+            d = _normalise(features)[:, None, :] - means[None, :, :]  # (n, classes, dim)
+            m = (d * d).sum(-1) / floor + ((d @ basis.T) ** 2 * weights).sum(-1)
             return m.min(dim=1).values
 
     def score(self, features: torch.Tensor | None, logits: torch.Tensor | None = None) -> list[float]:
@@ -210,7 +213,7 @@ class Detector:
                       calibration=dict(meta.get("calibration", {})))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise WhatsthatError(f"out-of-class statistics {path} have malformed settings: {e}") from e
-        missing = {"knn": ["bank"], "mahalanobis": ["means", "precision"]}.get(det.method, [])
+        missing = {"knn": ["bank"], "mahalanobis": ["means", "basis", "weights", "floor"]}.get(det.method, [])
         if [t for t in missing if t not in tensors]:
             raise WhatsthatError(f"out-of-class statistics {path} lack {missing} for method {det.method}")
         return det
@@ -244,8 +247,8 @@ def fit_detector(train_features: torch.Tensor, train_labels: torch.Tensor, valid
                  fingerprint: str = "") -> Detector:
     """Fit `method` on training features, calibrate its threshold on held-out in-class pictures.
 
-    The threshold is the (1 - in_class_rate) quantile of the held-out pictures' scores: that share of
-    in-class pictures would be called out of class.
+    The threshold is a conformal quantile of the held-out pictures' scores (`conformal_threshold`): a
+    new in-class picture like them lands above it with probability at most `in_class_rate`.
     """
     if not 0 < in_class_rate < 1:
         raise WhatsthatError(f"in_class_rate must be between 0 and 1, not {in_class_rate}")
@@ -255,28 +258,65 @@ def fit_detector(train_features: torch.Tensor, train_labels: torch.Tensor, valid
     if method == "knn":
         tensors["bank"] = _normalise(train_features)
     elif method == "mahalanobis":
-        z = _normalise(train_features)
-        classes = sorted(set(train_labels.tolist()))
-        means = torch.stack([z[train_labels == c].mean(0) for c in classes])
-        centred = z - means[torch.searchsorted(torch.tensor(classes), train_labels)]
-        cov = centred.T @ centred / max(1, len(z) - len(classes))
-        # shrink towards a scaled identity: with fewer pictures than dimensions the covariance is singular
-        dim = cov.shape[0]
-        cov = (1 - shrinkage) * cov + shrinkage * torch.eye(dim) * cov.diagonal().mean()
-        tensors["means"], tensors["precision"] = means, torch.linalg.inv(cov.double()).float()
+        tensors = _fit_mahalanobis(train_features, train_labels, shrinkage)
     det = Detector(method=method, layer=layer, threshold=float("inf"), tensors=tensors, k=k,
-                   model_fingerprint=fingerprint, calibration={"normalised": True})
+                   model_fingerprint=fingerprint,
+                   calibration={"shrinkage": shrinkage} if method == "mahalanobis" else {})
     scores = det.score_tensor(valid_features, valid_logits)
-    det.threshold = float(torch.quantile(scores.double(), 1 - in_class_rate))
+    det.threshold, rank = conformal_threshold(scores, in_class_rate)
     qs = [0.5, 0.9, 0.95, 0.98, 0.99]
     det.calibration.update({
         "in_class_rate": in_class_rate,
+        "rank": rank,
         "n_train": len(train_features),
         "n_valid": len(valid_features),
         "valid_flagged": round(float((scores > det.threshold).float().mean()), 4),
         "valid_score_quantiles": {str(q): round(float(torch.quantile(scores.double(), q)), 5) for q in qs},
     })
     return det
+
+
+def conformal_threshold(scores: torch.Tensor, rate: float) -> tuple[float, int]:
+    """(threshold, rank): the k-th smallest of n held-out scores, k = ceil((n + 1)(1 - rate)), at most n.
+
+    For a new picture exchangeable with the held-out ones, P(score > threshold) = (n + 1 - k) / (n + 1)
+    <= rate (split conformal prediction). A plain (1 - rate) quantile of a small set is optimistic:
+    of 51 held-out pictures, a 98% quantile flags about 4% of new ones. With n < 1/rate - 1 the
+    guarantee is out of reach and the threshold is the largest score: the log says so.
+    """
+    n = len(scores)
+    k = math.ceil((n + 1) * (1 - rate))
+    if k > n:
+        log.info("only %d held-out pictures: too few to promise at most %.1f%% in-class 'not sure'; "
+                 "the threshold is the largest held-out score (about %.1f%%)", n, 100 * rate, 100 / (n + 1))
+        k = n
+    return float(scores.double().sort().values[k - 1]), k
+
+
+def _fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor, shrinkage: float) -> dict[str, torch.Tensor]:
+    """Class means and one shared covariance of L2-normalised features, shrunk towards a scaled identity.
+
+    With fewer pictures than dimensions the covariance is singular, hence the shrinkage: cov' =
+    (1 - s) cov + s m I, m the mean variance. Its inverse is stored exactly but compactly: cov has rank
+    r <= pictures - classes, so cov'^-1 = I / floor + V diag(w) V^T with floor = s m, V the r
+    eigenvectors of (1 - s) cov with eigenvalue e > 0, and w = 1 / (e + floor) - 1 / floor. For 368
+    pictures and 1280 features that is 365 x 1280 numbers instead of 1280 x 1280.
+    """
+    if not 0 < shrinkage <= 1:
+        raise WhatsthatError(f"shrinkage must be in (0, 1], not {shrinkage}")
+    z = _normalise(features).double()
+    classes = sorted(set(labels.tolist()))
+    means = torch.stack([z[labels == c].mean(0) for c in classes])
+    centred = z - means[torch.searchsorted(torch.tensor(classes), labels)]
+    cov = centred.T @ centred / max(1, len(z) - len(classes))
+    floor = shrinkage * float(cov.diagonal().mean())
+    if floor <= 0:
+        raise WhatsthatError("the training pictures' features do not vary: cannot fit a Mahalanobis detector")
+    evals, evecs = torch.linalg.eigh((1 - shrinkage) * cov)
+    keep = evals > 1e-9 * float(evals.max().clamp_min(1e-30))
+    e = evals[keep]
+    return {"means": means.float(), "basis": evecs[:, keep].T.contiguous().float(),
+            "weights": (1 / (e + floor) - 1 / floor).float(), "floor": torch.tensor([floor], dtype=torch.float32)}
 
 
 def card_entry(det: Detector, file: str | None = None) -> dict:
