@@ -334,6 +334,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     results: dict[str, dict] = {}
+    load_before = os.getloadavg()[0]  # the machine may be shared: its load says how far to trust the times
     with tempfile.TemporaryDirectory(prefix="whatsthat-app-bench-") as tmp:
         env = temp_env(Path(tmp))
         models = {"after": model}
@@ -395,7 +396,8 @@ def main() -> None:
     where = f"serving venv {venv}" if venv else f"dev venv {Path(sys.executable).parent.parent}"
     where += f" (torch {torch_there})"
     print(f"# app (Voila + headless Chromium) on {machine()}; servers from {where}; model {model.name}; "
-          f"photo {photo.parent.name}/{photo.name}: {results['after']['label']!r}; runs {args.runs}")  # fmt: skip
+          f"photo {photo.parent.name}/{photo.name}: {results['after']['label']!r}; runs {args.runs}; "
+          f"load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end")  # fmt: skip
     print("# before: Voila alone, each kernel loads the model" + (" (export.pkl with fastai)" if venv is None else
           " (the artifact, in-process)") + "; after: `whatsthat serve` (one model process, thin kernels)")  # fmt: skip
     print(table(["measure", *modes, "unit", "target"], rows))
