@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 from whatsthat.errors import WhatsthatError
-from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
 from whatsthat.protocol import ENV_AUTHKEY, ENV_SOCKET, recv_message, send_message
 
 log = logging.getLogger("whatsthat.modelserver")
@@ -149,6 +148,9 @@ def classify_files(predictor: Any, files: Sequence[tuple[str, bytes]], thumb_sid
     `predictor` has `score(images)` (ranked, ood_score) or just `predict_many(images)` (ranked). Each
     result: name, ranked, ood_score, error, reason, thumbnail (JPEG bytes, b"" when there is none).
     """
+    # imported here: the supervisor (`whatsthat serve`'s own process) imports this module and never decodes
+    from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
+
     results: list[dict] = []
     good: list[tuple[dict, Any]] = []
     for name, data in files:
