@@ -63,7 +63,7 @@ FORMAT_VERSION = 1
 DEFAULT_METHOD = "mahalanobis"
 DEFAULT_LAYER = "pooled"
 DEFAULT_K = 5
-DEFAULT_IN_CLASS_RATE = 0.02
+DEFAULT_IN_CLASS_RATE = 0.03
 
 
 def stats_path_for(model_path: str | Path) -> Path:
