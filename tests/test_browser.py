@@ -75,18 +75,23 @@ class Server:
 def model_and_photo(request) -> tuple[Path, tuple[str, bytes], str]:
     """The shipped model and a real grizzly when available, else the tiny model and a generated picture.
 
-    The expected answer is what the model says in-process, so the page must agree with it exactly.
+    The expected answer is what the serving code says in-process (the same predictor, out-of-class
+    score and verdict.decide as the model process and the page), so the page must agree with it exactly.
     """
-    from whatsthat.app import verdict
-    from whatsthat.predict import load_classifier
+    from whatsthat.app import NOT_SURE
+    from whatsthat.modelserver import classify_files, load_predictor
+    from whatsthat.verdict import decide
 
     if SHIPPED_MODEL.is_file() and (SHARED_BEARS / "grizzly").is_dir():
         path = sorted((SHARED_BEARS / "grizzly").glob("*.jpg"))[0]
         model, photo = SHIPPED_MODEL, (path.name, path.read_bytes())
     else:
         model, photo = request.getfixturevalue("tiny_model"), ("red.jpg", image_bytes(draw_image("red", 96)))
-    clf = load_classifier(model)
-    return model, photo, verdict(clf.predict(photo[1]), clf.threshold)
+    predictor = load_predictor(model)
+    [r] = classify_files(predictor, [photo], 32)
+    card = {**predictor.card, "threshold": predictor.threshold}
+    answer = decide(r["ranked"], card, r["ood_score"])
+    return model, photo, answer.label if answer.kind == "sure" and answer.label else NOT_SURE
 
 
 @contextlib.contextmanager
