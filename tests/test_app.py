@@ -138,6 +138,28 @@ def test_model_card_escapes_and_tolerates_missing_fields():
     assert "Knows 2 classes" in model_card_html({}, ["a", "b"], 0.6)
 
 
+def _card(correct: dict[str, int], support: dict[str, int], baseline: str) -> dict:
+    n = sum(support.values())
+    per_class = {k: {"support": v} for k, v in support.items()}
+    accuracy = sum(correct.values()) / n
+    base = {"label": baseline, "accuracy": support[baseline] / n}
+    return {"metrics": {"accuracy": accuracy, "n_valid": n, "per_class": per_class, "baseline": base}}
+
+
+def test_model_card_states_interval_count_and_baseline():
+    # 92 of 92 right is not "100%": the page gives the 95% Wilson interval and the count
+    text = model_card_html(_card({"a": 46, "b": 46}, {"a": 46, "b": 46}, "a"), ["a", "b"], 0.6)
+    assert "100.0% (95% interval 96.0%-100.0%) on 92 validation pictures" in text
+    assert "always answering &#x27;a&#x27; (50.0%)" in text
+
+
+def test_model_card_says_when_barely_better_than_guessing():
+    # 70% right where always answering "happy" is right 66% of the time: the page says so
+    card = _card({"happy": 60, "sad": 10}, {"happy": 66, "sad": 34}, "happy")
+    text = model_card_html(card, ["happy", "sad"], 0.6)
+    assert "barely better than always answering &#x27;happy&#x27;" in text
+
+
 # -- the happy path --
 
 

@@ -37,6 +37,7 @@ from whatsthat.errors import WhatsthatError
 from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
 from whatsthat.predict import NOT_SURE  # light: predict imports torch/fastai only when loading
 from whatsthat.protocol import ModelClient, ModelLost, ModelUnavailable
+from whatsthat.quality import card_quality  # pure Python: the page states the card's honest numbers
 from whatsthat.verdict import decide
 
 log = logging.getLogger("whatsthat.app")
@@ -199,17 +200,34 @@ def _bundle(result: FileResult) -> dict:
     }
 
 
-def model_card_html(card: dict, classes: Sequence[str], threshold: float) -> str:
-    """A short, escaped summary of the model card: classes, accuracy, training set size, when/what."""
-    parts = [f"Knows {len(classes)} classes: <b>{html.escape(', '.join(classes))}</b>."]
+def _accuracy_fact(card: dict) -> str | None:
+    """The accuracy as the page states it: with its 95% interval, the number of validation pictures
+    and the majority-class baseline when the card has them (whatsthat.quality), so 92 pictures never
+    read as a bare "100.0%"; only the bare number for an old card without per-class supports."""
     metrics = card.get("metrics") or {}
+    if metrics.get("per_class") and isinstance(metrics.get("accuracy"), (int, float)):
+        try:
+            quality = card_quality(card)
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("the model card's metrics are incomplete (%s); showing the bare accuracy", err)
+        else:
+            return f"{quality.accuracy_line()}; {quality.baseline_line()}"
     accuracy = metrics.get("accuracy")
     if accuracy is None and metrics.get("error_rate") is not None:
         accuracy = 1 - float(metrics["error_rate"])
+    if isinstance(accuracy, (int, float)):
+        return f"accuracy {float(accuracy):.1%} on held-out photos (the card gives no count or interval)"
+    return None
+
+
+def model_card_html(card: dict, classes: Sequence[str], threshold: float) -> str:
+    """A short, escaped summary of the model card: classes, honest accuracy, training set, when/what."""
+    parts = [f"Knows {len(classes)} classes: <b>{html.escape(', '.join(classes))}</b>."]
     dataset = card.get("dataset") or {}
     facts = []
-    if isinstance(accuracy, (int, float)):
-        facts.append(f"accuracy {float(accuracy):.1%} on held-out photos")
+    accuracy = _accuracy_fact(card)
+    if accuracy:
+        facts.append(html.escape(accuracy))
     if isinstance(dataset.get("n_images"), int):
         facts.append(f"trained on {dataset['n_images']} images")
     if card.get("arch"):
@@ -219,7 +237,11 @@ def model_card_html(card: dict, classes: Sequence[str], threshold: float) -> str
     if facts:
         sentence = " · ".join(facts)
         parts.append(sentence[0].upper() + sentence[1:] + ".")
-    parts.append(f"Says &ldquo;{NOT_SURE}&rdquo; when no class reaches {threshold:.0%}.")
+    if card.get("not_sure"):
+        parts.append(f"Says &ldquo;{NOT_SURE}&rdquo; when a photo looks like none of these classes, and "
+                     f"names two classes when no class reaches {threshold:.0%}.")
+    else:
+        parts.append(f"Says &ldquo;{NOT_SURE}&rdquo; when no class reaches {threshold:.0%}.")
     return '<div class="whatsthat-card" style="color:#555;font-size:90%">' + " ".join(parts) + "</div>"
 
 
