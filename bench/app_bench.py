@@ -94,7 +94,7 @@ def cmdline(p: psutil.Process) -> str:
 
 def kind_of(p: psutil.Process) -> str:
     line = cmdline(p)
-    if "ipykernel_launcher" in line:
+    if "ipykernel_launcher" in line or "whatsthat.pagekernel" in line:
         return "kernel"
     if "whatsthat.modelserver" in line:
         return "model"

@@ -21,7 +21,7 @@ import pytest
 
 def is_kernel(p: psutil.Process) -> bool:
     try:
-        return "ipykernel_launcher" in " ".join(p.cmdline())
+        return any(k in " ".join(p.cmdline()) for k in ("ipykernel_launcher", "whatsthat.pagekernel"))
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 

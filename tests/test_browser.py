@@ -159,7 +159,10 @@ def page(browser, server):
     pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     t0 = time.monotonic()
     pg.goto(server.url + "/", wait_until="domcontentloaded", timeout=120_000)
-    pg.get_by_role("button", name="Classify").wait_for(timeout=120_000)
+    try:
+        pg.get_by_role("button", name="Classify").wait_for(timeout=120_000)
+    except Exception as e:  # the server's log says why a page never became interactive
+        pytest.fail(f"no Classify button: {e}\npage: {pg.content()[-2000:]}\nserver log: {server.log_text()[-8000:]}")
     server.timings.setdefault("page_load_s", time.monotonic() - t0)
     try:
         yield pg

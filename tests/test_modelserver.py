@@ -315,3 +315,31 @@ def test_wrong_key_is_model_unavailable_at_once(server):
     with pytest.raises(ModelUnavailable, match="refused this kernel's key"):
         ModelClient(path, b"wrong" * 8, connect_wait=30).load_info()
     assert time.monotonic() - t0 < 5
+
+
+# -- handing freed memory back --
+
+
+def test_trim_runs_only_when_the_last_request_is_answered():
+    from whatsthat.modelserver import _Trimmer
+
+    trimmer = _Trimmer()
+    calls = []
+    trimmer._trim = lambda pad: calls.append(pad)
+    with trimmer.request():
+        with trimmer.request():
+            pass
+        assert calls == []  # another request is still being served
+    assert calls == [0]
+    with pytest.raises(RuntimeError), trimmer.request():  # a failing request still counts as answered
+        raise RuntimeError("boom")
+    assert calls == [0, 0] and trimmer._busy == 0
+
+
+def test_trimmer_finds_malloc_trim_on_glibc():
+    from whatsthat.modelserver import _Trimmer
+
+    trimmer = _Trimmer()
+    if sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION"):
+        assert trimmer._trim is not None
+        trimmer.trim()  # real call: must not raise

@@ -8,7 +8,10 @@ to the model process). The kernels reach the model through environment variables
   with a tab still open (`cull_connected`), because closed phones and crashed tabs never say goodbye;
 - preheating keeps `pool_size` kernels that have already run the notebook, so a visitor waits for
   neither Python nor ipywidgets to start;
-- sources are stripped and tracebacks are never sent to visitors.
+- sources are stripped and tracebacks are never sent to visitors;
+- the kernels are `whatsthat.pagekernel` (ipykernel without its debugger, 8 MB less per visitor):
+  `serve()` writes a `python3` kernelspec that starts it into a private dir put first on JUPYTER_PATH,
+  so the notebook keeps its ordinary kernelspec for Jupyter and Binder.
 
 `whatsthat serve` calls `serve()`, and the Procfile is `procfile_line()`, which runs `whatsthat serve`
 itself, so Heroku gets the same supervisor and flags as a local run (tests keep them in sync).
@@ -17,8 +20,10 @@ itself, so Heroku gets the same supervisor and flags as a local run (tests keep 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -50,6 +55,7 @@ def voila_command(
     pool_size: int = POOL_SIZE,
     max_upload_mb: int = MAX_UPLOAD_MB,
     voila: Sequence[str] | None = None,
+    kernel_path: str | Path | None = None,
     extra_args: Sequence[str] = (),
 ) -> list[str]:
     """The argv that serves `notebook` with Voila: `env MPLBACKEND=Agg [WHATSTHAT_MODEL=...] voila ...`.
@@ -63,6 +69,8 @@ def voila_command(
     if preheat and pool_size < 1:
         raise WhatsthatError("preheating needs a pool size of at least 1 (or turn preheating off)")
     env = ["MPLBACKEND=Agg"]  # no GUI backend on a server; kernels inherit it
+    if kernel_path is not None:  # found before the user's, the venv's and ipykernel's own python3 spec
+        env.append("JUPYTER_PATH=" + os.pathsep.join([str(kernel_path), *filter(None, [os.environ.get("JUPYTER_PATH")])]))
     if model is not None:
         env.append(f"WHATSTHAT_MODEL={model}")
     if examples is not None:
@@ -84,6 +92,24 @@ def voila_command(
     if preheat:
         args += ["--preheat_kernel=True", f"--pool_size={int(pool_size)}"]
     return ["env", *env, *program, *args, *extra_args, str(notebook)]
+
+
+def write_page_kernelspec(root: str | Path, python: str | None = None) -> Path:
+    """Write `root/kernels/python3/kernel.json` starting `whatsthat.pagekernel`; returns `root` (for JUPYTER_PATH).
+
+    Named `python3` because that is the kernel app.ipynb asks for; Voila's kernel manager takes the
+    first `python3` it finds on JUPYTER_PATH.
+    """
+    spec_dir = Path(root) / "kernels" / "python3"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "argv": [python or sys.executable, "-m", "whatsthat.pagekernel", "-f", "{connection_file}"],
+        "display_name": "Python 3 (whatsthat page, no debugger)",
+        "language": "python",
+        "metadata": {"debugger": False},
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
+    return Path(root)
 
 
 def procfile_line(notebook: str = "app.ipynb", model: str = "export.pkl") -> str:
@@ -137,20 +163,22 @@ def serve(
     if not model_exists(model_path):
         raise WhatsthatError(f"model file not found: {model_path} (train one with `whatsthat train`, or pass --model)")
     examples_path = Path(examples).resolve() if examples is not None else None
-    cmd = voila_command(
-        nb.name,
-        port,
-        host,
-        model_path,
-        examples=examples_path,
-        cull_idle_timeout=cull_idle_timeout,
-        cull_interval=cull_interval,
-        preheat=preheat,
-        pool_size=pool_size,
-        extra_args=voila_args,
-    )
     echo = echo or (lambda s: print(s, file=sys.stderr))
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
-    echo(f"serving {nb} with {model_path} at http://{shown}:{port}/ (Ctrl-C stops)")
-    # the kernel's cwd is the notebook's folder, as in Voila; the model process runs beside Voila
-    return run_with_model(model_path, cmd, cwd=nb.parent)
+    with tempfile.TemporaryDirectory(prefix="whatsthat-kernels-") as kernels:
+        cmd = voila_command(
+            nb.name,
+            port,
+            host,
+            model_path,
+            examples=examples_path,
+            cull_idle_timeout=cull_idle_timeout,
+            cull_interval=cull_interval,
+            preheat=preheat,
+            pool_size=pool_size,
+            kernel_path=write_page_kernelspec(kernels),
+            extra_args=voila_args,
+        )
+        echo(f"serving {nb} with {model_path} at http://{shown}:{port}/ (Ctrl-C stops)")
+        # the kernel's cwd is the notebook's folder, as in Voila; the model process runs beside Voila
+        return run_with_model(model_path, cmd, cwd=nb.parent)
