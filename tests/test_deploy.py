@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -322,7 +324,7 @@ def test_find_notebook(tmp_path, monkeypatch):
 
 def test_serve_refuses_missing_model_before_starting(tmp_path, monkeypatch):
     started = []
-    monkeypatch.setattr(servemod, "run_with_model", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(servemod, "run_voila_beside_model", lambda *a, **k: started.append(a))
     with pytest.raises(WhatsthatError, match="model file not found"):
         serve(tmp_path / "export.pkl")
     assert started == []
@@ -332,17 +334,24 @@ def test_serve_runs_voila_in_the_notebook_folder_beside_the_model_process(tmp_pa
     model = tmp_path / "export.pkl"
     model.write_bytes(b"x")
     calls = []
-    monkeypatch.setattr(servemod, "run_with_model", lambda m, cmd, cwd: calls.append((m, cmd, cwd)) or 0)
+    def fake_run(m, env, args, *, cwd):
+        spec = Path(env["JUPYTER_PATH"].split(os.pathsep)[0]) / "kernels" / "python3" / "kernel.json"
+        calls.append((m, env, args, cwd, json.loads(spec.read_text())["argv"]))  # the spec exists while serving
+        return 0
+
+    monkeypatch.setattr(servemod, "run_voila_beside_model", fake_run)
     assert serve(model, port=9001, echo=lambda s: None, voila_args=["--debug"]) == 0
-    [(m, cmd, cwd)] = calls
-    assert m == model.resolve() and cwd == ROOT and cmd[-1] == "app.ipynb"
-    assert f"WHATSTHAT_MODEL={model.resolve()}" in cmd and "--port=9001" in cmd and "--debug" in cmd
+    [(m, env, args, cwd, kernel_argv)] = calls
+    assert m == model.resolve() and cwd == ROOT and args[-1] == "app.ipynb"
+    assert env["WHATSTHAT_MODEL"] == str(model.resolve()) and "--port=9001" in args and "--debug" in args
+    assert kernel_argv[1:3] == ["-m", "whatsthat.pagekernel"]
+    assert not Path(env["JUPYTER_PATH"].split(os.pathsep)[0]).exists()  # removed after serving
 
 
 def test_serve_accepts_an_artifact_without_export_pkl(tmp_path, monkeypatch):
     (tmp_path / "export.safetensors").write_bytes(b"x")
     (tmp_path / "export.serving.json").write_text("{}")
-    monkeypatch.setattr(servemod, "run_with_model", lambda m, cmd, cwd: 0)
+    monkeypatch.setattr(servemod, "run_voila_beside_model", lambda m, env, args, cwd: 0)
     assert serve(tmp_path / "export.pkl", echo=lambda s: None) == 0
 
 

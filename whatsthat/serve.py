@@ -1,7 +1,7 @@
 """Serve the app notebook with Voila, beside one supervised model process: one place for the flags.
 
 `serve()` starts the model process (`whatsthat.modelserver.Supervisor`: torch and the model, once
-per server) and Voila, which starts one thin kernel per page view (widgets only: it sends uploads
+per server) and runs Voila in its own process, which starts one thin kernel per page view (widgets only: it sends uploads
 to the model process). The kernels reach the model through environment variables Voila passes on.
 
 - kernel culling is always on: a kernel idle for `cull_idle_timeout` seconds is shut down, even
@@ -22,13 +22,15 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from whatsthat.errors import WhatsthatError
-from whatsthat.modelserver import run_with_model
+from whatsthat.modelserver import Supervisor
 
 DEFAULT_PORT = 8866
 CULL_IDLE_TIMEOUT = 600  # seconds; a visitor thinking for 10 minutes reloads the page, a leak lasts forever
@@ -41,7 +43,7 @@ MAX_UPLOAD_MB = 64
 REPO_NOTEBOOK = Path(__file__).resolve().parent.parent / "app.ipynb"
 
 
-def voila_command(
+def voila_settings(
     notebook: str | Path = "app.ipynb",
     port: int | str = DEFAULT_PORT,
     host: str = "127.0.0.1",
@@ -54,28 +56,25 @@ def voila_command(
     preheat: bool = True,
     pool_size: int = POOL_SIZE,
     max_upload_mb: int = MAX_UPLOAD_MB,
-    voila: Sequence[str] | None = None,
     kernel_path: str | Path | None = None,
     extra_args: Sequence[str] = (),
-) -> list[str]:
-    """The argv that serves `notebook` with Voila: `env MPLBACKEND=Agg [WHATSTHAT_MODEL=...] voila ...`.
+) -> tuple[dict[str, str], list[str]]:
+    """(environment, Voila's arguments) that serve `notebook`: the one place for the flags.
 
-    `port` may be a string such as "$PORT" (for a Procfile). `voila` is the program to run
-    (default: this interpreter's `python -m voila`). The model and examples reach the kernel
+    `port` may be a string such as "$PORT" (for a Procfile). The model and examples reach the kernel
     through the environment, which Voila passes on to every kernel it starts.
     """
     if cull_idle_timeout <= 0 or cull_interval <= 0:
         raise WhatsthatError("kernel culling must stay on: cull_idle_timeout and cull_interval must be positive")
     if preheat and pool_size < 1:
         raise WhatsthatError("preheating needs a pool size of at least 1 (or turn preheating off)")
-    env = ["MPLBACKEND=Agg"]  # no GUI backend on a server; kernels inherit it
+    env = {"MPLBACKEND": "Agg"}  # no GUI backend on a server; kernels inherit it
     if kernel_path is not None:  # found before the user's, the venv's and ipykernel's own python3 spec
-        env.append("JUPYTER_PATH=" + os.pathsep.join([str(kernel_path), *filter(None, [os.environ.get("JUPYTER_PATH")])]))
+        env["JUPYTER_PATH"] = os.pathsep.join([str(kernel_path), *filter(None, [os.environ.get("JUPYTER_PATH")])])
     if model is not None:
-        env.append(f"WHATSTHAT_MODEL={model}")
+        env["WHATSTHAT_MODEL"] = str(model)
     if examples is not None:
-        env.append(f"WHATSTHAT_EXAMPLES={examples}")
-    program = list(voila) if voila is not None else [sys.executable, "-m", "voila"]
+        env["WHATSTHAT_EXAMPLES"] = str(examples)
     args = [
         f"--port={port}",
         f"--Voila.ip={host}",
@@ -85,13 +84,34 @@ def voila_command(
         f"--MappingKernelManager.cull_idle_timeout={int(cull_idle_timeout)}",
         f"--MappingKernelManager.cull_interval={int(cull_interval)}",
         f"--MappingKernelManager.cull_connected={cull_connected}",
+        # culling that spares a kernel Voila just handed from its pool to a page still loading
+        "--VoilaConfiguration.multi_kernel_manager_class=whatsthat.kernelpool.PageKernelManager",
         # JSON, not key=value: traitlets would pass the number to tornado as a string
         "--Voila.tornado_settings="
         + json.dumps({"websocket_max_message_size": int(max_upload_mb) * 2**20}, separators=(",", ":")),
     ]
     if preheat:
         args += ["--preheat_kernel=True", f"--pool_size={int(pool_size)}"]
-    return ["env", *env, *program, *args, *extra_args, str(notebook)]
+    return env, [*args, *extra_args, str(notebook)]
+
+
+def voila_command(
+    notebook: str | Path = "app.ipynb",
+    port: int | str = DEFAULT_PORT,
+    host: str = "127.0.0.1",
+    model: str | Path | None = None,
+    *,
+    voila: Sequence[str] | None = None,
+    **settings: Any,
+) -> list[str]:
+    """`voila_settings` as one command line: `env MPLBACKEND=Agg [WHATSTHAT_MODEL=...] voila ... NOTEBOOK`.
+
+    For running Voila as a program of its own (the benchmark's "before", docs); `voila` is the program
+    (default: this interpreter's `python -m voila`). `whatsthat serve` runs Voila in-process instead.
+    """
+    env, args = voila_settings(notebook, port, host, model, **settings)
+    program = list(voila) if voila is not None else [sys.executable, "-m", "voila"]
+    return ["env", *(f"{k}={v}" for k, v in env.items()), *program, *args]
 
 
 def write_page_kernelspec(root: str | Path, python: str | None = None) -> Path:
@@ -166,7 +186,7 @@ def serve(
     echo = echo or (lambda s: print(s, file=sys.stderr))
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     with tempfile.TemporaryDirectory(prefix="whatsthat-kernels-") as kernels:
-        cmd = voila_command(
+        env, args = voila_settings(
             nb.name,
             port,
             host,
@@ -181,4 +201,31 @@ def serve(
         )
         echo(f"serving {nb} with {model_path} at http://{shown}:{port}/ (Ctrl-C stops)")
         # the kernel's cwd is the notebook's folder, as in Voila; the model process runs beside Voila
-        return run_with_model(model_path, cmd, cwd=nb.parent)
+        return run_voila_beside_model(model_path, env, args, cwd=nb.parent)
+
+
+def run_voila_beside_model(model: Path, env: dict[str, str], args: Sequence[str], *, cwd: Path) -> int:
+    """Voila in this process, with the supervised model process beside it; returns when Voila stops.
+
+    In-process rather than as a child: a supervisor process of its own costs a Python interpreter
+    (12 MB PSS measured) on a 512 MB dyno, for what a thread does. Voila handles SIGTERM (Heroku's
+    stop) and Ctrl-C itself: it stops its loop and shuts its kernels down; the model process stops after.
+    """
+    from voila.app import Voila  # the server stack: imported only to serve
+
+    with Supervisor(model) as sup:
+        os.environ.update({**env, **sup.env()})  # Voila passes its environment on to every kernel
+        os.chdir(cwd)
+        app = Voila.instance()
+        app.initialize(list(args))
+        voila_stop = signal.getsignal(signal.SIGTERM)  # installed by initialize: stops the loop
+
+        def stop(signum: int, frame: Any) -> None:
+            sup.stop_restarting()  # Heroku signals every process of the dyno at once: nothing restarts now
+            if callable(voila_stop):
+                voila_stop(signum, frame)
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, stop)
+        app.start()
+    return 0
