@@ -309,6 +309,23 @@ def test_a_process_dying_during_the_handshake_is_waited_for_not_a_crash(tmp_path
         sock.close()
 
 
+def test_a_hung_model_process_is_model_unavailable_not_a_hung_page(tmp_path):
+    """A stopped or deadlocked process still accepts connections (the backlog) but never answers the handshake."""
+    import socket
+
+    path = str(tmp_path / "hung.sock")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(path)
+    sock.listen(8)  # and never accept: connections wait in the backlog, as with a SIGSTOPped process
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(ModelUnavailable, match="did not complete the handshake"):
+            ModelClient(path, b"k" * 32, connect_wait=5, handshake_timeout=0.5).load_info()
+        assert time.monotonic() - t0 < 5
+    finally:
+        sock.close()
+
+
 def test_wrong_key_is_model_unavailable_at_once(server):
     path, _, _ = server
     t0 = time.monotonic()

@@ -36,6 +36,9 @@ MAX_HEADER = 1 << 20
 MAX_BLOB = 80 << 20  # above the 64 MiB websocket limit: whatever reached the kernel fits
 CONNECT_WAIT = 90.0  # s a kernel waits for the model process: a cold start loads torch and the model
 REQUEST_TIMEOUT = 120.0  # s for one click's images (12 at most, some of them 100-megapixel photos)
+# s for the authkey handshake once the socket accepts: a healthy process answers in milliseconds, but
+# a hung one (stopped, deadlocked) still accepts connections into its backlog and never answers
+HANDSHAKE_TIMEOUT = 10.0
 
 log = logging.getLogger("whatsthat.protocol")
 
@@ -89,9 +92,10 @@ class ModelClient:
     """
 
     def __init__(self, path: str, authkey: bytes, *, connect_wait: float = CONNECT_WAIT,
-                 request_timeout: float = REQUEST_TIMEOUT) -> None:  # fmt: skip
+                 request_timeout: float = REQUEST_TIMEOUT, handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:  # fmt: skip
         self.path, self.authkey = path, authkey
         self.connect_wait, self.request_timeout = connect_wait, request_timeout
+        self.handshake_timeout = handshake_timeout
         self._conn: Connection | None = None
         self._lock = threading.Lock()  # one request at a time on the one connection
         self.info: dict[str, Any] = {}
@@ -106,7 +110,7 @@ class ModelClient:
         delay = 0.05
         while True:
             try:
-                return Client(self.path, family="AF_UNIX", authkey=self.authkey)
+                return self._handshake()
             except AuthenticationError as e:  # the wrong key: waiting would not help
                 raise ModelUnavailable(f"the model process refused this kernel's key ({e})") from None
             # not (yet) listening, or it died during the handshake: starting or restarting
@@ -116,6 +120,31 @@ class ModelClient:
                     raise ModelUnavailable(f"the model process is not answering at {self.path} ({why})") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
+
+    def _handshake(self) -> Connection:
+        """`Client(...)` with a time limit: it has none of its own, and a hung process would hang the page.
+
+        The handshake runs in a helper thread; on time-out that thread is left blocked on the dead socket
+        (it ends when the supervisor restarts the process and the socket closes) and the visitor gets
+        ModelUnavailable instead of a page that never answers.
+        """
+        done: dict[str, Any] = {}
+
+        def attempt() -> None:
+            try:
+                done["conn"] = Client(self.path, family="AF_UNIX", authkey=self.authkey)
+            except Exception as e:  # handed to the caller's thread below, re-raised there
+                done["error"] = e
+
+        worker = threading.Thread(target=attempt, daemon=True, name="model-handshake")
+        worker.start()
+        worker.join(self.handshake_timeout)
+        if worker.is_alive():
+            raise ModelUnavailable(f"the model process at {self.path} accepted the connection but did not "
+                                   f"complete the handshake within {self.handshake_timeout:.0f}s (hung?)")  # fmt: skip
+        if "error" in done:
+            raise done["error"]
+        return done["conn"]
 
     def _usable(self) -> Connection:
         conn = self._conn
