@@ -275,6 +275,41 @@ def cold_and_warm(browser, mode: str, model: Path, photo: Path, runs: int) -> di
     return out
 
 
+def page_timeline(browser, model: Path, runs: int) -> dict[str, list[float]]:
+    """Where a warm page's time goes: seconds from page.goto to each step (a fresh browser context each run).
+
+    Server side: the HTML arriving, the kernel's first websocket answer. Browser side: DOMContentLoaded,
+    load (Voila's JavaScript chunks fetched), the websocket opening, the widgets rendered.
+    """
+    steps: dict[str, list[float]] = {k: [] for k in ("html", "dom", "load", "ws_open", "kernel_answer", "widgets")}
+    with Server("after", model) as srv:
+        wait_until(lambda: srv.alive() and srv.answers(), START_TIMEOUT, "server answering")
+        for served in range(runs):
+            srv.wait_ready(served)
+            context = browser.new_context()
+            page = context.new_page()
+            seen: dict[str, float] = {}
+            t0 = time.monotonic()
+
+            def on_ws(ws, seen=seen, t0=t0) -> None:
+                seen.setdefault("ws_open", time.monotonic() - t0)
+                ws.on("framereceived", lambda _f: seen.setdefault("kernel_answer", time.monotonic() - t0))
+
+            page.on("websocket", on_ws)
+            page.goto(srv.url + "/", wait_until="commit", timeout=PAGE_TIMEOUT_MS)
+            seen["html"] = time.monotonic() - t0
+            page.wait_for_load_state("domcontentloaded")
+            seen["dom"] = time.monotonic() - t0
+            page.wait_for_load_state("load")
+            seen["load"] = time.monotonic() - t0
+            page.get_by_role("button", name="Classify").wait_for(timeout=PAGE_TIMEOUT_MS)
+            seen["widgets"] = time.monotonic() - t0
+            for k in steps:
+                steps[k].append(seen.get(k, float("nan")))
+            context.close()
+    return steps
+
+
 def five_at_once(browser, mode: str, model: Path) -> float:
     """A fresh, ready server; five pages navigate in the same moment: seconds until the last is interactive."""
     from playwright.sync_api import expect
@@ -355,6 +390,8 @@ def main() -> None:
                     r = cold_and_warm(browser, mode, m, photo, args.runs)
                     r["five"] = five_at_once(browser, mode, m)
                     r["memory"] = visitors_memory(browser, mode, m, photo, counts)
+                    if mode == "after":
+                        r["timeline"] = page_timeline(browser, m, args.runs)
                     results[mode] = r
                     print(f"{mode}: done", file=sys.stderr)
             finally:
@@ -401,6 +438,13 @@ def main() -> None:
     print("# before: Voila alone, each kernel loads the model" + (" (export.pkl with fastai)" if venv is None else
           " (the artifact, in-process)") + "; after: `whatsthat serve` (one model process, thin kernels)")  # fmt: skip
     print(table(["measure", *modes, "unit", "target"], rows))
+    timeline = results.get("after", {}).get("timeline")
+    if timeline:
+        names = {"html": "HTML received (server rendered the page)", "dom": "DOMContentLoaded",
+                 "load": "load (Voila's JavaScript fetched)", "ws_open": "kernel websocket opened",
+                 "kernel_answer": "first answer from the kernel", "widgets": "widgets shown (Classify visible)"}  # fmt: skip
+        print("\n# where a warm page's time goes (after; seconds from page.goto, median of the runs)")
+        print(table(["step", "s"], [[names[k], f"{median(v):.2f}"] for k, v in timeline.items()]))
 
 
 if __name__ == "__main__":

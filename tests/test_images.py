@@ -153,3 +153,11 @@ def test_resize_and_phash():
     assert phash_distance(phash(im), phash(small)) <= 6  # a resized copy is a near duplicate
     assert phash_distance(phash(im), phash(draw_image("red", 300))) > 10
     assert sniff(b"\x89PNG\r\n\x1a\n....") == "PNG" and sniff(b"hello") is None
+
+
+def test_a_corrupt_file_message_names_no_python_object():
+    # a GIF signature followed by garbage: Pillow's message would name "<_io.BytesIO object at 0x...>"
+    with pytest.raises(ImageError) as info:
+        load_image(b"GIF89a" + b"0" * 30)
+    assert info.value.reason == "corrupt"
+    assert "BytesIO" not in str(info.value) and " at 0x" not in str(info.value)

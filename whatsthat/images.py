@@ -174,6 +174,8 @@ def load_image(
         msg = f"{type(e).__name__}: {e}" if not str(e) else str(e)
         if "truncated" in msg.lower():
             raise ImageError("truncated", "the image file is truncated (incomplete download?)") from e
+        if isinstance(e, UnidentifiedImageError):  # its text names an in-memory buffer: useless to a reader
+            msg = "its header looks like an image, but no decoder can read it"
         raise ImageError("corrupt", f"the image file is corrupt: {msg}") from e
     if im.width < 1 or im.height < 1:
         raise ImageError("corrupt", "the image has no pixels")
