@@ -360,3 +360,22 @@ def test_trimmer_finds_malloc_trim_on_glibc():
     if sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION"):
         assert trimmer._trim is not None
         trimmer.trim()  # real call: must not raise
+
+
+def test_the_fastai_fallback_sends_the_out_of_class_score_too(tiny_model, tmp_path):  # noqa: F811
+    """A bare export.pkl (no artifact) with its statistics beside it: the same score as the artifact's."""
+    import shutil
+
+    from whatsthat.modelserver import load_predictor
+
+    bare = tmp_path / "export.pkl"
+    for suffix in (".pkl", ".card.json", ".ood.safetensors"):
+        src = tiny_model.with_name(tiny_model.stem + suffix)
+        assert src.is_file(), f"the tiny model has no {src.name}"
+        shutil.copy(src, bare.with_name(bare.stem + suffix))
+    fallback, artifact = load_predictor(bare), load_predictor(tiny_model)
+    assert (fallback.backend, artifact.backend) == ("fastai", "artifact")
+    [r_fb] = classify_files(fallback, [("red.jpg", red())], 32)
+    [r_art] = classify_files(artifact, [("red.jpg", red())], 32)
+    assert r_fb["ood_score"] is not None
+    assert r_fb["ood_score"] == pytest.approx(r_art["ood_score"], rel=1e-3, abs=1e-3)

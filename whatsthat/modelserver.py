@@ -115,8 +115,8 @@ def _fastai_predictor(model_path: Path) -> Predictor:
     clf = load_classifier(model_path)
 
     def score(images: Sequence[Any]) -> list[tuple[Ranked, float | None]]:
-        # no out-of-class score here: predict.Classifier does not expose its input batch
-        return [(ranked, None) for ranked in clf.predict_many(list(images))]
+        # with the out-of-class score when export.ood.safetensors is beside export.pkl, as for the artifact
+        return clf.score_many(list(images))
 
     return Predictor(clf.classes, clf.card, clf.threshold, "fastai", score)
 

@@ -93,15 +93,19 @@ class Classifier:
         """Softmax probabilities, one row per image, columns in `self.classes` order."""
         return self._forward(images)[0]
 
-    def judge_many(self, images: Sequence[ImageInput], batch_size: int = 1) -> list[Verdict]:
-        """A Verdict (sure / ambiguous / out of class, with its sentence) for each image."""
-        out: list[Verdict] = []
+    def score_many(self, images: Sequence[ImageInput], batch_size: int = 1) -> list[tuple[Ranked, float | None]]:
+        """(ranked pairs, out-of-class score or None without statistics) for each image."""
+        out: list[tuple[Ranked, float | None]] = []
         for i in range(0, len(images), batch_size):
             probs, scores = self._forward(images[i : i + batch_size])
             for j, row in enumerate(probs.tolist()):
                 ranked = sorted(zip(self.classes, row, strict=True), key=lambda p: -p[1])
-                out.append(decide(ranked, self.card, None if scores is None else scores[j]))
+                out.append((ranked, None if scores is None else float(scores[j])))
         return out
+
+    def judge_many(self, images: Sequence[ImageInput], batch_size: int = 1) -> list[Verdict]:
+        """A Verdict (sure / ambiguous / out of class, with its sentence) for each image."""
+        return [decide(ranked, self.card, score) for ranked, score in self.score_many(images, batch_size)]
 
     def judge(self, image: ImageInput) -> Verdict:
         """The Verdict for one image (bytes, a path, or a PIL image)."""
