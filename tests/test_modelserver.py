@@ -379,3 +379,35 @@ def test_the_fastai_fallback_sends_the_out_of_class_score_too(tiny_model, tmp_pa
     [r_art] = classify_files(artifact, [("red.jpg", red())], 32)
     assert r_fb["ood_score"] is not None
     assert r_fb["ood_score"] == pytest.approx(r_art["ood_score"], rel=1e-3, abs=1e-3)
+
+
+HUNG_SERVER = """
+import socket, sys, time
+sock = socket.socket(socket.AF_UNIX)
+sock.bind(sys.argv[1])
+sock.listen(8)  # listening, never accepting: alive, but every kernel's handshake would wait for ever
+time.sleep(3600)
+"""
+
+
+class HungThenHealthy(Supervisor):
+    """The first model process hangs; the restarted one is the real model process."""
+
+    def command(self) -> list[str]:
+        if self.starts <= 1:
+            return [self.python, "-c", HUNG_SERVER, str(self.socket)]
+        return super().command()
+
+
+def test_supervisor_kills_and_restarts_a_hung_model_process(tiny_model):  # noqa: F811
+    sup = HungThenHealthy(tiny_model, probe_interval=0.3, probe_timeout=0.5, probe_failures=2, min_delay=0.1)
+    with sup:
+        hung = sup.proc
+        deadline = time.monotonic() + 30
+        while sup.starts < 2:
+            assert time.monotonic() < deadline, "the hung process was not restarted"
+            time.sleep(0.1)
+        assert hung.wait(timeout=5) == -signal.SIGKILL
+        client = ModelClient(str(sup.socket), sup.authkey, connect_wait=120)
+        assert client.load_info()["ok"]  # the restarted process serves
+        client.close()

@@ -46,7 +46,15 @@ from pathlib import Path
 from typing import Any
 
 from whatsthat.errors import WhatsthatError
-from whatsthat.protocol import ENV_AUTHKEY, ENV_SOCKET, recv_message, send_message
+from whatsthat.protocol import (
+    ENV_AUTHKEY,
+    ENV_SOCKET,
+    ModelClient,
+    ModelLost,
+    ModelUnavailable,
+    recv_message,
+    send_message,
+)
 
 log = logging.getLogger("whatsthat.modelserver")
 
@@ -263,7 +271,9 @@ def _serve_connection(predictor: Predictor, conn: Connection, peer: int) -> None
                 log.warning("connection %d: %s; closing it", peer, e)
                 return
             t0 = time.monotonic()
-            log.info("request %s from connection %d: %d file(s)", header.get("op"), peer, len(blobs))
+            # "info" is every kernel's hello and the supervisor's health check every 30 s: not news in the log
+            level = logging.DEBUG if header.get("op") == "info" else logging.INFO
+            log.log(level, "request %s from connection %d: %d file(s)", header.get("op"), peer, len(blobs))
             with _trimmer.request():
                 try:
                     reply, out = _handle(predictor, header, blobs)
@@ -277,7 +287,7 @@ def _serve_connection(predictor: Predictor, conn: Connection, peer: int) -> None
                     log.info("connection %d closed before its answer: %s", peer, e)
                     return
                 del reply, out
-            log.info("answered %s for connection %d in %.3fs", header.get("op"), peer, time.monotonic() - t0)
+            log.log(level, "answered %s for connection %d in %.3fs", header.get("op"), peer, time.monotonic() - t0)
 
 
 def serve_forever(predictor: Predictor, socket_path: str | Path, authkey: bytes,
@@ -344,15 +354,25 @@ def model_main(argv: Sequence[str] | None = None) -> int:
 # -- supervision --
 
 
+PROBE_INTERVAL = 30.0  # s between health checks of a running model process
+PROBE_TIMEOUT = 10.0  # s a healthy process needs, at most, to answer "info" (its own thread, no model lock)
+PROBE_FAILURES = 2  # failed checks in a row before a hung process is killed (and so restarted)
+
+
 class Supervisor:
-    """Runs the model process and restarts it when it exits; `env()` is what kernels need to reach it.
+    """Runs the model process and restarts it when it exits or hangs; `env()` is what kernels need to reach it.
 
     The socket lives in a fresh private directory (0700); the authkey is random per supervisor and
-    reaches the model process and the kernels only through their environment.
+    reaches the model process and the kernels only through their environment. A process that is alive
+    but answers nothing (deadlocked, stopped) would otherwise stay forever, every visitor getting
+    "unavailable": a probe asks it for "info" every `probe_interval` seconds once its socket exists, and
+    after `probe_failures` unanswered probes in a row kills it, so the watcher restarts it.
     """
 
     def __init__(self, model: str | Path, *, python: str | None = None, stderr: Any = None,
-                 min_delay: float = 0.5, max_delay: float = 30.0) -> None:  # fmt: skip
+                 min_delay: float = 0.5, max_delay: float = 30.0, probe_interval: float = PROBE_INTERVAL,
+                 probe_timeout: float = PROBE_TIMEOUT, probe_failures: int = PROBE_FAILURES) -> None:  # fmt: skip
+        self.probe_interval, self.probe_timeout, self.probe_failures = probe_interval, probe_timeout, probe_failures
         self.model = Path(model).resolve()
         self.python = python or sys.executable
         self.stderr = stderr
@@ -364,6 +384,7 @@ class Supervisor:
         self.starts = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._spawned_at = 0.0
 
     def env(self) -> dict[str, str]:
         return {ENV_SOCKET: str(self.socket), ENV_AUTHKEY: self.authkey.hex()}
@@ -375,7 +396,44 @@ class Supervisor:
         self._spawn()
         self._thread = threading.Thread(target=self._watch, daemon=True, name="model-supervisor")
         self._thread.start()
+        threading.Thread(target=self._probe, daemon=True, name="model-probe").start()
         return self
+
+    def _answers(self) -> bool:
+        """Whether the running process completes a handshake and answers "info" within the probe timeout."""
+        client = ModelClient(str(self.socket), self.authkey, connect_wait=self.probe_timeout,
+                             request_timeout=self.probe_timeout, handshake_timeout=self.probe_timeout)  # fmt: skip
+        try:
+            client.load_info()
+        except (ModelLost, ModelUnavailable) as e:
+            log.warning("model process %d did not answer a health check: %s", self.proc.pid if self.proc else -1, e)
+            return False
+        finally:
+            client.close()
+        return True
+
+    def _listening(self) -> bool:
+        """Whether the current process has bound its socket: a process still loading has not, and the
+        file may still be its dead predecessor's (each process replaces it when it binds)."""
+        try:
+            return self.socket.stat().st_mtime >= self._spawned_at
+        except FileNotFoundError:
+            return False
+
+    def _probe(self) -> None:
+        failures, pid = 0, None
+        while not self._stop.wait(self.probe_interval):
+            proc = self.proc
+            if proc is None or proc.poll() is not None or not self._listening():
+                continue
+            if proc.pid != pid:  # a new process: its count starts afresh
+                failures, pid = 0, proc.pid
+            failures = 0 if self._answers() else failures + 1
+            if failures >= self.probe_failures and not self._stop.is_set() and proc.poll() is None:
+                log.warning("model process %d is hung (%d health checks unanswered): killing it to restart it",
+                            proc.pid, failures)  # fmt: skip
+                proc.kill()
+                failures = 0
 
     def _spawn(self) -> None:
         # glibc gives each thread that allocates its own malloc arena and keeps freed memory there: with a
@@ -383,6 +441,7 @@ class Supervisor:
         env = {"MALLOC_ARENA_MAX": "2", **os.environ, ENV_AUTHKEY: self.authkey.hex()}
         env.pop(ENV_SOCKET, None)
         self.starts += 1
+        self._spawned_at = time.time() - 1  # the socket's mtime is in whole or coarse seconds on some filesystems
         self.proc = subprocess.Popen(self.command(), env=env, stdin=subprocess.DEVNULL, stderr=self.stderr)
 
     def _watch(self) -> None:
