@@ -365,7 +365,7 @@ class Supervisor:
     The socket lives in a fresh private directory (0700); the authkey is random per supervisor and
     reaches the model process and the kernels only through their environment. A process that is alive
     but answers nothing (deadlocked, stopped) would otherwise stay forever, every visitor getting
-    "unavailable": a probe asks it for "info" every `probe_interval` seconds once its socket exists, and
+    "unavailable": a probe asks it for "info" every `probe_interval` seconds once it has bound its socket, and
     after `probe_failures` unanswered probes in a row kills it, so the watcher restarts it.
     """
 
@@ -399,14 +399,14 @@ class Supervisor:
         threading.Thread(target=self._probe, daemon=True, name="model-probe").start()
         return self
 
-    def _answers(self) -> bool:
-        """Whether the running process completes a handshake and answers "info" within the probe timeout."""
+    def _answers(self, pid: int) -> bool:
+        """Whether process `pid` completes a handshake and answers "info" within the probe timeout."""
         client = ModelClient(str(self.socket), self.authkey, connect_wait=self.probe_timeout,
                              request_timeout=self.probe_timeout, handshake_timeout=self.probe_timeout)  # fmt: skip
         try:
             client.load_info()
         except (ModelLost, ModelUnavailable) as e:
-            log.warning("model process %d did not answer a health check: %s", self.proc.pid if self.proc else -1, e)
+            log.warning("model process %d did not answer a health check: %s", pid, e)
             return False
         finally:
             client.close()
@@ -428,7 +428,7 @@ class Supervisor:
                 continue
             if proc.pid != pid:  # a new process: its count starts afresh
                 failures, pid = 0, proc.pid
-            failures = 0 if self._answers() else failures + 1
+            failures = 0 if self._answers(proc.pid) else failures + 1
             if failures >= self.probe_failures and not self._stop.is_set() and proc.poll() is None:
                 log.warning("model process %d is hung (%d health checks unanswered): killing it to restart it",
                             proc.pid, failures)  # fmt: skip

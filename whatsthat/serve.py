@@ -1,8 +1,9 @@
 """Serve the app notebook with Voila, beside one supervised model process: one place for the flags.
 
 `serve()` starts the model process (`whatsthat.modelserver.Supervisor`: torch and the model, once
-per server) and runs Voila in its own process, which starts one thin kernel per page view (widgets only: it sends uploads
-to the model process). The kernels reach the model through environment variables Voila passes on.
+per server) and runs Voila in its own process; Voila starts one thin kernel per page view (widgets
+only: it sends uploads to the model process). The kernels reach the model through environment
+variables Voila passes on.
 
 - kernel culling is always on: a kernel idle for `cull_idle_timeout` seconds is shut down, even
   with a tab still open (`cull_connected`), because closed phones and crashed tabs never say goodbye;
