@@ -82,8 +82,9 @@ def main() -> None:
     if args.results and args.results.is_file():
         done = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
     key = {(r["dataset"], r["recipe"], r["seed"]): r for r in done}
-    for name in names:
-        for seed in seeds:
+    # seeds outermost: a run stopped part-way still covers every domain for the seeds it finished
+    for seed in seeds:
+        for name in names:
             for recipe in args.recipes:
                 if (name, recipe, seed) in key:
                     continue

@@ -277,8 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="DataBlock -> vision_learner -> fine_tune -> OUT/export.pkl and OUT/export.card.json.")
     t.add_argument("data", type=Path, nargs="?", default=Path("data"), help="dataset folder (default: data)")
     t.add_argument("--out", type=Path, default=Path("."), help="where export.pkl goes (default: .)")
-    t.add_argument("--arch", default="resnet18", choices=["resnet18", "resnet34", "efficientnet_lite0"],
-                   help="backbone (default resnet18, as in the course; efficientnet_lite0 trains fully offline)")
+    t.add_argument("--arch", default="resnet18",
+                   choices=["resnet18", "resnet34", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"],
+                   help="backbone (default resnet18, as in the course; the efficientnet_lite ones train fully offline, "
+                        "lite1 and lite2 are bigger and slower than lite0)")
     t.add_argument("--head-epochs", type=_count, default=8,
                    help="first, epochs training only the head on cached body features: seconds each (default 8)")
     t.add_argument("--freeze-epochs", type=_count, default=0,

