@@ -201,6 +201,23 @@ def test_page_shows_the_app_without_source(page):
     assert page.locator(".whatsthat-card").inner_text().startswith("Knows")
 
 
+def test_page_assets_are_sent_compressed(browser, server):
+    """Every visitor's fresh browser fetches ~5 MB of Voila's JavaScript: it must travel gzipped."""
+    context = browser.new_context()
+    try:
+        pg = context.new_page()
+        sent: list[tuple[str, str | None, int]] = []  # (url, content-encoding, bytes on the wire)
+        pg.on("requestfinished", lambda r: sent.append(
+            (r.url, (r.response().headers.get("content-encoding") if r.response() else None), r.sizes()["responseBodySize"])))
+        pg.goto(server.url + "/", wait_until="load", timeout=120_000)
+        pg.get_by_role("button", name="Classify").wait_for(timeout=120_000)
+    finally:
+        context.close()
+    scripts = [s for s in sent if s[0].split("?")[0].endswith(".js") and s[2] > 4096]
+    assert len(scripts) >= 5, sent
+    assert all(enc == "gzip" for _, enc, _ in scripts), [s for s in scripts if s[1] != "gzip"][:5]
+
+
 def test_upload_classify_and_recover_from_a_bad_file(page, server):
     # nothing uploaded yet
     assert classify(page, "Nothing to classify").startswith("Nothing to classify yet")

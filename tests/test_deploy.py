@@ -121,7 +121,7 @@ def test_real_runtime_matches_this_python():
 
 def test_binder_server_allows_the_same_upload_size_as_voila():
     config = json.loads((ROOT / ".jupyter" / "jupyter_server_config.json").read_text())
-    assert config["ServerApp"]["tornado_settings"]["websocket_max_message_size"] == servemod.MAX_UPLOAD_MB * 2**20
+    assert config["ServerApp"]["tornado_settings"] == servemod.tornado_settings()  # upload size and gzip
 
 
 def test_binder_and_heroku_docs_exist():
@@ -273,9 +273,19 @@ def test_voila_command_flags():
         "--MappingKernelManager.cull_connected=True",
         "--preheat_kernel=True",
         "--pool_size=1",
-        '--Voila.tornado_settings={"websocket_max_message_size":67108864}',
     ]:
         assert flag in cmd
+    # the tornado settings survive traitlets' command-line parsing as a dict of the right types
+    from traitlets import Dict
+    from traitlets.config import Application
+
+    class Probe(Application):
+        tornado_settings = Dict(config=True)
+
+    (setting,) = [a for a in cmd if a.startswith("--Voila.tornado_settings=")]
+    probe = Probe()
+    probe.parse_command_line([setting.replace("--Voila.", "--Probe.")])
+    assert probe.tornado_settings == {"websocket_max_message_size": 64 * 2**20, "compress_response": True}
     no_preheat = voila_command(preheat=False, voila=["voila"])
     assert not any("preheat" in a or "pool_size" in a for a in no_preheat)
     assert "voila" in no_preheat and "WHATSTHAT_MODEL" not in " ".join(no_preheat)

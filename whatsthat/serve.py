@@ -44,6 +44,17 @@ MAX_UPLOAD_MB = 64
 REPO_NOTEBOOK = Path(__file__).resolve().parent.parent / "app.ipynb"
 
 
+def tornado_settings(max_upload_mb: int = MAX_UPLOAD_MB) -> dict[str, Any]:
+    """Tornado settings for the web server, Voila's own or (on Binder) Jupyter Server's.
+
+    - `websocket_max_message_size`: one upload travels in one websocket message (see MAX_UPLOAD_MB);
+    - `compress_response`: gzip the ~5 MB of JavaScript every new visitor fetches. Jupyter Server
+      honours it; Voila applies these settings too late for it, so `whatsthat serve` runs
+      `whatsthat.voilaapp.PageVoila`, which passes it where tornado reads it.
+    """
+    return {"websocket_max_message_size": int(max_upload_mb) * 2**20, "compress_response": True}
+
+
 def voila_settings(
     notebook: str | Path = "app.ipynb",
     port: int | str = DEFAULT_PORT,
@@ -87,9 +98,9 @@ def voila_settings(
         f"--MappingKernelManager.cull_connected={cull_connected}",
         # culling that spares a kernel Voila just handed from its pool to a page still loading
         "--VoilaConfiguration.multi_kernel_manager_class=whatsthat.kernelpool.PageKernelManager",
-        # JSON, not key=value: traitlets would pass the number to tornado as a string
-        "--Voila.tornado_settings="
-        + json.dumps({"websocket_max_message_size": int(max_upload_mb) * 2**20}, separators=(",", ":")),
+        # a Python literal, which traitlets evaluates (key=value pairs would reach tornado as strings,
+        # and JSON's `true` is not a Python literal)
+        "--Voila.tornado_settings=" + repr(tornado_settings(max_upload_mb)),
     ]
     if preheat:
         args += ["--preheat_kernel=True", f"--pool_size={int(pool_size)}"]
@@ -212,12 +223,12 @@ def run_voila_beside_model(model: Path, env: dict[str, str], args: Sequence[str]
     (12 MB PSS measured) on a 512 MB dyno, for what a thread does. Voila handles SIGTERM (Heroku's
     stop) and Ctrl-C itself: it stops its loop and shuts its kernels down; the model process stops after.
     """
-    from voila.app import Voila  # the server stack: imported only to serve
+    from whatsthat.voilaapp import PageVoila  # the server stack: imported only to serve
 
     with Supervisor(model) as sup:
         os.environ.update({**env, **sup.env()})  # Voila passes its environment on to every kernel
         os.chdir(cwd)
-        app = Voila.instance()
+        app = PageVoila.instance()
         app.initialize(list(args))
         voila_stop = signal.getsignal(signal.SIGTERM)  # installed by initialize: stops the loop
 
