@@ -17,6 +17,8 @@ Measured, each on a fresh server unless said otherwise (times are medians of --r
 - warm page load: pool refilled and idle, page.goto -> Classify enabled;
 - click -> prediction: first and next click in a page;
 - 5 visitors at once: five pages navigated in the same moment, until the last one's Classify is enabled;
+- over a phone's network: warm pages with Chromium's network emulation (4G, slow 4G) and the bytes a
+  new visitor's page fetches (this machine's browser is on localhost; visitors' are not);
 - memory: PSS (proportional set size: shared pages split among their users, so sums are honest) of the
   server processes, the model process and the kernels with 3, then 10 visitors who each classified once
   (plus the preheated kernel); per kernel: PSS and whether libtorch is mapped.
@@ -310,6 +312,41 @@ def page_timeline(browser, model: Path, runs: int) -> dict[str, list[float]]:
     return steps
 
 
+# Chromium's network emulation (DevTools protocol), as Lighthouse's profiles: a visitor's phone, not localhost.
+NETWORKS = {
+    "4G (9 Mbit/s, 40 ms)": {"latency": 40, "downloadThroughput": 9e6 / 8, "uploadThroughput": 9e6 / 8},
+    "slow 4G (1.6 Mbit/s, 150 ms)": {"latency": 150, "downloadThroughput": 1.6e6 / 8, "uploadThroughput": 0.75e6 / 8},
+}
+
+
+def over_networks(browser, mode: str, model: Path, runs: int) -> dict:
+    """Warm pages (a new visitor's empty cache each time) over emulated phone networks, and the bytes one fetches."""
+    from playwright.sync_api import expect
+
+    out: dict = {"bytes": [], **{name: [] for name in NETWORKS}}
+    with Server(mode, model) as srv:
+        wait_until(lambda: srv.alive() and srv.answers(), START_TIMEOUT, "server answering")
+        served = 0
+        for name, conditions in NETWORKS.items():
+            for _ in range(runs if name.startswith("4G") else 1):  # slow 4G: one run, it is long
+                srv.wait_ready(served)
+                context = browser.new_context()
+                page = context.new_page()
+                cdp = context.new_cdp_session(page)
+                cdp.send("Network.enable")
+                cdp.send("Network.emulateNetworkConditions", {"offline": False, **conditions})
+                sizes: dict[str, int] = {}  # bytes on the wire, headers and compression included
+                cdp.on("Network.loadingFinished", lambda e, sizes=sizes: sizes.__setitem__(e["requestId"], e["encodedDataLength"]))
+                t0 = time.monotonic()
+                page.goto(srv.url + "/", wait_until="commit", timeout=PAGE_TIMEOUT_MS)
+                expect(page.get_by_role("button", name="Classify")).to_be_enabled(timeout=PAGE_TIMEOUT_MS)
+                out[name].append(time.monotonic() - t0)
+                out["bytes"].append(sum(sizes.values()))
+                context.close()
+                served += 1
+    return out
+
+
 def five_at_once(browser, mode: str, model: Path) -> float:
     """A fresh, ready server; five pages navigate in the same moment: seconds until the last is interactive."""
     from playwright.sync_api import expect
@@ -389,6 +426,7 @@ def main() -> None:
                     counts = [3, 10] if mode == "after" else [args.before_visitors]
                     r = cold_and_warm(browser, mode, m, photo, args.runs)
                     r["five"] = five_at_once(browser, mode, m)
+                    r["network"] = over_networks(browser, mode, m, args.runs)
                     r["memory"] = visitors_memory(browser, mode, m, photo, counts)
                     if mode == "after":
                         r["timeline"] = page_timeline(browser, m, args.runs)
@@ -416,6 +454,9 @@ def main() -> None:
     row("click -> prediction, first in the page (median)", lambda r: median(r["click1"]), "s", "<= 0.29")
     row("click -> prediction, next (median)", lambda r: median(r["click2"]), "s", "<= 0.29")
     row("5 visitors at once -> all interactive", lambda r: r["five"], "s", "<= 8")
+    row("bytes a new visitor's page fetches", lambda r: median(r["network"]["bytes"]) / 1e6, "MB", "")
+    for name in NETWORKS:
+        row(f"warm page over {name} (median)", lambda r, name=name: median(r["network"][name]), "s", "")
     for n in sorted({n for r in results.values() for n in r["memory"]}):
         mb = "{:.0f}"
         target = {3: "<= 512", 10: "<= 1024"}.get(n, "")
