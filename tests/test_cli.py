@@ -103,3 +103,15 @@ def test_import_train_interpret_predict(tmp_path):
     proc = run("predict", str(photo), str(bad), cwd=tmp_path, check=False)
     assert proc.returncode == 1  # one image failed, the others were still classified
     assert "query.jpg:" in proc.stdout and "bad.jpg: error: this is a web page (HTML)" in proc.stderr
+
+
+def test_train_defaults_to_the_measured_offline_backbone():
+    """A bare `whatsthat train` uses what the benchmarks measure and what trains offline, as train() does."""
+    import inspect
+
+    from whatsthat.cli import build_parser
+    from whatsthat.train import train
+
+    args = build_parser().parse_args(["train", "data"])
+    assert args.arch == "efficientnet_lite0" == inspect.signature(train).parameters["arch"].default
+    assert args.head_epochs == 8 and args.epochs == 1 and args.freeze_epochs == 0

@@ -21,7 +21,7 @@ examples:
   whatsthat gather grizzly="grizzly bear" black="black bear" teddy="teddy bear"
   whatsthat gather --config categories.toml --per-query 150
   whatsthat import ~/Pictures/bears --out data
-  whatsthat train data --arch efficientnet_lite0 --epochs 3
+  whatsthat train data --arch efficientnet_lite2 --epochs 3
   whatsthat interpret data --model export.pkl
   whatsthat clean data --apply cleaning-decisions.json   (then: whatsthat undo data)
   whatsthat predict photo.jpg --json
@@ -277,10 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="DataBlock -> vision_learner -> fine_tune -> OUT/export.pkl and OUT/export.card.json.")
     t.add_argument("data", type=Path, nargs="?", default=Path("data"), help="dataset folder (default: data)")
     t.add_argument("--out", type=Path, default=Path("."), help="where export.pkl goes (default: .)")
-    t.add_argument("--arch", default="resnet18",
-                   choices=["resnet18", "resnet34", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"],
-                   help="backbone (default resnet18, as in the course; the efficientnet_lite ones train fully offline, "
-                        "lite1 and lite2 are bigger and slower than lite0)")
+    t.add_argument("--arch", default="efficientnet_lite0",
+                   choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet34"],
+                   help="backbone (default efficientnet_lite0: the measured recipe, trains offline; lite1 and lite2 "
+                        "are bigger and slower; resnet18/34, the course's, download torchvision's weights once)")
     t.add_argument("--head-epochs", type=_count, default=8,
                    help="first, epochs training only the head on cached body features: seconds each (default 8)")
     t.add_argument("--freeze-epochs", type=_count, default=0,

@@ -188,7 +188,7 @@ def train(
     data: str | Path,
     out: str | Path = ".",
     *,
-    arch: str = "resnet18",
+    arch: str = "efficientnet_lite0",
     pretrained: bool = True,
     epochs: int = 1,
     freeze_epochs: int = 0,
