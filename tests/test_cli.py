@@ -110,8 +110,14 @@ def test_train_defaults_to_the_measured_offline_backbone():
     import inspect
 
     from whatsthat.cli import build_parser
+    from whatsthat.models import ARCHS
     from whatsthat.train import train
 
-    args = build_parser().parse_args(["train", "data"])
+    parser = build_parser()
+    args = parser.parse_args(["train", "data"])
     assert args.arch == "efficientnet_lite0" == inspect.signature(train).parameters["arch"].default
+    # the CLI lists its choices without importing torch; they must stay the library's
+    train_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train"))
+    (arch_action,) = [a for a in train_parser._actions if a.dest == "arch"]
+    assert sorted(arch_action.choices) == sorted(ARCHS)
     assert args.head_epochs == 8 and args.epochs == 1 and args.freeze_epochs == 0

@@ -71,8 +71,7 @@ def efficientnet_lite2(pretrained: bool = True) -> nn.Module:
     return _efficientnet_lite(2, pretrained)
 
 
-LITE_BUILDERS = {"efficientnet_lite0": efficientnet_lite0, "efficientnet_lite1": efficientnet_lite1,
-                 "efficientnet_lite2": efficientnet_lite2}
+LITE_BUILDERS = {f.__name__: f for f in (efficientnet_lite0, efficientnet_lite1, efficientnet_lite2)}
 
 
 @dataclass(frozen=True)

@@ -49,8 +49,8 @@ def tornado_settings(max_upload_mb: int = MAX_UPLOAD_MB) -> dict[str, Any]:
 
     - `websocket_max_message_size`: one upload travels in one websocket message (see MAX_UPLOAD_MB);
     - `compress_response`: gzip the ~5 MB of JavaScript every new visitor fetches. Jupyter Server
-      honours it; Voila applies these settings too late for it, so `whatsthat serve` runs
-      `whatsthat.voilaapp.PageVoila`, which passes it where tornado reads it.
+      honours it; Voila applies these settings after tornado has read this one, so `whatsthat serve`
+      runs `whatsthat.voilaapp.PageVoila`, which passes them to tornado's constructor.
     """
     return {"websocket_max_message_size": int(max_upload_mb) * 2**20, "compress_response": True}
 

@@ -1,16 +1,16 @@
-"""The Voila application `whatsthat serve` runs in-process: Voila, with its responses gzipped.
+"""The Voila application `whatsthat serve` runs in-process: Voila, with its tornado settings honoured.
 
-A page view fetches about 5 MB of Voila's JavaScript and CSS (some 95 requests), and every visitor's
-browser fetches all of it the first time. Voila sends it uncompressed: its `tornado_settings` are
-applied after tornado's Application is built, and tornado decides at construction whether to add the
-gzip transform, so `--Voila.tornado_settings={'compress_response': True}` silently does nothing.
-Heroku's router does not compress either. Over a phone's connection those megabytes are seconds
-(bench/app_bench.py measures the page over an emulated 4G link).
+Voila builds tornado's Application first and only then applies `--Voila.tornado_settings` to it. Most
+settings are read per request, so that works for them; but tornado decides at construction whether to
+add its gzip transform, so `compress_response` silently did nothing, and every visitor's browser
+fetched Voila's ~5 MB of JavaScript and CSS uncompressed (Heroku's router does not compress either).
+Over a phone's connection those megabytes are seconds (bench/app_bench.py, the "network" rows).
 
-This subclass puts `compress_response` into the settings the Application is built with. Tornado then
-gzips every compressible response (HTML, JavaScript, CSS, JSON; not images, not websocket frames).
-On Binder, Voila runs inside Jupyter Server, whose `tornado_settings` do reach the constructor; the
-repository's .jupyter/jupyter_server_config.json sets the same there.
+This subclass hands the configured `tornado_settings` (`whatsthat.serve.tornado_settings`) to the
+Application's constructor, so every one of them takes effect the way tornado documents it. With
+`compress_response`, tornado gzips every compressible response (HTML, JavaScript, CSS, JSON; not
+images, not websocket frames). On Binder, Voila runs inside Jupyter Server, which passes its own
+`tornado_settings` to the constructor already (.jupyter/jupyter_server_config.json).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from voila.app import Voila
 
 
 class PageVoila(Voila):
-    """Voila whose web application gzips its responses."""
+    """Voila whose `tornado_settings` reach tornado's Application when it is built, not after."""
 
     def init_settings(self) -> dict[str, Any]:
-        return {**super().init_settings(), "compress_response": True}
+        return {**super().init_settings(), **self.tornado_settings}
