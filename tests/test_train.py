@@ -161,6 +161,8 @@ def test_round_trip_pretrained_efficientnet_learns(make_dataset, tmp_path, sched
     data = make_dataset(n=16, classes=("red", "blue", "green"))
     result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, echo=lambda s: None, **schedule)
     assert [h["stage"] for h in result.history] == stages
+    # trained in channels_last (whatsthat.cpu), exported in the usual layout
+    assert all(p.is_contiguous() for p in result.learn.model.parameters())
     # real ImageNet features separate these easily: a random guess would be 0.67 error
     assert result.error_rate <= 0.34
     clf = _assert_round_trip(result, list(get_dataset_images(data))[::8])

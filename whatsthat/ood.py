@@ -50,6 +50,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from whatsthat.cpu import INFERENCE_BS
 from whatsthat.errors import WhatsthatError
 
 log = logging.getLogger(__name__)
@@ -325,7 +326,7 @@ def card_entry(det: Detector, file: str | None = None) -> dict:
             "file": file, "model_fingerprint": det.model_fingerprint, "calibration": det.calibration}
 
 
-def extract(learn, items: Sequence, layer: str = DEFAULT_LAYER, bs: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def extract(learn, items: Sequence, layer: str = DEFAULT_LAYER, bs: int = INFERENCE_BS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(features, logits, labels) of `items` through a fastai learner's validation transforms."""
     model = learn.model.eval()
     dl = learn.dls.test_dl(list(items), with_labels=True, bs=bs)
