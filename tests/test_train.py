@@ -69,6 +69,8 @@ def test_train_rejects_bad_options(make_dataset, tmp_path):
         train(data, tmp_path, epochs=0, freeze_epochs=0, head_epochs=0)
     with pytest.raises(WhatsthatError, match="too small"):
         train(data, tmp_path, size=8)
+    with pytest.raises(WhatsthatError, match="micro_bs must be 0"):
+        train(data, tmp_path, micro_bs=-1)
 
 
 def _closed_port() -> int:
@@ -230,6 +232,38 @@ def test_a_model_worse_than_its_head_stage_is_never_exported(make_dataset, tmp_p
         reloaded = clf.learn.validate(dl=result.learn.dls.valid)[0]
     assert reloaded == pytest.approx(head["valid_loss"], abs=2e-3)
     assert any("head (cached features) epoch 3" in line for line in result.quality.lines())
+
+
+class CountSteps(Callback):
+    """Count optimiser steps and the batch sizes the model sees (GradientAccumulation cancels the rest)."""
+
+    def before_fit(self):
+        self.steps, self.sizes = 0, set()
+
+    def before_batch(self):
+        if self.training:
+            self.sizes.add(len(self.yb[0]))
+
+    def after_step(self):
+        self.steps += 1
+
+
+@pytest.mark.slow
+def test_unfrozen_epochs_run_in_micro_batches_with_one_step_per_batch(make_dataset, tmp_path):
+    data = make_dataset(n=20, classes=("red", "blue"))
+    counter = CountSteps()
+    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, micro_bs=4, head_epochs=2,
+                   epochs=1, echo=lambda s: None, callbacks=[counter])
+    n_train = len(result.learn.dls.train_ds)
+    assert counter.sizes == {4}  # the model saw micro-batches only
+    assert counter.steps == (n_train // 4 * 4) // 8  # one optimiser step per 8 pictures, as at bs 8
+    assert result.learn.dls.train.bs == 8  # the learner's own loader is put back
+    assert result.card["training"]["batch_size"] == 8 and result.card["training"]["micro_batch_size"] == 4
+    # off: the batches are what --bs says
+    off = CountSteps()
+    train(data, tmp_path / "m0", arch="efficientnet_lite0", size=64, bs=8, micro_bs=0, head_epochs=2, epochs=1,
+          echo=lambda s: None, callbacks=[off])
+    assert off.sizes == {8} and off.steps == n_train // 8
 
 
 @pytest.mark.slow

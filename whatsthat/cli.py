@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = train(
         args.data, args.out, arch=args.arch, pretrained=not args.no_pretrained, epochs=args.epochs,
-        freeze_epochs=args.freeze_epochs, head_epochs=args.head_epochs, size=args.size, bs=args.bs, valid_pct=args.valid_pct, seed=args.seed,
+        freeze_epochs=args.freeze_epochs, head_epochs=args.head_epochs, size=args.size, bs=args.bs, micro_bs=args.micro_bs, valid_pct=args.valid_pct, seed=args.seed,
         lr=args.lr, workers=args.workers, threshold=args.threshold, progress=args.progress,
     )  # fmt: skip
     m = result.card["metrics"]
@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_count, default=1, help="then epochs with all layers training (default 1; course 4)")
     t.add_argument("--size", type=_positive_int, default=224, help="training image size in pixels (default 224)")
     t.add_argument("--bs", type=_positive_int, default=32, help="batch size (default 32)")
+    t.add_argument("--micro-bs", type=_count, default=16,
+                   help="run the unfrozen epochs' batches as micro-batches of this many pictures, one optimiser "
+                        "step per --bs (faster on a CPU; 0: off; default 16)")
     t.add_argument("--valid-pct", type=_fraction, default=0.2, help="share of images held out (default 0.2)")
     t.add_argument("--seed", type=int, default=42, help="seed of the split and the training run (default 42)")
     t.add_argument("--lr", type=_positive_float, help="base learning rate (default 2e-3)")

@@ -11,7 +11,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -196,6 +196,7 @@ def train(
     head_epochs: int = 8,
     size: int = 224,
     bs: int = 32,
+    micro_bs: int = 16,
     valid_pct: float = 0.2,
     seed: int = 42,
     lr: float | None = None,
@@ -211,7 +212,8 @@ def train(
     Stages, in order: `head_epochs` of the head alone on cached body features (seconds, see
     fit_head_cached), `freeze_epochs` of fastai's frozen fit, `epochs` with every layer training.
     `lr=None` uses fastai's fine_tune default (2e-3). After the head stage the body trains with its
-    BatchNorm statistics frozen (`freeze_bn`, see FrozenBatchNormStats). The weights exported are
+    BatchNorm statistics frozen (`freeze_bn`, see FrozenBatchNormStats), in micro-batches of
+    `micro_bs` pictures (see micro_batches; 0 turns them off). The weights exported are
     those of the stage and epoch with the lowest validation loss (KeepBest), named in the card.
     `progress`: a bar redrawn in place (True), plain lines every few seconds (False), or a bar only
     when stderr is a terminal (None). `callbacks` are extra fastai callbacks for the fastai fits.
@@ -233,6 +235,8 @@ def train(
         raise WhatsthatError("nothing to train: epochs, freeze_epochs and head_epochs are all 0")
     if not pretrained:
         head_epochs = 0  # a random body has no features worth caching: everything trains from the start
+    if micro_bs < 0:
+        raise WhatsthatError(f"micro_bs must be 0 (off) or more, not {micro_bs}")
     if size < 32:
         raise WhatsthatError(f"image size {size} is too small; use 32 or more (224 is the usual)")
     if not 0 < threshold < 1:
@@ -254,12 +258,15 @@ def train(
     echo(f"training {arch} on {len(dls.train_ds)} images ({len(dls.valid_ds)} for validation), "
          f"classes {list(dls.vocab)}, size {size}, bs {dls.bs}")
     base_lr = lr or 2e-3
+    # Micro-batches only where no batch statistic depends on them: the unfrozen epochs after the head
+    # stage with the body's BatchNorm frozen. fastai's own fine_tune path keeps its batches as they are.
+    micro = micro_bs if pretrained and epochs and not freeze_epochs and freeze_bn and micro_bs < dls.bs else 0
     t0 = time.time()
     # CPU speed only (whatsthat.cpu): the same weights come out, about twice as fast on 2 cores
     with big_buffers_on_heap(), channels_last(learn.model):
         history, keep = fit_stages(learn, recorder, pretrained=pretrained, head_epochs=head_epochs,
                                    freeze_epochs=freeze_epochs, epochs=epochs, lr=base_lr, seed=seed,
-                                   freeze_bn=freeze_bn, callbacks=callbacks, bar=bar, echo=echo)
+                                   freeze_bn=freeze_bn, micro_bs=micro, callbacks=callbacks, bar=bar, echo=echo)
         train_seconds = time.time() - t0
         metrics = evaluate(learn)
         # out-of-class statistics beside export.pkl, their calibration in the card (whatsthat.ood; README "Not sure")
@@ -281,6 +288,7 @@ def train(
             "epochs": epochs,
             "freeze_epochs": freeze_epochs,
             "batch_size": dls.bs,
+            "micro_batch_size": micro,  # 0: none
             "head_epochs": head_epochs,
             "lr": base_lr,
             "seed": seed,
@@ -312,7 +320,7 @@ def train(
 
 
 def fit_stages(learn, recorder: EpochHistory, *, pretrained: bool, head_epochs: int, freeze_epochs: int, epochs: int,
-               lr: float, seed: int, freeze_bn: bool, callbacks: list | None, bar: bool,
+               lr: float, seed: int, freeze_bn: bool, micro_bs: int, callbacks: list | None, bar: bool,
                echo: Callable[[str], None]) -> tuple[list[dict], KeepBest]:
     """Run the training stages in order (see train); leave the best epoch's weights in the model.
 
@@ -335,13 +343,41 @@ def fit_stages(learn, recorder: EpochHistory, *, pretrained: bool, head_epochs: 
             learn.unfreeze()
             if freeze_bn:
                 cbs.append(FrozenBatchNormStats())
-            learn.fit_one_cycle(epochs, slice(lr / 200, lr / 2), pct_start=0.3, div=5.0, cbs=cbs)
+            with micro_batches(learn, micro_bs) as accumulate:
+                learn.fit_one_cycle(epochs, slice(lr / 200, lr / 2), pct_start=0.3, div=5.0, cbs=cbs + accumulate)
     history = head_history + recorder.history
     last = history[-1]
     if keep.restore(learn.model):
         echo(f"exporting {keep.where} (validation loss {keep.best_loss:.4f}): the later epochs were worse "
              f"(last {last['stage']} epoch {last['epoch']}: {last['valid_loss']:.4f})")
     return history, keep
+
+
+@contextlib.contextmanager
+def micro_batches(learn, size: int) -> Iterator[list[Callback]]:
+    """Run the training batches as micro-batches of `size` pictures, stepping once per full batch.
+
+    Yields the callbacks for the fit (fastai's GradientAccumulation: gradients summed over the
+    micro-batches, scaled as one batch's mean, one optimiser step per `bs` pictures). Why: on a CPU
+    a backward pass over 16 pictures takes ~40 ms per picture against ~60 at 32, as its activation
+    buffers fit the heap that whatsthat.cpu keeps (README, "Why it is fast on a CPU", has the runs).
+    The head's own BatchNorm layers see 16 pictures a batch instead of 32. `size` 0, or one that
+    is not smaller than the batch, changes nothing.
+    """
+    from fastai.callback.training import GradientAccumulation
+
+    dls = learn.dls
+    full = dls.train
+    if not 0 < size < full.bs:
+        yield []
+        return
+    # step at least once per epoch on a training set smaller than a batch
+    n_acc = min(full.bs, (len(full.dataset) // size) * size)
+    dls.loaders[0] = full.new(bs=size)
+    try:
+        yield [GradientAccumulation(n_acc=n_acc)]
+    finally:
+        dls.loaders[0] = full
 
 
 def fit_head_cached(learn, epochs: int, lr: float, seed: int = 42, echo: Callable[[str], None] | None = None,
