@@ -4,8 +4,8 @@
 
 `--baseline REF` adds the default recipe as commit REF trains it (its package checked out into a
 temporary git worktree and put first on PYTHONPATH; same venv), in the same run: how a change to the
-training code moved the time, the error being the same or not. Each run is a fresh `whatsthat train` process (what a user runs), timed from start to export.pkl
-written; the validation error is read from the model card. Both recipes use efficientnet_lite0 with
+training code moved the time, the error being the same or not. Each run is a fresh `whatsthat
+train` process (what a user runs), timed from start to export.pkl written; the validation error is read from the model card. Both recipes use efficientnet_lite0 with
 its offline ImageNet weights and the same seeds, so the validation images are the same.
 """
 

@@ -396,7 +396,7 @@ def fit_head_cached(learn, epochs: int, lr: float, seed: int = 42, echo: Callabl
     dls = learn.dls
     # validation transforms (no augmentation), at the forward-only batch size
     train_dl = dls.test_dl(dls.train_ds.items, with_labels=True, bs=INFERENCE_BS)
-    valid_dl = dls.valid.new(bs=INFERENCE_BS, shuffle=False, drop_last=False)
+    valid_dl = forward_only_valid(dls)
 
     from whatsthat.progress import Progress
 
@@ -448,12 +448,17 @@ def fit_head_cached(learn, epochs: int, lr: float, seed: int = 42, echo: Callabl
     return history
 
 
+def forward_only_valid(dls):
+    """The validation loader at the forward-only batch size (whatsthat.cpu.INFERENCE_BS), in order."""
+    return dls.valid.new(bs=INFERENCE_BS, shuffle=False, drop_last=False)
+
+
 def evaluate(learn) -> dict:
     """Validation loss, error rate, accuracy and per-class precision/recall/F1 of a live learner."""
     import torch
 
     with learn.no_bar(), learn.no_logging():
-        probs, targets = learn.get_preds(dl=learn.dls.valid.new(bs=INFERENCE_BS, shuffle=False, drop_last=False))
+        probs, targets = learn.get_preds(dl=forward_only_valid(learn.dls))
     vocab = list(learn.dls.vocab)
     preds = probs.argmax(dim=1)
     loss = float(torch.nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), targets))
