@@ -30,7 +30,7 @@ from common import ROOT, machine, median, table
 SHARED = Path(os.environ.get("WHATSTHAT_DATASETS", ROOT.parent / "shared" / "datasets"))
 NOT_A_DOMAIN = {"none"}  # out-of-class photos: nothing to train on
 RECIPES = {
-    "course": ["--head-epochs", "0", "--freeze-epochs", "1", "--epochs", "4"],  # lesson 2's fine_tune(4)
+    "course": ["--head-epochs", "0", "--top-epochs", "0", "--freeze-epochs", "1", "--epochs", "4"],  # lesson 2's fine_tune(4)
     "default": [],
 }
 

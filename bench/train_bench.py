@@ -25,7 +25,7 @@ from common import machine, median, require_bears, table
 
 RECIPES = {
     # lesson 2: RandomResizedCrop(224, min_scale=0.5) + aug_transforms, fine_tune(4) (1 frozen + 4 epochs)
-    "course recipe": ["--size", "224", "--head-epochs", "0", "--freeze-epochs", "1", "--epochs", "4"],
+    "course recipe": ["--size", "224", "--head-epochs", "0", "--top-epochs", "0", "--freeze-epochs", "1", "--epochs", "4"],
     "whatsthat default": [],
 }
 
@@ -79,7 +79,8 @@ def main() -> None:
             card = runs[0]["card"]
             results[name] = runs
             tr = card["training"]
-            rows.append([name, f"{card['image_size']}px, head {tr['head_epochs']} + frozen {tr['freeze_epochs']} + "
+            top = f"top {tr['top_epochs']} + " if "top_epochs" in tr else ""  # older cards have no top stage
+            rows.append([name, f"{card['image_size']}px, head {tr['head_epochs']} + {top}frozen {tr['freeze_epochs']} + "
                          f"all {tr['epochs']} epochs",
                          len(runs), f"{median([r['wall'] for r in runs]):.0f}",
                          " ".join(f"{r['wall']:.0f}" for r in runs),

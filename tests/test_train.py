@@ -66,7 +66,7 @@ def test_train_rejects_bad_options(make_dataset, tmp_path):
     with pytest.raises(WhatsthatError, match="unknown architecture"):
         train(data, tmp_path, arch="vgg99")
     with pytest.raises(WhatsthatError, match="nothing to train"):
-        train(data, tmp_path, epochs=0, freeze_epochs=0, head_epochs=0)
+        train(data, tmp_path, epochs=0, freeze_epochs=0, head_epochs=0, top_epochs=0)
     with pytest.raises(WhatsthatError, match="too small"):
         train(data, tmp_path, size=8)
     with pytest.raises(WhatsthatError, match="micro_bs must be 0"):
@@ -155,8 +155,8 @@ def test_round_trip_random_resnet18(tiny_training):
 @pytest.mark.parametrize(
     ("schedule", "stages"),
     [
-        ({}, ["head (cached features)"] * 8 + ["unfrozen"]),  # whatsthat's default
-        ({"head_epochs": 0, "freeze_epochs": 1, "epochs": 1}, ["frozen", "unfrozen"]),  # the course's fine_tune
+        ({}, ["head (cached features)"] * 8 + ["top (cached activations)"] * 6),  # whatsthat's default
+        ({"head_epochs": 0, "top_epochs": 0, "freeze_epochs": 1, "epochs": 1}, ["frozen", "unfrozen"]),  # the course's fine_tune
     ],
 )
 def test_round_trip_pretrained_efficientnet_learns(make_dataset, tmp_path, schedule, stages):
@@ -176,8 +176,8 @@ def test_head_on_cached_features_trains_only_the_head(make_dataset, tmp_path):
     import torch
 
     data = make_dataset(n=10)
-    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=3, epochs=0,
-                   echo=lambda s: None)
+    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=3, top_epochs=0,
+                   epochs=0, echo=lambda s: None)
     from whatsthat.models import efficientnet_lite0
 
     fresh = efficientnet_lite0(pretrained=True)
@@ -219,8 +219,8 @@ class Sabotage(Callback):
 @pytest.mark.slow
 def test_a_model_worse_than_its_head_stage_is_never_exported(make_dataset, tmp_path):
     data = make_dataset(n=16, classes=("red", "blue", "green"))
-    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=4, epochs=1,
-                   echo=lambda s: None, callbacks=[Sabotage()])
+    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=4, top_epochs=0,
+                   epochs=1, echo=lambda s: None, callbacks=[Sabotage()])
     head, unfrozen = result.history[3], result.history[4]
     assert unfrozen["stage"] == "unfrozen" and unfrozen["valid_loss"] > 2 * head["valid_loss"]  # the case is forced
     card = json.loads(card_path_for(result.model_path).read_text())
@@ -253,7 +253,7 @@ def test_unfrozen_epochs_run_in_micro_batches_with_one_step_per_batch(make_datas
     data = make_dataset(n=20, classes=("red", "blue"))
     counter = CountSteps()
     result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, micro_bs=4, head_epochs=2,
-                   epochs=1, echo=lambda s: None, callbacks=[counter])
+                   top_epochs=0, epochs=1, echo=lambda s: None, callbacks=[counter])
     n_train = len(result.learn.dls.train_ds)
     assert counter.sizes == {4}  # the model saw micro-batches only
     assert counter.steps == (n_train // 4 * 4) // 8  # one optimiser step per 8 pictures, as at bs 8
@@ -261,8 +261,8 @@ def test_unfrozen_epochs_run_in_micro_batches_with_one_step_per_batch(make_datas
     assert result.card["training"]["batch_size"] == 8 and result.card["training"]["micro_batch_size"] == 4
     # off: the batches are what --bs says
     off = CountSteps()
-    train(data, tmp_path / "m0", arch="efficientnet_lite0", size=64, bs=8, micro_bs=0, head_epochs=2, epochs=1,
-          echo=lambda s: None, callbacks=[off])
+    train(data, tmp_path / "m0", arch="efficientnet_lite0", size=64, bs=8, micro_bs=0, head_epochs=2, top_epochs=0,
+          epochs=1, echo=lambda s: None, callbacks=[off])
     assert off.sizes == {8} and off.steps == n_train // 8
 
 

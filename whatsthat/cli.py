@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = train(
         args.data, args.out, arch=args.arch, pretrained=not args.no_pretrained, epochs=args.epochs,
-        freeze_epochs=args.freeze_epochs, head_epochs=args.head_epochs, size=args.size, bs=args.bs, micro_bs=args.micro_bs, valid_pct=args.valid_pct, seed=args.seed,
+        freeze_epochs=args.freeze_epochs, head_epochs=args.head_epochs, top_epochs=args.top_epochs, size=args.size, bs=args.bs, micro_bs=args.micro_bs, valid_pct=args.valid_pct, seed=args.seed,
         lr=args.lr, workers=args.workers, threshold=args.threshold, progress=args.progress,
     )  # fmt: skip
     m = result.card["metrics"]
@@ -283,9 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "are bigger and slower; resnet18/34, the course's, download torchvision's weights once)")
     t.add_argument("--head-epochs", type=_count, default=8,
                    help="first, epochs training only the head on cached body features: seconds each (default 8)")
+    t.add_argument("--top-epochs", type=_count, default=6,
+                   help="then epochs training the body's top layers and the head on cached activations of the "
+                        "layers below: seconds each (default 6)")
     t.add_argument("--freeze-epochs", type=_count, default=0,
                    help="then fastai frozen-body epochs, as fine_tune's first stage (default 0; the course uses 1)")
-    t.add_argument("--epochs", type=_count, default=1, help="then epochs with all layers training (default 1; course 4)")
+    t.add_argument("--epochs", type=_count, default=0,
+                   help="then epochs with all layers training, on augmented pictures (default 0; course 4)")
     t.add_argument("--size", type=_positive_int, default=224, help="training image size in pixels (default 224)")
     t.add_argument("--bs", type=_positive_int, default=32, help="batch size (default 32)")
     t.add_argument("--micro-bs", type=_count, default=16,

@@ -43,6 +43,11 @@ TRIM_THRESHOLD = 1 << 30  # keep up to 1 GiB of freed memory at the top of the h
 INFERENCE_BS = 16
 
 
+def forward_only_valid(dls):
+    """The validation loader of fastai DataLoaders `dls` at INFERENCE_BS, in order."""
+    return dls.valid.new(bs=INFERENCE_BS, shuffle=False, drop_last=False)
+
+
 def _glibc() -> ctypes.CDLL | None:
     """The C library when it is glibc (Linux); None elsewhere, where these settings do not apply."""
     if not sys.platform.startswith("linux"):

@@ -19,7 +19,8 @@ from pathlib import Path
 from fastai.callback.core import Callback
 from fastai.learner import Recorder
 
-from whatsthat.cpu import INFERENCE_BS, big_buffers_on_heap, channels_last
+from whatsthat.cached import fit_cached
+from whatsthat.cpu import big_buffers_on_heap, channels_last, forward_only_valid
 from whatsthat.errors import WhatsthatError
 from whatsthat.ood import fit_and_save
 from whatsthat.predict import DEFAULT_THRESHOLD, card_path_for
@@ -191,9 +192,10 @@ def train(
     *,
     arch: str = "efficientnet_lite0",
     pretrained: bool = True,
-    epochs: int = 1,
+    epochs: int = 0,
     freeze_epochs: int = 0,
     head_epochs: int = 8,
+    top_epochs: int = 6,
     size: int = 224,
     bs: int = 32,
     micro_bs: int = 16,
@@ -209,8 +211,9 @@ def train(
 ) -> TrainResult:
     """Fine-tune `arch` on the folder-per-class dataset `data`; write export.pkl + card into `out`.
 
-    Stages, in order: `head_epochs` of the head alone on cached body features (seconds, see
-    fit_head_cached), `freeze_epochs` of fastai's frozen fit, `epochs` with every layer training.
+    Stages, in order: `head_epochs` of the head alone on cached body features, then `top_epochs` of the
+    body's top layers with the head on cached activations of the layers below (seconds each; see
+    whatsthat.cached), `freeze_epochs` of fastai's frozen fit, `epochs` with every layer training.
     `lr=None` uses fastai's fine_tune default (2e-3). After the head stage the body trains with its
     BatchNorm statistics frozen (`freeze_bn`, see FrozenBatchNormStats), in micro-batches of
     `micro_bs` pictures (see micro_batches; 0 turns them off). The weights exported are
@@ -229,12 +232,16 @@ def train(
 
     echo = echo or (lambda s: print(s, file=sys.stderr))
     data, out = Path(data), Path(out)
-    if min(epochs, freeze_epochs, head_epochs) < 0:
-        raise WhatsthatError("epochs, freeze_epochs and head_epochs must be 0 or more")
-    if epochs + freeze_epochs + head_epochs == 0:
-        raise WhatsthatError("nothing to train: epochs, freeze_epochs and head_epochs are all 0")
+    if min(epochs, freeze_epochs, head_epochs, top_epochs) < 0:
+        raise WhatsthatError("epochs, freeze_epochs, head_epochs and top_epochs must be 0 or more")
+    if epochs + freeze_epochs + head_epochs + top_epochs == 0:
+        raise WhatsthatError("nothing to train: epochs, freeze_epochs, head_epochs and top_epochs are all 0")
     if not pretrained:
-        head_epochs = 0  # a random body has no features worth caching: everything trains from the start
+        # a random body has no features worth caching: everything trains from the start, at least one epoch
+        if epochs + freeze_epochs == 0:
+            echo("no pretrained body: the cached stages do not apply, training all layers for 1 epoch instead")
+            epochs = 1
+        head_epochs = top_epochs = 0
     if micro_bs < 0:
         raise WhatsthatError(f"micro_bs must be 0 (off) or more, not {micro_bs}")
     if size < 32:
@@ -265,7 +272,8 @@ def train(
     # CPU speed only (whatsthat.cpu): the same weights come out, about twice as fast on 2 cores
     with big_buffers_on_heap(), channels_last(learn.model):
         history, keep = fit_stages(learn, recorder, pretrained=pretrained, head_epochs=head_epochs,
-                                   freeze_epochs=freeze_epochs, epochs=epochs, lr=base_lr, seed=seed,
+                                   top_epochs=top_epochs, freeze_epochs=freeze_epochs, epochs=epochs, size=size,
+                                   lr=base_lr, seed=seed,
                                    freeze_bn=freeze_bn, micro_bs=micro, callbacks=callbacks, bar=bar, echo=echo)
         train_seconds = time.time() - t0
         metrics = evaluate(learn)
@@ -290,6 +298,7 @@ def train(
             "batch_size": dls.bs,
             "micro_batch_size": micro,  # 0: none
             "head_epochs": head_epochs,
+            "top_epochs": top_epochs,
             "lr": base_lr,
             "seed": seed,
             "valid_pct": valid_pct,
@@ -319,19 +328,19 @@ def train(
     return TrainResult(learn, model_path, card_path_for(model_path), card, history)
 
 
-def fit_stages(learn, recorder: EpochHistory, *, pretrained: bool, head_epochs: int, freeze_epochs: int, epochs: int,
-               lr: float, seed: int, freeze_bn: bool, micro_bs: int, callbacks: list | None, bar: bool,
+def fit_stages(learn, recorder: EpochHistory, *, pretrained: bool, head_epochs: int, top_epochs: int,
+               freeze_epochs: int, epochs: int, size: int, lr: float, seed: int, freeze_bn: bool, micro_bs: int, callbacks: list | None, bar: bool,
                echo: Callable[[str], None]) -> tuple[list[dict], KeepBest]:
     """Run the training stages in order (see train); leave the best epoch's weights in the model.
 
-    Returns every epoch's record, the head stage's first, and the KeepBest that says which epoch won.
+    Returns every epoch's record, the cached stages' first, and the KeepBest that says which epoch won.
     """
     keep = KeepBest(recorder)
-    head_history = []
-    if head_epochs:
-        head_history = fit_head_cached(learn, head_epochs, lr * 5, seed, echo, bar=bar)
-        keep = KeepBest(recorder, head_history[-1]["valid_loss"], f"head (cached features) epoch {head_epochs - 1}",
-                        KeepBest.snapshot(learn.model))
+    cached_history = []
+    if head_epochs or top_epochs:  # whatsthat.cached: the body's lower layers run once, forward only
+        cached_history, best = fit_cached(learn, head_epochs=head_epochs, top_epochs=top_epochs, size=size, lr=lr,
+                                          seed=seed, echo=echo, bar=bar)
+        keep = KeepBest(recorder, best.loss, best.where, best.state)
     cbs = [recorder, EpochProgress(recorder, bar, echo), keep, *(callbacks or [])]
     # our own epoch lines and progress replace fastai's bar and its raw-list logging on stdout
     with learn.no_bar(), learn.no_logging():
@@ -345,7 +354,7 @@ def fit_stages(learn, recorder: EpochHistory, *, pretrained: bool, head_epochs: 
                 cbs.append(FrozenBatchNormStats())
             with micro_batches(learn, micro_bs) as accumulate:
                 learn.fit_one_cycle(epochs, slice(lr / 200, lr / 2), pct_start=0.3, div=5.0, cbs=cbs + accumulate)
-    history = head_history + recorder.history
+    history = cached_history + recorder.history
     last = history[-1]
     if keep.restore(learn.model):
         echo(f"exporting {keep.where} (validation loss {keep.best_loss:.4f}): the later epochs were worse "
@@ -378,79 +387,6 @@ def micro_batches(learn, size: int) -> Iterator[list[Callback]]:
         yield [GradientAccumulation(n_acc=n_acc)]
     finally:
         dls.loaders[0] = full
-
-
-def fit_head_cached(learn, epochs: int, lr: float, seed: int = 42, echo: Callable[[str], None] | None = None,
-                    bs: int = 64, bar: bool = False) -> list[dict]:
-    """Train only the head, for `epochs`, on body features computed once per image.
-
-    fastai's frozen epoch still runs the whole body forward *and backward* (its BatchNorm layers
-    stay trainable), so it costs as much as an unfrozen epoch. Here the body runs once, forward
-    only, on deterministic validation-style crops; then each head epoch takes milliseconds. The
-    body's BatchNorm statistics are left as pretrained until the unfrozen epochs adapt them.
-    """
-    import torch
-    from torch.nn import functional as F
-
-    body, head = learn.model[0], learn.model[1]
-    dls = learn.dls
-    # validation transforms (no augmentation), at the forward-only batch size
-    train_dl = dls.test_dl(dls.train_ds.items, with_labels=True, bs=INFERENCE_BS)
-    valid_dl = forward_only_valid(dls)
-
-    from whatsthat.progress import Progress
-
-    # one progress for both passes: this is the slow part of the stage (the body's forward on every image)
-    progress = Progress("[head] computing body features", len(train_dl) + len(valid_dl), bar=bar, echo=echo)
-
-    def features(dl, done: int):
-        xs, ys = [], []
-        body.eval()
-        with torch.no_grad():  # not inference_mode: these tensors feed a backward pass later
-            for i, (xb, yb) in enumerate(dl, 1):
-                # plain tensors: fastai's TensorImage/TensorCategory types reject F.cross_entropy
-                xs.append(body(xb).as_subclass(torch.Tensor))
-                ys.append(yb.as_subclass(torch.Tensor))
-                progress.update(done + i)
-        return torch.cat(xs), torch.cat(ys).long()
-
-    xt, yt = features(train_dl, 0)
-    xv, yv = features(valid_dl, len(train_dl))
-    t_feats = progress.close()
-    n = len(xt)
-    steps_per_epoch = max(1, n // bs)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
-    gen = torch.Generator().manual_seed(seed)
-    history = []
-    for epoch in range(epochs):
-        head.train()
-        perm = torch.randperm(n, generator=gen)
-        losses = []
-        for i in range(steps_per_epoch):  # drop the last partial batch, as fastai does (BatchNorm needs 2+)
-            idx = perm[i * bs : (i + 1) * bs]
-            loss = F.cross_entropy(head(xt[idx]), yt[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            losses.append(loss.item())
-        head.eval()
-        with torch.no_grad():
-            out = head(xv)
-        err = (out.argmax(1) != yv).float().mean().item()
-        rec = {"stage": "head (cached features)", "epoch": epoch, "train_loss": round(sum(losses) / len(losses), 5),
-               "valid_loss": round(F.cross_entropy(out, yv).item(), 5), "error_rate": round(err, 5),
-               "accuracy": round(1 - err, 5), "time": f"{t_feats if epoch == 0 else 0:.0f}s"}
-        history.append(rec)
-        if echo:
-            echo(epoch_line("head", rec))
-    return history
-
-
-def forward_only_valid(dls):
-    """The validation loader at the forward-only batch size (whatsthat.cpu.INFERENCE_BS), in order."""
-    return dls.valid.new(bs=INFERENCE_BS, shuffle=False, drop_last=False)
 
 
 def evaluate(learn) -> dict:

@@ -1,0 +1,98 @@
+"""The cached stages (whatsthat.cached): where the body is cut, what trains, what is kept."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from whatsthat.cached import CACHE_BUDGET, TOP_STAGE, cache_plan, top_cut
+from whatsthat.train import train
+
+
+def test_top_cut_is_the_first_layer_at_the_final_resolution():
+    body = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1),  # 32 -> 16
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),  # 16 -> 8
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),  # 8 -> 4: the first at the final size
+        nn.Conv2d(4, 8, 1),
+        nn.ReLU(),
+    )
+    assert top_cut(body, 32) == 3
+    assert body.training  # put back as it was
+
+
+def test_top_cut_of_efficientnet_lite0_is_its_last_downsampling_block():
+    from fastai.vision.learner import create_body
+
+    from whatsthat.models import efficientnet_lite0
+
+    body = create_body(efficientnet_lite0(pretrained=False), pretrained=False)
+    for size in (224, 64):
+        cut = top_cut(body, size)
+        assert cut == 14  # stem (3 layers) + 11 blocks: the block that halves 14x14 to 7x7 at 224 px
+        with torch.no_grad():
+            below = body[:cut].eval()(torch.zeros(1, 3, size, size))
+        assert below.shape[-1] == 2 * body.eval()(torch.zeros(1, 3, size, size)).shape[-1]
+
+
+def test_cache_plan_skips_the_top_stage_when_over_budget():
+    assert cache_plan(100, 20, 1000, budget=10**6) == (True, "")
+    fits, note = cache_plan(100, 20, 10**4, budget=10**6)
+    assert not fits and "skipped" in note and "120 pictures" in note
+    # ten thousand pictures at 224 px (43 KB each at the cut) fit
+    assert cache_plan(8000, 2000, 14 * 14 * 112 * 2, budget=CACHE_BUDGET)[0]
+
+
+@pytest.mark.slow
+def test_top_stage_trains_only_the_top_and_keeps_the_best_epoch(make_dataset, tmp_path):
+    from whatsthat.models import efficientnet_lite0
+
+    data = make_dataset(n=12, classes=("red", "blue", "green"))
+    lines: list[str] = []
+    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=2, top_epochs=3,
+                   epochs=0, echo=lines.append)
+    history = result.history
+    assert [h["stage"] for h in history] == ["head (cached features)"] * 2 + [TOP_STAGE] * 3
+    assert any(line.startswith("[top] epoch 2:") for line in lines)
+
+    body = result.learn.model[0]
+    pretrained = efficientnet_lite0(pretrained=True).state_dict().values()
+    fresh = dict(zip(body.state_dict(), pretrained, strict=False))  # the body is the net's first layers
+    cut = top_cut(body, 64)
+    changed = {k for k, v in body.state_dict().items() if not torch.equal(v, fresh[k])}
+    # exported: the epoch with the lowest validation loss (the head stage competes with its last epoch)
+    candidates = [history[1]] + [h for h in history if h["stage"] == TOP_STAGE]
+    named = {f"{h['stage']} epoch {h['epoch']}": h for h in candidates}
+    best = named[result.card["training"]["best_stage"]]
+    assert best["valid_loss"] == min(h["valid_loss"] for h in candidates)  # (rounded: ties are possible)
+    if best["stage"] == TOP_STAGE:
+        # below the cut nothing moved; above it the weights learnt, but no BatchNorm statistic moved
+        assert not {k for k in changed if int(k.split(".")[0]) < cut}
+        assert any(int(k.split(".")[0]) >= cut for k in changed)
+        assert not {k for k in changed if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    else:  # the head stage's weights were put back: the body is the pretrained one
+        assert not changed
+    # scored again by fastai on the exported weights (float32 all through, not the float16 cache)
+    assert result.card["metrics"]["valid_loss"] == pytest.approx(best["valid_loss"], abs=5e-3)
+    assert result.card["training"]["top_epochs"] == 3
+
+
+@pytest.mark.slow
+def test_top_stage_alone_changes_the_top_only(make_dataset, tmp_path):
+    from whatsthat.models import efficientnet_lite0
+
+    data = make_dataset(n=12, classes=("red", "blue", "green"))
+    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=0, top_epochs=2,
+                   epochs=0, echo=lambda s: None)
+    assert result.card["training"]["best_stage"].startswith(TOP_STAGE)  # the only candidates
+    body = result.learn.model[0]
+    fresh = dict(zip(body.state_dict(), efficientnet_lite0(pretrained=True).state_dict().values(), strict=False))
+    changed = {k for k, v in body.state_dict().items() if not torch.equal(v, fresh[k])}
+    cut = top_cut(body, 64)
+    assert not {k for k in changed if int(k.split(".")[0]) < cut}
+    assert any(int(k.split(".")[0]) >= cut for k in changed)
+    assert not {k for k in changed if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    # trained in channels_last (whatsthat.cpu), exported in the usual layout, parameters trainable as before
+    assert all(p.is_contiguous() for p in result.learn.model.parameters())

@@ -1,0 +1,229 @@
+"""Training on cached activations: the head stage and the top stage, each epoch in seconds on a CPU.
+
+On a CPU nearly all of an epoch's cost is the body's lower layers, the ones that work at high
+resolution. They are also the layers a small dataset should change least: edges, textures and parts
+are as good for faces or ducks as for ImageNet. So the body is cut where it reaches its final
+resolution (`top_cut`): the layers below the cut ("lower") run once per picture, forward only, and
+their activations are kept. Then:
+
+1. **head stage**: the new head trains on the top's output for those pictures (the final features),
+   as fastai's frozen epoch would, without the backward pass through the body;
+2. **top stage**: the top of the body (for efficientnet_lite0 its last five blocks and the 1x1 conv
+   that makes the 1280 features, 7x7 at 224 px) trains together with the head on the cached
+   activations, for several epochs at a low learning rate, its BatchNorm statistics frozen as in the
+   unfrozen epochs (whatsthat.train.FrozenBatchNormStats says why). No augmentation: the cache holds
+   each picture once (mirrored copies as well were measured: twice the cost, no better).
+
+Why the top stage: on faces (48 px grayscale expressions, far from ImageNet) the head alone cannot
+get past ImageNet's final features, and one unfrozen epoch of the whole body is both too short to
+adapt them and the slowest thing in training. Adapting only the top, many epochs over the same
+cached activations, is what "freeze the early layers, fine-tune the later ones" does in the transfer
+learning literature, made cheap by the cache. README, "The training schedule", has the measurements.
+
+Every epoch is scored on the validation pictures; the weights of the epoch with the lowest
+validation loss (the head stage's last epoch competing too) are left in the model at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from whatsthat.cpu import INFERENCE_BS, forward_only_valid
+from whatsthat.progress import Progress
+
+# The activations at the cut are kept as float16: for efficientnet_lite0 at 224 px that is 43 KB per
+# picture (14x14x112), so 10,000 pictures take 440 MB. Above this budget the top stage is skipped,
+# with a line saying so, and the head stage runs as before.
+CACHE_BUDGET = 2 << 30
+# Learning rates of the top stage, as fractions of the base learning rate (2e-3 by default): the body's
+# top at 2e-4, the head at 1e-3. Measured on faces-fer: at 1e-3 for the top its training loss diverged
+# within two epochs; 3e-4 spiked at the peak of the one-cycle schedule; 1e-4 gained less in 8 epochs.
+TOP_LR_FRACTION = 0.1
+HEAD_LR_FRACTION = 0.5
+HEAD_STAGE = "head (cached features)"
+TOP_STAGE = "top (cached activations)"
+
+
+def top_cut(body: nn.Sequential, size: int) -> int:
+    """Index of the first layer of `body` whose output has the body's final spatial size.
+
+    For efficientnet_lite0 that is the block that halves 14x14 to 7x7 (at 224 px); for a ResNet it is
+    layer4. Found by running a blank picture through the layers, so it holds for any flat body.
+    """
+    was_training = body.training
+    body.eval()
+    shapes = []
+    with torch.no_grad():
+        x = torch.zeros(1, 3, size, size)
+        for layer in body:
+            x = layer(x)
+            shapes.append(tuple(x.shape[-2:]))
+    body.train(was_training)
+    return shapes.index(shapes[-1])
+
+
+@dataclass
+class Best:
+    """The lowest validation loss so far, the epoch it came from and its weights."""
+
+    loss: float = math.inf
+    where: str | None = None
+    state: dict | None = None
+
+    def offer(self, loss: float, where: str, model: nn.Module) -> None:
+        if loss < self.loss:  # NaN never wins
+            self.loss, self.where = loss, where
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def fit_cached(learn, *, head_epochs: int, top_epochs: int, size: int, lr: float, seed: int = 42,
+               echo: Callable[[str], None] | None = None, bar: bool = False) -> tuple[list[dict], Best]:
+    """The head stage, then the top stage (see the module docstring), on activations computed once.
+
+    Leaves the best epoch's weights in `learn.model`. Returns every epoch's record and that Best.
+    """
+    echo = echo or (lambda s: None)
+    body, head = learn.model[0], learn.model[1]
+    cut = top_cut(body, size)
+    lower, top = body[:cut], body[cut:]
+    dls = learn.dls
+    # validation transforms (no augmentation), at the forward-only batch size
+    train_dl = dls.test_dl(dls.train_ds.items, with_labels=True, bs=INFERENCE_BS)
+    valid_dl = forward_only_valid(dls)
+    if top_epochs:
+        fits, note = cache_plan(len(dls.train_ds), len(dls.valid_ds), activation_bytes(lower, size))
+        top_epochs = top_epochs if fits else 0
+        if note:
+            echo(note)
+
+    # one progress for both passes: this is the slow part (the body's lower layers on every image)
+    progress = Progress("[head] computing body features", len(train_dl) + len(valid_dl), bar=bar, echo=echo)
+    done = 0
+
+    def activations(dl) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal done
+        xs, ys = [], []
+        lower.eval()
+        with torch.no_grad():
+            for xb, yb in dl:
+                xs.append(lower(xb.as_subclass(torch.Tensor)).half())  # plain tensors: fastai's types reject F.cross_entropy
+                ys.append(yb.as_subclass(torch.Tensor))
+                done += 1
+                progress.update(done)
+        return torch.cat(xs), torch.cat(ys).long()
+
+    at, yt = activations(train_dl)
+    av, yv = activations(valid_dl)
+    t_feats = progress.close()
+
+    history: list[dict] = []
+    best = Best()
+
+    def record(stage: str, epoch: int, losses: list[float], logits: Callable[[], torch.Tensor], seconds: float) -> None:
+        out = logits()
+        loss = F.cross_entropy(out, yv).item()
+        err = (out.argmax(1) != yv).float().mean().item()
+        rec = {"stage": stage, "epoch": epoch, "train_loss": round(sum(losses) / max(1, len(losses)), 5),
+               "valid_loss": round(loss, 5), "error_rate": round(err, 5), "accuracy": round(1 - err, 5),
+               "time": f"{seconds:.0f}s"}
+        history.append(rec)
+        echo(f"[{stage.split()[0]}] epoch {epoch}: " + "  ".join(
+            f"{k} {v:.4f}" for k, v in rec.items() if isinstance(v, float)) + f"  ({rec['time']})")
+        if stage == TOP_STAGE or epoch == head_epochs - 1:  # the head stage competes with its last epoch
+            best.offer(loss, f"{stage} epoch {epoch}", learn.model)
+
+    if head_epochs:
+        ft, fv = evaluate(top, at), evaluate(top, av)  # the final features
+        fit_epochs(head, [{"params": list(head.parameters()), "lr": lr * 5}], ft, yt, head_epochs, bs=64, seed=seed,
+                   train_mode=head.train, stage=HEAD_STAGE, bar=bar, echo=echo,
+                   on_epoch=lambda e, losses, s: record(HEAD_STAGE, e, losses, lambda: evaluate(head, fv),
+                                                        t_feats if e == 0 else s))
+        del ft, fv
+    if top_epochs:
+        model = nn.Sequential(top, head)
+        grads = {p: p.requires_grad for p in model.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+        def train_mode() -> None:
+            head.train()
+            top.eval()  # BatchNorm statistics frozen; the top has no dropout of its own
+
+        groups = [{"params": list(top.parameters()), "lr": lr * TOP_LR_FRACTION},
+                  {"params": list(head.parameters()), "lr": lr * HEAD_LR_FRACTION}]
+        try:
+            fit_epochs(model, groups, at, yt, top_epochs, bs=dls.bs, seed=seed, train_mode=train_mode,
+                       stage=TOP_STAGE, bar=bar, echo=echo,
+                       on_epoch=lambda e, losses, s: record(TOP_STAGE, e, losses, lambda: evaluate(model, av), s))
+        finally:
+            for p, flag in grads.items():
+                p.requires_grad_(flag)
+    if best.state is not None:
+        last = history[-1]
+        if f"{last['stage']} epoch {last['epoch']}" != best.where:
+            learn.model.load_state_dict(best.state)
+            echo(f"kept {best.where} (validation loss {best.loss:.4f}): the later epochs were worse")
+    return history, best
+
+
+def fit_epochs(model: nn.Module, groups: list[dict], x: torch.Tensor, y: torch.Tensor, epochs: int, *, bs: int,
+               seed: int, train_mode: Callable[[], object], stage: str, bar: bool, echo: Callable[[str], None],
+               on_epoch: Callable[[int, list[float], float], None]) -> None:
+    """AdamW with a one-cycle schedule over cached inputs `x` (float16, made float32 per batch)."""
+    n = len(x)
+    bs = min(bs, n)
+    steps = max(1, n // bs)  # drop the last partial batch, as fastai does (BatchNorm needs 2+)
+    opt = torch.optim.AdamW(groups, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=epochs * steps,
+                                                pct_start=0.3)
+    gen = torch.Generator().manual_seed(seed)
+    for epoch in range(epochs):
+        train_mode()
+        perm = torch.randperm(n, generator=gen)
+        losses = []
+        progress = Progress(f"[{stage.split()[0]}] epoch {epoch}", steps, bar=bar, echo=echo) if stage == TOP_STAGE else None
+        for i in range(steps):
+            idx = perm[i * bs : (i + 1) * bs]
+            xb = x[idx].float()
+            if xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+            if progress:
+                progress.update(i + 1)
+        seconds = progress.close() if progress else 0.0
+        on_epoch(epoch, losses, seconds)
+
+
+def evaluate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of `model` (in eval mode) on cached inputs, in forward-only batches."""
+    model.eval()
+    with torch.no_grad():
+        out = [model(x[i : i + INFERENCE_BS].float()) for i in range(0, len(x), INFERENCE_BS)]
+    return torch.cat(out)
+
+
+def cache_plan(n_train: int, n_valid: int, per_picture: int, budget: int = CACHE_BUDGET) -> tuple[bool, str]:
+    """(top stage at all?, a line for the log or "") for a cache of activations within `budget` bytes."""
+    need = (n_train + n_valid) * per_picture
+    if need <= budget:
+        return True, ""
+    return False, (f"[top] skipped: the cached activations of {n_train + n_valid} pictures would take "
+                   f"{need / 2**30:.1f} GiB, over {budget / 2**30:.1f} GiB; the other stages still run")
+
+
+def activation_bytes(lower: nn.Module, size: int) -> int:
+    """Bytes one picture's cached float16 activations take at the cut."""
+    lower.eval()
+    with torch.no_grad():
+        return lower(torch.zeros(1, 3, size, size)).numel() * 2
