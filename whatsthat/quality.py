@@ -115,7 +115,8 @@ class Quality:
             return f"verdict: good enough to deploy ({self.accuracy:.1%} vs {self.baseline_accuracy:.1%} by guessing); {nxt}"
         return (f"verdict: not good enough to deploy ({self.accuracy:.1%} vs {self.baseline_accuracy:.1%} by always "
                 f"answering '{self.baseline_label}'); try more and cleaner pictures per class (whatsthat gather, "
-                f"whatsthat clean), then a bigger backbone (--arch efficientnet_lite2) or more epochs (--epochs 2)")
+                f"whatsthat clean), then a bigger backbone (--arch efficientnet_lite2) or more epochs "
+                f"(--top-epochs 10, or --epochs 2 for whole-body epochs on augmented pictures)")
 
     def lines(self) -> list[str]:
         out = [self.accuracy_line(), self.baseline_line()]
