@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from whatsthat.cpu import INFERENCE_BS, forward_only_valid
-from whatsthat.progress import Progress
+from whatsthat.progress import Progress, epoch_line
 
 # The activations at the cut are kept as float16: for efficientnet_lite0 at 224 px that is 43 KB per
 # picture (14x14x112), so 10,000 pictures take 440 MB. Above this budget the top stage is skipped,
@@ -78,8 +78,12 @@ class Best:
 
     def offer(self, loss: float, where: str, model: nn.Module) -> None:
         if loss < self.loss:  # NaN never wins
-            self.loss, self.where = loss, where
-            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.loss, self.where, self.state = loss, where, snapshot(model)
+
+
+def snapshot(model: nn.Module) -> dict:
+    """A copy of the model's weights and buffers, unaffected by later training."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def fit_cached(learn, *, head_epochs: int, top_epochs: int, size: int, lr: float, seed: int = 42,
@@ -133,15 +137,15 @@ def fit_cached(learn, *, head_epochs: int, top_epochs: int, size: int, lr: float
                "valid_loss": round(loss, 5), "error_rate": round(err, 5), "accuracy": round(1 - err, 5),
                "time": f"{seconds:.0f}s"}
         history.append(rec)
-        echo(f"[{stage.split()[0]}] epoch {epoch}: " + "  ".join(
-            f"{k} {v:.4f}" for k, v in rec.items() if isinstance(v, float)) + f"  ({rec['time']})")
+        echo(epoch_line(stage.split()[0], rec))
         if stage == TOP_STAGE or epoch == head_epochs - 1:  # the head stage competes with its last epoch
             best.offer(loss, f"{stage} epoch {epoch}", learn.model)
 
     if head_epochs:
         ft, fv = evaluate(top, at), evaluate(top, av)  # the final features
+        # milliseconds per epoch: no progress within it
         fit_epochs(head, [{"params": list(head.parameters()), "lr": lr * 5}], ft, yt, head_epochs, bs=64, seed=seed,
-                   train_mode=head.train, stage=HEAD_STAGE, bar=bar, echo=echo,
+                   train_mode=head.train, progress_label=None, bar=bar, echo=echo,
                    on_epoch=lambda e, losses, s: record(HEAD_STAGE, e, losses, lambda: evaluate(head, fv),
                                                         t_feats if e == 0 else s))
         del ft, fv
@@ -159,7 +163,7 @@ def fit_cached(learn, *, head_epochs: int, top_epochs: int, size: int, lr: float
                   {"params": list(head.parameters()), "lr": lr * HEAD_LR_FRACTION}]
         try:
             fit_epochs(model, groups, at, yt, top_epochs, bs=dls.bs, seed=seed, train_mode=train_mode,
-                       stage=TOP_STAGE, bar=bar, echo=echo,
+                       progress_label="[top] epoch", bar=bar, echo=echo,
                        on_epoch=lambda e, losses, s: record(TOP_STAGE, e, losses, lambda: evaluate(model, av), s))
         finally:
             for p, flag in grads.items():
@@ -173,9 +177,12 @@ def fit_cached(learn, *, head_epochs: int, top_epochs: int, size: int, lr: float
 
 
 def fit_epochs(model: nn.Module, groups: list[dict], x: torch.Tensor, y: torch.Tensor, epochs: int, *, bs: int,
-               seed: int, train_mode: Callable[[], object], stage: str, bar: bool, echo: Callable[[str], None],
-               on_epoch: Callable[[int, list[float], float], None]) -> None:
-    """AdamW with a one-cycle schedule over cached inputs `x` (float16, made float32 per batch)."""
+               seed: int, train_mode: Callable[[], object], progress_label: str | None, bar: bool,
+               echo: Callable[[str], None], on_epoch: Callable[[int, list[float], float], None]) -> None:
+    """AdamW with a one-cycle schedule over cached inputs `x` (float16, made float32 per batch).
+
+    `progress_label`: show progress within each epoch under this label (None: none).
+    """
     n = len(x)
     bs = min(bs, n)
     steps = max(1, n // bs)  # drop the last partial batch, as fastai does (BatchNorm needs 2+)
@@ -187,7 +194,7 @@ def fit_epochs(model: nn.Module, groups: list[dict], x: torch.Tensor, y: torch.T
         train_mode()
         perm = torch.randperm(n, generator=gen)
         losses = []
-        progress = Progress(f"[{stage.split()[0]}] epoch {epoch}", steps, bar=bar, echo=echo) if stage == TOP_STAGE else None
+        progress = Progress(f"{progress_label} {epoch}", steps, bar=bar, echo=echo) if progress_label else None
         for i in range(steps):
             idx = perm[i * bs : (i + 1) * bs]
             xb = x[idx].float()

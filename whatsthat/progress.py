@@ -2,7 +2,8 @@
 
 On a terminal: one bar redrawn in place on stderr. In a log (not a TTY): a plain line every
 `every` seconds, so a log file shows the run is alive without thousands of carriage returns.
-Pure Python: the training code drives it, nothing here imports torch.
+`epoch_line` is the one line per epoch that training prints. Pure Python: the training code drives
+it, nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -59,3 +60,9 @@ class Progress:
             self.stream.write("\r" + " " * 100 + "\r")  # the result line printed next replaces the bar
             self.stream.flush()
         return took
+
+
+def epoch_line(stage: str, rec: dict) -> str:
+    """One printed line per epoch: '[stage] epoch N: train_loss 0.1234  valid_loss ...  (time)'."""
+    metrics = "  ".join(f"{k} {v:.4f}" for k, v in rec.items() if isinstance(v, float))
+    return f"[{stage}] epoch {rec['epoch']}: {metrics}  ({rec.get('time', '')})"

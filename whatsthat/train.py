@@ -19,11 +19,12 @@ from pathlib import Path
 from fastai.callback.core import Callback
 from fastai.learner import Recorder
 
-from whatsthat.cached import fit_cached
+from whatsthat.cached import fit_cached, snapshot
 from whatsthat.cpu import big_buffers_on_heap, channels_last, forward_only_valid
 from whatsthat.errors import WhatsthatError
 from whatsthat.ood import fit_and_save
 from whatsthat.predict import DEFAULT_THRESHOLD, card_path_for
+from whatsthat.progress import epoch_line
 from whatsthat.quality import majority_baseline, quality_from_report
 
 
@@ -70,12 +71,6 @@ def library_versions() -> dict[str, str]:
         with contextlib.suppress(metadata.PackageNotFoundError):  # reported as absent, not an error
             out[pkg] = metadata.version(pkg)
     return out
-
-
-def epoch_line(stage: str, rec: dict) -> str:
-    """One printed line per epoch: '[stage] epoch N: train_loss 0.1234  valid_loss ...  (time)'."""
-    metrics = "  ".join(f"{k} {v:.4f}" for k, v in rec.items() if isinstance(v, float))
-    return f"[{stage}] epoch {rec['epoch']}: {metrics}  ({rec.get('time', '')})"
 
 
 class EpochHistory(Callback):
@@ -144,15 +139,11 @@ class KeepBest(Callback):
                  state: dict | None = None):
         self.stages, self.best_loss, self.where, self.state = stages, loss, where, state
 
-    @staticmethod
-    def snapshot(model) -> dict:
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
     def after_epoch(self) -> None:
         loss = float(self.recorder.values[-1][1])  # [train_loss, valid_loss, *metrics]
         if loss < self.best_loss:  # NaN never wins
             self.best_loss, self.where = loss, f"{self.stages.stage} epoch {self.epoch}"
-            self.state = self.snapshot(self.learn.model)
+            self.state = snapshot(self.learn.model)
 
     def restore(self, model) -> bool:
         """Load the best weights into `model`; True when they are not the last epoch's."""
@@ -329,8 +320,8 @@ def train(
 
 
 def fit_stages(learn, recorder: EpochHistory, *, pretrained: bool, head_epochs: int, top_epochs: int,
-               freeze_epochs: int, epochs: int, size: int, lr: float, seed: int, freeze_bn: bool, micro_bs: int, callbacks: list | None, bar: bool,
-               echo: Callable[[str], None]) -> tuple[list[dict], KeepBest]:
+               freeze_epochs: int, epochs: int, size: int, lr: float, seed: int, freeze_bn: bool, micro_bs: int,
+               callbacks: list | None, bar: bool, echo: Callable[[str], None]) -> tuple[list[dict], KeepBest]:
     """Run the training stages in order (see train); leave the best epoch's weights in the model.
 
     Returns every epoch's record, the cached stages' first, and the KeepBest that says which epoch won.
