@@ -96,3 +96,32 @@ def test_top_stage_alone_changes_the_top_only(make_dataset, tmp_path):
     assert not {k for k in changed if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
     # trained in channels_last (whatsthat.cpu), exported in the usual layout, parameters trainable as before
     assert all(p.is_contiguous() for p in result.learn.model.parameters())
+
+
+@pytest.mark.slow
+def test_mirrors_start_the_top_from_the_heads_best_epoch_and_every_epoch_competes(make_dataset, tmp_path):
+    data = make_dataset(n=12, classes=("red", "blue", "green"))
+    lines: list[str] = []
+    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=4, top_epochs=2,
+                   mirrors=True, epochs=0, echo=lines.append)
+    history = result.history
+    assert result.card["training"]["mirrors"] is True
+    heads = [h for h in history if h["stage"] == "head (cached features)"]
+    best_head = min(heads, key=lambda h: h["valid_loss"])
+    started = [line for line in lines if line.startswith("[top] starting from")]
+    if best_head is heads[-1]:
+        assert not started  # already the head the top starts from
+    else:
+        assert started == [f"[top] starting from head (cached features) epoch {best_head['epoch']} "
+                           f"(validation loss {best_head['valid_loss']:.4f})"]
+    # every epoch competes for export, the head stage's too
+    named = {f"{h['stage']} epoch {h['epoch']}": h for h in history}
+    best = named[result.card["training"]["best_stage"]]
+    assert best["valid_loss"] == min(h["valid_loss"] for h in history)
+    # the top stage ran over the training pictures and their mirrors
+    n = result.card["dataset"]["n_train"]
+    assert f"[top] 2 epochs on {2 * n} cached activations ({n} pictures and their mirrors)" in lines
+    plain: list[str] = []
+    train(data, tmp_path / "p", arch="efficientnet_lite0", size=64, bs=8, head_epochs=4, top_epochs=2, epochs=0,
+          echo=plain.append)
+    assert f"[top] 2 epochs on {n} cached activations" in plain

@@ -87,7 +87,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     result = train(
         args.data, args.out, arch=args.arch, pretrained=not args.no_pretrained, epochs=args.epochs,
-        freeze_epochs=args.freeze_epochs, head_epochs=args.head_epochs, top_epochs=args.top_epochs, size=args.size, bs=args.bs, micro_bs=args.micro_bs, valid_pct=args.valid_pct, seed=args.seed,
+        freeze_epochs=args.freeze_epochs, head_epochs=args.head_epochs, top_epochs=args.top_epochs, mirrors=args.mirrors, size=args.size, bs=args.bs, micro_bs=args.micro_bs, valid_pct=args.valid_pct, seed=args.seed,
         lr=args.lr, workers=args.workers, threshold=args.threshold, progress=args.progress,
     )  # fmt: skip
     m = result.card["metrics"]
@@ -286,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--top-epochs", type=_count, default=6,
                    help="then epochs training the body's top layers and the head on cached activations of the "
                         "layers below: seconds each (default 6)")
+    t.add_argument("--mirrors", action="store_true",
+                   help="the top stage starts from the head's best epoch and trains on every picture and its "
+                        "mirror: more accurate where the head overfits (faces), 1.6x the training time there")
     t.add_argument("--freeze-epochs", type=_count, default=0,
                    help="then fastai frozen-body epochs, as fine_tune's first stage (default 0; the course uses 1)")
     t.add_argument("--epochs", type=_count, default=0,

@@ -187,6 +187,7 @@ def train(
     freeze_epochs: int = 0,
     head_epochs: int = 8,
     top_epochs: int = 6,
+    mirrors: bool = False,
     size: int = 224,
     bs: int = 32,
     micro_bs: int = 16,
@@ -204,7 +205,8 @@ def train(
 
     Stages, in order: `head_epochs` of the head alone on cached body features, then `top_epochs` of the
     body's top layers with the head on cached activations of the layers below (seconds each; see
-    whatsthat.cached), `freeze_epochs` of fastai's frozen fit, `epochs` with every layer training.
+    whatsthat.cached; `mirrors`: from the head's best epoch, on the pictures and their mirrors),
+    `freeze_epochs` of fastai's frozen fit, `epochs` with every layer training.
     `lr=None` uses fastai's fine_tune default (2e-3). After the head stage the body trains with its
     BatchNorm statistics frozen (`freeze_bn`, see FrozenBatchNormStats), in micro-batches of
     `micro_bs` pictures (see micro_batches; 0 turns them off). The weights exported are
@@ -263,7 +265,8 @@ def train(
     # CPU speed only (whatsthat.cpu): the same weights come out, about twice as fast on 2 cores
     with big_buffers_on_heap(), channels_last(learn.model):
         history, keep = fit_stages(learn, recorder, pretrained=pretrained, head_epochs=head_epochs,
-                                   top_epochs=top_epochs, freeze_epochs=freeze_epochs, epochs=epochs, size=size,
+                                   top_epochs=top_epochs, mirrors=mirrors, freeze_epochs=freeze_epochs,
+                                   epochs=epochs, size=size,
                                    lr=base_lr, seed=seed,
                                    freeze_bn=freeze_bn, micro_bs=micro, callbacks=callbacks, bar=bar, echo=echo)
         train_seconds = time.time() - t0
@@ -290,6 +293,7 @@ def train(
             "micro_batch_size": micro,  # 0: none
             "head_epochs": head_epochs,
             "top_epochs": top_epochs,
+            "mirrors": mirrors,
             "lr": base_lr,
             "seed": seed,
             "valid_pct": valid_pct,
@@ -320,7 +324,7 @@ def train(
 
 
 def fit_stages(learn, recorder: EpochHistory, *, pretrained: bool, head_epochs: int, top_epochs: int,
-               freeze_epochs: int, epochs: int, size: int, lr: float, seed: int, freeze_bn: bool, micro_bs: int,
+               mirrors: bool, freeze_epochs: int, epochs: int, size: int, lr: float, seed: int, freeze_bn: bool, micro_bs: int,
                callbacks: list | None, bar: bool, echo: Callable[[str], None]) -> tuple[list[dict], KeepBest]:
     """Run the training stages in order (see train); leave the best epoch's weights in the model.
 
@@ -330,7 +334,7 @@ def fit_stages(learn, recorder: EpochHistory, *, pretrained: bool, head_epochs: 
     cached_history = []
     if head_epochs or top_epochs:  # whatsthat.cached: the body's lower layers run once, forward only
         cached_history, best = fit_cached(learn, head_epochs=head_epochs, top_epochs=top_epochs, size=size, lr=lr,
-                                          seed=seed, echo=echo, bar=bar)
+                                          seed=seed, mirrors=mirrors, echo=echo, bar=bar)
         keep = KeepBest(recorder, best.loss, best.where, best.state)
     cbs = [recorder, EpochProgress(recorder, bar, echo), keep, *(callbacks or [])]
     # our own epoch lines and progress replace fastai's bar and its raw-list logging on stdout
