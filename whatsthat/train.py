@@ -19,7 +19,7 @@ from pathlib import Path
 from fastai.callback.core import Callback
 from fastai.learner import Recorder
 
-from whatsthat.cached import fit_cached, snapshot
+from whatsthat.cached import epoch_name, fit_cached, snapshot
 from whatsthat.cpu import big_buffers_on_heap, channels_last, forward_only_valid
 from whatsthat.errors import WhatsthatError
 from whatsthat.ood import fit_and_save
@@ -142,7 +142,7 @@ class KeepBest(Callback):
     def after_epoch(self) -> None:
         loss = float(self.recorder.values[-1][1])  # [train_loss, valid_loss, *metrics]
         if loss < self.best_loss:  # NaN never wins
-            self.best_loss, self.where = loss, f"{self.stages.stage} epoch {self.epoch}"
+            self.best_loss, self.where = loss, epoch_name(self.stages.stage, self.epoch)
             self.state = snapshot(self.learn.model)
 
     def restore(self, model) -> bool:
