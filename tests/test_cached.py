@@ -74,9 +74,42 @@ def test_top_stage_trains_only_the_top_and_keeps_the_best_epoch(make_dataset, tm
         assert not {k for k in changed if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
     else:  # the head stage's weights were put back: the body is the pretrained one
         assert not changed
-    # scored again by fastai on the exported weights (float32 all through, not the float16 cache)
     assert result.card["metrics"]["valid_loss"] == pytest.approx(best["valid_loss"], abs=5e-3)
     assert result.card["training"]["top_epochs"] == 3
+
+
+@pytest.mark.slow
+def test_the_final_scores_and_not_sure_statistics_from_the_cache_match_the_pictures(make_dataset, tmp_path):
+    from whatsthat.ood import fit_and_save
+    from whatsthat.train import evaluate
+
+    data = make_dataset(n=12, classes=("red", "blue", "green"))
+    lines: list[str] = []
+    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=2, top_epochs=2,
+                   epochs=0, echo=lines.append)
+    card = result.card
+    # the card was scored on the cached activations; decoding the pictures again (float32 all through)
+    # and running the whole model gives the same answers
+    again = evaluate(result.learn)
+    assert again["confusion"] == card["metrics"]["confusion"]
+    assert again["valid_loss"] == pytest.approx(card["metrics"]["valid_loss"], abs=2e-3)
+    from_pictures = fit_and_save(result.learn, tmp_path / "again" / "export.pkl")
+    assert from_pictures["threshold"] == pytest.approx(card["not_sure"]["threshold"], rel=1e-2)
+    assert from_pictures["calibration"]["rank"] == card["not_sure"]["calibration"]["rank"]
+    assert from_pictures["model_fingerprint"] == card["not_sure"]["model_fingerprint"]
+
+
+@pytest.mark.slow
+def test_after_a_whole_body_epoch_the_final_scores_come_from_the_pictures(make_dataset, tmp_path):
+    from whatsthat.train import evaluate
+
+    data = make_dataset(n=12, classes=("red", "blue", "green"))
+    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=2, top_epochs=1,
+                   epochs=1, echo=lambda s: None)
+    # the lower layers trained in the unfrozen epoch, so the cache no longer describes the model: the
+    # card's scores are exactly those of the pictures through the exported model
+    again = evaluate(result.learn)
+    assert again == {k: result.card["metrics"][k] for k in again}
 
 
 @pytest.mark.slow

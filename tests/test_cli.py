@@ -120,5 +120,5 @@ def test_train_defaults_to_the_measured_offline_backbone():
     train_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train"))
     (arch_action,) = [a for a in train_parser._actions if a.dest == "arch"]
     assert sorted(arch_action.choices) == sorted(ARCHS)
-    assert args.head_epochs == 8 and args.top_epochs == 6 and args.epochs == 0 and args.freeze_epochs == 0
+    assert args.head_epochs == 8 and args.top_epochs == 10 and args.epochs == 0 and args.freeze_epochs == 0
     assert args.mirrors is False is inspect.signature(train).parameters["mirrors"].default

@@ -155,7 +155,7 @@ def test_round_trip_random_resnet18(tiny_training):
 @pytest.mark.parametrize(
     ("schedule", "stages"),
     [
-        ({}, ["head (cached features)"] * 8 + ["top (cached activations)"] * 6),  # whatsthat's default
+        ({}, ["head (cached features)"] * 8 + ["top (cached activations)"] * 10),  # whatsthat's default
         ({"head_epochs": 0, "top_epochs": 0, "freeze_epochs": 1, "epochs": 1}, ["frozen", "unfrozen"]),  # the course's fine_tune
     ],
 )

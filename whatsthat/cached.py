@@ -27,7 +27,9 @@ learning literature, made cheap by the cache. README, "The training schedule", h
 
 Every epoch is scored on the validation pictures; the weights of the epoch with the lowest
 validation loss (the head stage's last epoch competing too; with mirrors, all its epochs) are left in
-the model at the end.
+the model at the end. The cache is handed back (`Cache`) so that the final scores and the "not sure"
+statistics, which need every picture through the trained model once more, run only the top and the
+head on it instead of decoding every picture and running the lower layers again.
 
 Why both parts of `mirrors` together: on faces-fer the head overfits within its 8 epochs (training
 loss 0.08, validation loss up from 0.75 to 0.95), and a top stage started from that head spends the
@@ -93,6 +95,22 @@ class Best:
             self.loss, self.where, self.state = loss, where, snapshot(model)
 
 
+@dataclass
+class Cache:
+    """The lower layers' activations of the training and validation pictures (each picture once, no
+    mirrors), and the model's rest that turns them into the body's output and the logits.
+
+    Valid only while the lower layers keep the weights they had when it was made: after a fastai stage
+    that trains the whole body (`--epochs`, `--freeze-epochs`) it no longer describes the model.
+    """
+
+    model: nn.Sequential  # nn.Sequential(top of the body, head): the shape whatsthat.ood.split_forward takes
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    valid_x: torch.Tensor
+    valid_y: torch.Tensor
+
+
 def epoch_name(stage: str, epoch: int) -> str:
     """How an epoch is named in Best.where, the card's `training.best_stage` and the log."""
     return f"{stage} epoch {epoch}"
@@ -105,13 +123,14 @@ def snapshot(model: nn.Module) -> dict:
 
 def fit_cached(learn, *, head_epochs: int, top_epochs: int, size: int, lr: float, seed: int = 42,
                mirrors: bool = False, echo: Callable[[str], None] | None = None,
-               bar: bool = False) -> tuple[list[dict], Best]:
+               bar: bool = False) -> tuple[list[dict], Best, Cache]:
     """The head stage, then the top stage (see the module docstring), on activations computed once.
 
     `mirrors`: the top stage starts from the head stage's best epoch and trains on the training
     pictures' horizontal mirrors too (module docstring, 3).
 
-    Leaves the best epoch's weights in `learn.model`. Returns every epoch's record and that Best.
+    Leaves the best epoch's weights in `learn.model`. Returns every epoch's record, that Best, and the
+    Cache of activations (for scoring the final model without the lower layers).
     """
     echo = echo or (lambda s: None)
     body, head = learn.model[0], learn.model[1]
@@ -210,7 +229,7 @@ def fit_cached(learn, *, head_epochs: int, top_epochs: int, size: int, lr: float
         if epoch_name(last["stage"], last["epoch"]) != best.where:
             learn.model.load_state_dict(best.state)
             echo(f"kept {best.where} (validation loss {best.loss:.4f}): the later epochs were worse")
-    return history, best
+    return history, best, Cache(nn.Sequential(top, head), at, yt, av, yv)
 
 
 def fit_epochs(model: nn.Module, groups: list[dict], x: torch.Tensor, y: torch.Tensor, epochs: int, *, bs: int,

@@ -283,9 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "are bigger and slower; resnet18/34, the course's, download torchvision's weights once)")
     t.add_argument("--head-epochs", type=_count, default=8,
                    help="first, epochs training only the head on cached body features: seconds each (default 8)")
-    t.add_argument("--top-epochs", type=_count, default=6,
+    t.add_argument("--top-epochs", type=_count, default=10,
                    help="then epochs training the body's top layers and the head on cached activations of the "
-                        "layers below: seconds each (default 6)")
+                        "layers below: seconds each (default 10)")
     t.add_argument("--mirrors", action="store_true",
                    help="the top stage starts from the head's best epoch and trains on every picture and its "
                         "mirror: more accurate where the head overfits (faces), 1.6x the training time there")

@@ -46,12 +46,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from whatsthat.cpu import INFERENCE_BS
 from whatsthat.errors import WhatsthatError
+
+if TYPE_CHECKING:
+    from whatsthat.cached import Cache
 
 log = logging.getLogger(__name__)
 
@@ -340,18 +344,43 @@ def extract(learn, items: Sequence, layer: str = DEFAULT_LAYER, bs: int = INFERE
     return torch.cat(feats), torch.cat(logits), torch.cat(labels)
 
 
+def extract_cached(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, layer: str = DEFAULT_LAYER,
+                   bs: int = INFERENCE_BS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features, logits, labels) as `extract` gives them, from activations cached at a cut in the body.
+
+    `model` is nn.Sequential(the body's layers above the cut, head) (whatsthat.cached.Cache.model): the
+    body's output, and so the features, are those of the whole model on the pictures the cache was made
+    from, without decoding them or running the layers below the cut again.
+    """
+    model.eval()
+    feats, logits = [], []
+    with torch.inference_mode():
+        for i in range(0, len(x), bs):
+            f, lg = split_forward(model, x[i : i + bs].float(), layer)
+            feats.append(f)
+            logits.append(lg)
+    return torch.cat(feats), torch.cat(logits), labels.long()
+
+
 def fit_and_save(learn, model_path: str | Path, train_items: Sequence | None = None, valid_items: Sequence | None = None,
-                 *, method: str = DEFAULT_METHOD, layer: str = DEFAULT_LAYER, k: int = DEFAULT_K,
-                 in_class_rate: float = DEFAULT_IN_CLASS_RATE, echo: Callable[[str], None] | None = None) -> dict:
+                 *, cache: Cache | None = None, method: str = DEFAULT_METHOD, layer: str = DEFAULT_LAYER,
+                 k: int = DEFAULT_K, in_class_rate: float = DEFAULT_IN_CLASS_RATE,
+                 echo: Callable[[str], None] | None = None) -> dict:
     """Fit the detector on a trained learner, write it beside `model_path`, return the card entry.
 
-    `train_items`/`valid_items` default to the learner's own split (what `train()` passes).
+    `train_items`/`valid_items` default to the learner's own split (what `train()` passes). `cache`:
+    the learner's split as cached activations (whatsthat.cached.Cache, still valid for the model), used
+    instead of the pictures.
     """
     t0 = time.time()
-    train_items = list(learn.dls.train_ds.items if train_items is None else train_items)
-    valid_items = list(learn.dls.valid_ds.items if valid_items is None else valid_items)
-    xt, _, yt = extract(learn, train_items, layer)
-    xv, lv, _ = extract(learn, valid_items, layer)
+    if cache is not None:
+        xt, _, yt = extract_cached(cache.model, cache.train_x, cache.train_y, layer)
+        xv, lv, _ = extract_cached(cache.model, cache.valid_x, cache.valid_y, layer)
+    else:
+        train_items = list(learn.dls.train_ds.items if train_items is None else train_items)
+        valid_items = list(learn.dls.valid_ds.items if valid_items is None else valid_items)
+        xt, _, yt = extract(learn, train_items, layer)
+        xv, lv, _ = extract(learn, valid_items, layer)
     det = fit_detector(xt, yt, xv, lv, method=method, layer=layer, k=k, in_class_rate=in_class_rate,
                        fingerprint=model_fingerprint(learn.model))
     path = det.save(stats_path_for(Path(model_path).resolve()))

@@ -115,8 +115,8 @@ class Quality:
             return f"verdict: good enough to deploy ({self.accuracy:.1%} vs {self.baseline_accuracy:.1%} by guessing); {nxt}"
         return (f"verdict: not good enough to deploy ({self.accuracy:.1%} vs {self.baseline_accuracy:.1%} by always "
                 f"answering '{self.baseline_label}'); try more and cleaner pictures per class (whatsthat gather, "
-                f"whatsthat clean), then a longer top stage (--top-epochs 10, or --mirrors for mirrored pictures "
-                f"too), a bigger backbone (--arch efficientnet_lite2) or --epochs 2 for whole-body epochs on "
+                f"whatsthat clean), then --mirrors (the top stage on every picture and its mirror, "
+                f"slower), a bigger backbone (--arch efficientnet_lite2) or --epochs 2 for whole-body epochs on "
                 f"augmented pictures")
 
     def lines(self) -> list[str]:

@@ -19,7 +19,8 @@ from pathlib import Path
 from fastai.callback.core import Callback
 from fastai.learner import Recorder
 
-from whatsthat.cached import epoch_name, fit_cached, snapshot
+from whatsthat.cached import Cache, epoch_name, fit_cached, snapshot
+from whatsthat.cached import evaluate as cached_logits
 from whatsthat.cpu import big_buffers_on_heap, channels_last, forward_only_valid
 from whatsthat.errors import WhatsthatError
 from whatsthat.ood import fit_and_save
@@ -186,7 +187,7 @@ def train(
     epochs: int = 0,
     freeze_epochs: int = 0,
     head_epochs: int = 8,
-    top_epochs: int = 6,
+    top_epochs: int = 10,
     mirrors: bool = False,
     size: int = 224,
     bs: int = 32,
@@ -264,15 +265,16 @@ def train(
     t0 = time.time()
     # CPU speed only (whatsthat.cpu): the same weights come out, about twice as fast on 2 cores
     with big_buffers_on_heap(), channels_last(learn.model):
-        history, keep = fit_stages(learn, recorder, pretrained=pretrained, head_epochs=head_epochs,
+        history, keep, cache = fit_stages(learn, recorder, pretrained=pretrained, head_epochs=head_epochs,
                                    top_epochs=top_epochs, mirrors=mirrors, freeze_epochs=freeze_epochs,
                                    epochs=epochs, size=size,
                                    lr=base_lr, seed=seed,
                                    freeze_bn=freeze_bn, micro_bs=micro, callbacks=callbacks, bar=bar, echo=echo)
         train_seconds = time.time() - t0
-        metrics = evaluate(learn)
+        metrics = evaluate(learn, cache)
         # out-of-class statistics beside export.pkl, their calibration in the card (whatsthat.ood; README "Not sure")
-        not_sure = fit_and_save(learn, out / "export.pkl", echo=echo)
+        not_sure = fit_and_save(learn, out / "export.pkl", cache=cache, echo=echo)
+        del cache
 
     metrics["baseline"] = majority_baseline(label_counts(dls.train_ds.items), label_counts(dls.valid_ds.items))
     quality = quality_from_report(metrics, metrics["baseline"], keep.where)
@@ -325,15 +327,17 @@ def train(
 
 def fit_stages(learn, recorder: EpochHistory, *, pretrained: bool, head_epochs: int, top_epochs: int,
                mirrors: bool, freeze_epochs: int, epochs: int, size: int, lr: float, seed: int, freeze_bn: bool, micro_bs: int,
-               callbacks: list | None, bar: bool, echo: Callable[[str], None]) -> tuple[list[dict], KeepBest]:
+               callbacks: list | None, bar: bool, echo: Callable[[str], None]) -> tuple[list[dict], KeepBest, Cache | None]:
     """Run the training stages in order (see train); leave the best epoch's weights in the model.
 
-    Returns every epoch's record, the cached stages' first, and the KeepBest that says which epoch won.
+    Returns every epoch's record, the cached stages' first, the KeepBest that says which epoch won, and
+    the cached activations where they still describe the exported model (no fastai stage trained the
+    body after the cached stages), else None.
     """
     keep = KeepBest(recorder)
-    cached_history = []
+    cached_history, cache = [], None
     if head_epochs or top_epochs:  # whatsthat.cached: the body's lower layers run once, forward only
-        cached_history, best = fit_cached(learn, head_epochs=head_epochs, top_epochs=top_epochs, size=size, lr=lr,
+        cached_history, best, cache = fit_cached(learn, head_epochs=head_epochs, top_epochs=top_epochs, size=size, lr=lr,
                                           seed=seed, mirrors=mirrors, echo=echo, bar=bar)
         keep = KeepBest(recorder, best.loss, best.where, best.state)
     cbs = [recorder, EpochProgress(recorder, bar, echo), keep, *(callbacks or [])]
@@ -354,7 +358,8 @@ def fit_stages(learn, recorder: EpochHistory, *, pretrained: bool, head_epochs: 
     if keep.restore(learn.model):
         echo(f"exporting {keep.where} (validation loss {keep.best_loss:.4f}): the later epochs were worse "
              f"(last {last['stage']} epoch {last['epoch']}: {last['valid_loss']:.4f})")
-    return history, keep
+    # the lower layers train in the fastai stages (and the weights put back may be any of their epochs)
+    return history, keep, cache if not (freeze_epochs or epochs) else None
 
 
 @contextlib.contextmanager
@@ -384,12 +389,19 @@ def micro_batches(learn, size: int) -> Iterator[list[Callback]]:
         dls.loaders[0] = full
 
 
-def evaluate(learn) -> dict:
-    """Validation loss, error rate, accuracy and per-class precision/recall/F1 of a live learner."""
+def evaluate(learn, cache: Cache | None = None) -> dict:
+    """Validation loss, error rate, accuracy and per-class precision/recall/F1 of a live learner.
+
+    `cache`: the validation pictures' cached activations (still valid for the model; fit_stages), scored
+    through the top of the body and the head instead of decoding the pictures again.
+    """
     import torch
 
-    with learn.no_bar(), learn.no_logging():
-        probs, targets = learn.get_preds(dl=forward_only_valid(learn.dls))
+    if cache is not None:
+        probs, targets = cached_logits(cache.model, cache.valid_x).softmax(1), cache.valid_y
+    else:
+        with learn.no_bar(), learn.no_logging():
+            probs, targets = learn.get_preds(dl=forward_only_valid(learn.dls))
     vocab = list(learn.dls.vocab)
     preds = probs.argmax(dim=1)
     loss = float(torch.nn.functional.nll_loss(torch.log(probs.clamp_min(1e-12)), targets))
