@@ -84,9 +84,8 @@ def test_the_final_scores_and_not_sure_statistics_from_the_cache_match_the_pictu
     from whatsthat.train import evaluate
 
     data = make_dataset(n=12, classes=("red", "blue", "green"))
-    lines: list[str] = []
     result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=2, top_epochs=2,
-                   epochs=0, echo=lines.append)
+                   epochs=0, echo=lambda s: None)
     card = result.card
     # the card was scored on the cached activations; decoding the pictures again (float32 all through)
     # and running the whole model gives the same answers

@@ -340,6 +340,8 @@ def fit_stages(learn, recorder: EpochHistory, *, pretrained: bool, head_epochs: 
         cached_history, best, cache = fit_cached(learn, head_epochs=head_epochs, top_epochs=top_epochs, size=size, lr=lr,
                                           seed=seed, mirrors=mirrors, echo=echo, bar=bar)
         keep = KeepBest(recorder, best.loss, best.where, best.state)
+        if freeze_epochs or epochs:
+            cache = None  # the fastai stages below train the lower layers: freed now, not held through them
     cbs = [recorder, EpochProgress(recorder, bar, echo), keep, *(callbacks or [])]
     # our own epoch lines and progress replace fastai's bar and its raw-list logging on stdout
     with learn.no_bar(), learn.no_logging():
@@ -358,8 +360,7 @@ def fit_stages(learn, recorder: EpochHistory, *, pretrained: bool, head_epochs: 
     if keep.restore(learn.model):
         echo(f"exporting {keep.where} (validation loss {keep.best_loss:.4f}): the later epochs were worse "
              f"(last {last['stage']} epoch {last['epoch']}: {last['valid_loss']:.4f})")
-    # the lower layers train in the fastai stages (and the weights put back may be any of their epochs)
-    return history, keep, cache if not (freeze_epochs or epochs) else None
+    return history, keep, cache
 
 
 @contextlib.contextmanager
