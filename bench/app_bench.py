@@ -29,6 +29,7 @@ Every process started here is stopped at the end; Jupyter, IPython, matplotlib a
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import re
 import shutil
@@ -53,6 +54,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 START_TIMEOUT = 300
 PAGE_TIMEOUT_MS = 300_000
 MODEL_LOADED = "whatsthat.app: model "  # logged by each kernel once it can classify
+MODEL_READY = "ready ("  # the model process's "model process N ready (artifact, ...)" line
 TEMP_DIRS = [("HOME", ""), ("XDG_CACHE_HOME", ".cache"), ("XDG_CONFIG_HOME", ".config"),
              ("XDG_DATA_HOME", ".local/share"), ("JUPYTER_CONFIG_DIR", ".jupyter"),
              ("JUPYTER_DATA_DIR", ".local/share/jupyter"), ("JUPYTER_RUNTIME_DIR", ".local/share/jupyter/runtime"),
@@ -142,6 +144,7 @@ class Server:
                                 voila=[str(bin_dir() / "python"), "-m", "voila"], extra_args=extra)  # fmt: skip
         with self.log.open("wb") as out:
             self.started = time.monotonic()
+            self.started_wall = time.time()  # the server log's timestamps are wall-clock
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)  # fmt: skip
         return self
@@ -180,6 +183,16 @@ class Server:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def logged_at(self, marker: str) -> float | None:
+        """Seconds from the server's start to the first log line containing `marker` (asctime, ms), or None."""
+        for line in self.log_text().splitlines():
+            if marker in line:
+                found = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) ", line)
+                if found:
+                    stamp = dt.datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(found[2]) / 1000
+                    return stamp - self.started_wall
+        return None
 
     def processes(self) -> list[psutil.Process]:
         try:
@@ -258,11 +271,15 @@ def cold_and_warm(browser, mode: str, model: Path, photo: Path, runs: int) -> di
     """One server: cold start -> first prediction, then `runs` warm pages (load, first and next click)."""
     out: dict = {"load": [], "click1": [], "click2": []}
     with Server(mode, model) as srv:
-        wait_until(lambda: srv.alive() and srv.answers(), START_TIMEOUT, "server answering")
+        wait_until(lambda: srv.alive() and srv.answers(), START_TIMEOUT, "server answering", interval=0.02)
+        steps = {"answering": time.monotonic() - srv.started}
         context, page, _ = open_app(browser, srv.url)
+        steps["interactive"] = time.monotonic() - srv.started
         upload(page, photo)
         _, out["label"] = classify(page)
-        out["cold"] = time.monotonic() - srv.started
+        out["cold"] = steps["shown"] = time.monotonic() - srv.started
+        steps["model_ready"] = srv.logged_at(MODEL_READY)
+        out["cold_steps"] = steps
         context.close()
         for served in range(1, runs + 1):
             srv.wait_ready(served)
@@ -479,6 +496,13 @@ def main() -> None:
     print("# before: Voila alone, each kernel loads the model" + (" (export.pkl with fastai)" if venv is None else
           " (the artifact, in-process)") + "; after: `whatsthat serve` (one model process, thin kernels)")  # fmt: skip
     print(table(["measure", *modes, "unit", "target"], rows))
+    cold = results.get("after", {}).get("cold_steps")
+    if cold:
+        names = {"answering": "server answering (Voila's static files)", "model_ready": "model process ready",
+                 "interactive": "first page interactive (Classify enabled)", "shown": "first prediction shown"}  # fmt: skip
+        print("\n# where the cold start's time goes (after; seconds from starting `whatsthat serve`)")
+        print(table(["step", "s"], [[names[k], "not logged" if cold.get(k) is None else f"{cold[k]:.2f}"]
+                                    for k in sorted(names, key=lambda k: cold.get(k) or 0)]))  # fmt: skip
     timeline = results.get("after", {}).get("timeline")
     if timeline:
         names = {"html": "HTML received (server rendered the page)", "dom": "DOMContentLoaded",

@@ -533,6 +533,45 @@ def test_app_or_none_uses_the_model_process_named_in_the_environment(tmp_path, m
     assert app.label.value == "Prediction: b; Probability: 0.7000"
 
 
+def test_with_a_card_the_page_is_built_before_the_model_process_answers(tmp_path, monkeypatch, caplog):
+    """Cold start: the kernel builds the page from the card beside the model, while the model process is
+    still loading; the first click waits for it and gets its answer."""
+    import json
+    import secrets
+    import threading
+
+    from whatsthat.modelserver import Predictor, serve_forever
+    from whatsthat.protocol import ENV_AUTHKEY, ENV_SOCKET
+
+    model = tmp_path / "export.pkl"
+    card = {"name": "a / b", "classes": ["a", "b"], "threshold": 0.7, "not_sure": {"threshold": 5.0}}
+    (tmp_path / "export.card.json").write_text(json.dumps(card))
+    path, key = str(tmp_path / "m.sock"), secrets.token_bytes(32)
+    monkeypatch.setenv(ENV_SOCKET, path)  # nothing listens there yet: the model process is "loading"
+    monkeypatch.setenv(ENV_AUTHKEY, key.hex())
+    with caplog.at_level(logging.INFO, logger="whatsthat.app"):
+        app = appmod.app_or_none(model)
+    assert isinstance(app, App) and app.classifier.classes == ["a", "b"] and app.classifier.threshold == 0.7
+    assert "a, b" in app.card.value and "asked on the first click" in caplog.text
+
+    predictor = Predictor(["a", "b"], card, 0.7, "stub", lambda ims: [([("b", 0.8), ("a", 0.2)], 1.0) for _ in ims])
+    ready = threading.Event()
+    threading.Thread(target=serve_forever, args=(predictor, path, key, ready.set), daemon=True).start()
+    assert ready.wait(10)
+    upload_and_click(app, ("x.jpg", red_jpeg()))
+    assert app.label.value == "Prediction: b; Probability: 0.8000"
+
+
+def test_a_card_without_classes_or_an_unreadable_one_asks_the_model_process(tmp_path, monkeypatch):
+    client = FakeClient()
+    assert appmod.RemoteClassifier(client, {"arch": "x"}).classes == CLASSES  # from load_info
+    (tmp_path / "export.card.json").write_text("{not json")
+    asked = []
+    monkeypatch.setattr(appmod.ModelClient, "from_env", classmethod(lambda cls: client))
+    monkeypatch.setattr(client, "load_info", lambda: asked.append(1) or FakeClient().load_info())
+    assert appmod.load_classifier(tmp_path / "export.pkl").classes == CLASSES and asked == [1]
+
+
 @pytest.mark.slow
 def test_without_a_model_process_the_kernel_loads_the_model_itself(tiny_model, tmp_path, monkeypatch, caplog):  # noqa: F811
     import shutil

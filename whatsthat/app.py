@@ -35,10 +35,10 @@ import ipywidgets as widgets
 
 from whatsthat.errors import WhatsthatError
 from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
-from whatsthat.predict import NOT_SURE  # light: predict imports torch/fastai only when loading
+from whatsthat.predict import NOT_SURE, read_card  # light: predict imports torch/fastai only when loading
 from whatsthat.protocol import ModelClient, ModelLost, ModelUnavailable
 from whatsthat.quality import card_quality  # pure Python: the page states the card's honest numbers
-from whatsthat.verdict import decide
+from whatsthat.verdict import DEFAULT_THRESHOLD, decide
 
 log = logging.getLogger("whatsthat.app")
 
@@ -66,10 +66,22 @@ class ClassifierLike(Protocol):
 
 
 class RemoteClassifier:
-    """The model process as the page sees it: `classify_files` sends the bytes, never decodes them here."""
+    """The model process as the page sees it: `classify_files` sends the bytes, never decodes them here.
 
-    def __init__(self, client: ModelClient) -> None:
-        info = client.load_info()  # waits while the model process starts (cold start) or restarts
+    `card`: the model card read beside the model file. When it names the classes, the page is built from
+    it at once and the model process is first asked on the first click. At a cold start the kernel, and
+    so the page, is then ready while the model process is still importing torch, instead of after it
+    (README, Performance: cold start). Without such a card the kernel asks the model process for its
+    classes and card, waiting while it starts. Either way the classes come from the same files: the
+    model process reads this very card.
+    """
+
+    def __init__(self, client: ModelClient, card: dict | None = None) -> None:
+        if card and card.get("classes"):
+            info = {"classes": card["classes"], "card": card, "threshold": card.get("threshold", DEFAULT_THRESHOLD),
+                    "backend": "not asked yet", "pid": None}  # fmt: skip
+        else:
+            info = client.load_info()  # waits while the model process starts (cold start) or restarts
         self.client = client
         self.classes: list[str] = [str(c) for c in info.get("classes") or []]
         self.card: dict = info.get("card") or {}
@@ -476,8 +488,16 @@ def load_classifier(model: str | Path = "export.pkl") -> ClassifierLike:
     """
     client = ModelClient.from_env()
     if client is not None:
-        classifier = RemoteClassifier(client)
-        log.info("model %s served by the model process %s (%s)", model, classifier.pid, classifier.backend)
+        try:
+            card = read_card(model)
+        except WhatsthatError as e:  # the model process reads it too, and will say more; ask it instead
+            log.warning("%s; asking the model process for its classes", e)
+            card = None
+        classifier = RemoteClassifier(client, card)
+        if classifier.pid is None:
+            log.info("model %s served by the model process (page built from its card; asked on the first click)", model)
+        else:
+            log.info("model %s served by the model process %s (%s)", model, classifier.pid, classifier.backend)
         return classifier
     log.info("no model process for this kernel (%s is unset): loading %s in the kernel itself", "WHATSTHAT_MODEL_SOCKET", model)
     from whatsthat.modelserver import load_predictor  # imported here: torch loads only on this path
