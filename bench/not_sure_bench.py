@@ -51,11 +51,15 @@ CANDIDATES = {
     "knn5-penultimate": ("knn", "penultimate", 5),
     "maha-pooled": ("mahalanobis", "pooled", 0),
     "maha-penultimate": ("mahalanobis", "penultimate", 0),
+    # the pretrained top's features (whatsthat.ood, "pretrained"): what `whatsthat train` fits when its top
+    # stage changed the body's top; for a model whose top did not train they are the pooled ones
+    "knn1-pretrained": ("knn", "pretrained", 1),
+    "maha-pretrained": ("mahalanobis", "pretrained", 0),
 }
 
 
 DEFAULT_METHODS = ["msp-0.6", "msp", "energy", "knn1-pooled", "knn5-pooled", "knn5-penultimate", "maha-pooled",
-                   "maha-penultimate"]
+                   "maha-penultimate", "knn1-pretrained", "maha-pretrained"]
 HEADERS = ["model (train+valid)", "method", "none: not sure", "other domains: not sure", "own valid: not sure",
            "right when sure", "AUROC", "detector ms", "same task, other photos: not sure"]
 
@@ -85,22 +89,30 @@ def model_for(domain: str, arch: str) -> tuple[Path, Path]:
     return model, SHARED / domain
 
 
+def pretrained_top(clf) -> ood.PretrainedTop | None:
+    """The pretrained top `whatsthat train` stored with the model's detector, or None (its top did not train)."""
+    det = clf.detector
+    return det.pretrained if det is not None and det.layer == "pretrained" else None
+
+
 def features(clf, name: str, files: list[Path]) -> dict[str, torch.Tensor]:
-    """pooled + penultimate features, logits and labels of `files`, cached per model fingerprint."""
+    """pooled, pretrained and penultimate features, logits and labels of `files`, cached per model fingerprint."""
     fp = ood.model_fingerprint(clf.learn.model)
     path = CACHE / "features" / fp / f"{name}.pt"
     if path.is_file():
         cached = torch.load(path, weights_only=True)
-        if cached["n"] == len(files):
+        if cached["n"] == len(files) and "pretrained" in cached:
             return cached
     learn, model = clf.learn, clf.learn.model.eval()
+    top = pretrained_top(clf)
     dl = learn.dls.test_dl(files, bs=32)
-    out: dict[str, list] = {"pooled": [], "penultimate": [], "logits": []}
+    out: dict[str, list] = {"pooled": [], "penultimate": [], "pretrained": [], "logits": []}
     with torch.inference_mode():
         for (xb,) in dl:
             xb = xb.as_subclass(torch.Tensor)
             pen, logits = ood.split_forward(model, xb, "penultimate")
             out["pooled"].append(model[0](xb).float().mean(dim=(2, 3)))
+            out["pretrained"].append(ood.split_forward(model, xb, "pretrained", top)[0] if top else out["pooled"][-1])
             out["penultimate"].append(pen)
             out["logits"].append(logits)
     vocab = list(learn.dls.vocab)
@@ -127,8 +139,10 @@ def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
 
 def fit(spec, train: dict, valid: dict, valid_idx: torch.Tensor, rate: float) -> ood.Detector:
     method, layer, k = spec
+    # the top is not needed to score cached features; fit_detector only checks that it exists
+    stand_in = ood.PretrainedTop(0, torch.nn.Identity()) if layer == "pretrained" else None
     return ood.fit_detector(train[layer], train["labels"], valid[layer][valid_idx], valid["logits"][valid_idx],
-                            method=method, layer=layer, k=k or ood.DEFAULT_K, in_class_rate=rate)
+                            method=method, layer=layer, k=k or ood.DEFAULT_K, in_class_rate=rate, pretrained=stand_in)
 
 
 def not_sure(det: ood.Detector | None, feats: dict, threshold: float) -> tuple[torch.Tensor, torch.Tensor | None]:

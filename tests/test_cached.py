@@ -92,7 +92,12 @@ def test_the_final_scores_and_not_sure_statistics_from_the_cache_match_the_pictu
     again = evaluate(result.learn)
     assert again["confusion"] == card["metrics"]["confusion"]
     assert again["valid_loss"] == pytest.approx(card["metrics"]["valid_loss"], abs=2e-3)
-    from_pictures = fit_and_save(result.learn, tmp_path / "again" / "export.pkl")
+    # the detector reads the pretrained top's features (the top trained): from the pictures, with that top
+    from whatsthat.ood import load_detector
+
+    assert card["not_sure"]["layer"] == ("pretrained" if card["training"]["best_stage"].startswith(TOP_STAGE) else "pooled")
+    top = load_detector(result.model_path, result.learn.model).pretrained
+    from_pictures = fit_and_save(result.learn, tmp_path / "again" / "export.pkl", pretrained=top)
     assert from_pictures["threshold"] == pytest.approx(card["not_sure"]["threshold"], rel=1e-2)
     assert from_pictures["calibration"]["rank"] == card["not_sure"]["calibration"]["rank"]
     assert from_pictures["model_fingerprint"] == card["not_sure"]["model_fingerprint"]
@@ -126,6 +131,13 @@ def test_top_stage_alone_changes_the_top_only(make_dataset, tmp_path):
     assert not {k for k in changed if int(k.split(".")[0]) < cut}
     assert any(int(k.split(".")[0]) >= cut for k in changed)
     assert not {k for k in changed if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    # the "not sure" detector reads the top as it was before training: the pretrained weights, stored
+    from whatsthat.ood import load_detector
+
+    det = load_detector(result.model_path, result.learn.model)
+    assert result.card["not_sure"]["layer"] == "pretrained" and det.cut == cut
+    stored = det.pretrained.module.state_dict()
+    assert stored and all(int(k.split(".")[0]) >= cut and torch.equal(v, fresh[k]) for k, v in stored.items())
     # trained in channels_last (whatsthat.cpu), exported in the usual layout, parameters trainable as before
     assert all(p.is_contiguous() for p in result.learn.model.parameters())
 

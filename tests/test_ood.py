@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import shutil
@@ -104,6 +105,52 @@ def test_split_forward_matches_the_model_and_cuts_where_documented():
         ood.split_forward(model, x, "middle")
     with pytest.raises(WhatsthatError, match="Sequential"):
         ood.split_forward(nn.Linear(3, 3), x)
+
+
+def deep_toy_model(seed: int = 0) -> nn.Sequential:
+    """A body of three layers (its top: the last two), a head: the shape the pretrained top cuts."""
+    torch.manual_seed(seed)
+    body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8))
+    head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3))
+    return nn.Sequential(body, head).eval()
+
+
+def test_pretrained_features_come_from_the_top_as_it_was_and_travel_with_the_statistics(tmp_path):
+    """The top trains after the detector's reference is taken: the features stay the pretrained top's,
+    the file carries its weights, and loading rebuilds it on the trained model's lower layers."""
+    model = deep_toy_model()
+    top = ood.PretrainedTop(1, copy.deepcopy(model[0][1:]))
+    with torch.no_grad():  # "training" the top: its weights move, the lower layer's do not
+        for prm in model[0][1:].parameters():
+            prm.add_(torch.randn_like(prm))
+    x = torch.randn(30, 3, 8, 8)
+    with torch.inference_mode():
+        feats, logits = ood.split_forward(model, x, "pretrained", top)
+        assert torch.allclose(logits, model(x))
+        assert torch.allclose(feats, top.module(model[0][:1](x)).mean(dim=(2, 3)))
+        assert not torch.allclose(feats, ood.split_forward(model, x, "pooled")[0])
+    det = ood.fit_detector(feats, torch.arange(30) % 3, feats, logits, layer="pretrained", pretrained=top,
+                           fingerprint=ood.model_fingerprint(model))  # fmt: skip
+    path = det.save(ood.stats_path_for(tmp_path / "export.pkl"))
+
+    back = ood.load_detector(tmp_path / "export.pkl", model)
+    assert (back.layer, back.cut) == ("pretrained", 1) and not any(k.startswith("top.") for k in back.tensors)
+    with torch.inference_mode():
+        again, _ = ood.split_forward(model, x, "pretrained", back.pretrained)
+    assert torch.allclose(again, feats, atol=1e-6)
+    assert back.score(again, logits) == pytest.approx(det.score(feats, logits), rel=1e-5)
+
+    with pytest.raises(WhatsthatError, match="with its model"):
+        ood.load_detector(tmp_path / "export.pkl")
+    with pytest.raises(WhatsthatError, match="pretrained top"):
+        ood.split_forward(model, x, "pretrained")
+    with pytest.raises(WhatsthatError, match="only `whatsthat train` has"):
+        ood.fit_detector(feats, torch.arange(30) % 3, feats, layer="pretrained")
+    other = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)), model[1])  # another top
+    det.model_fingerprint = ""
+    det.save(path)
+    with pytest.raises(WhatsthatError, match="does not fit this model"):
+        ood.load_detector(tmp_path / "export.pkl", other)
 
 
 def clusters(n: int, dim: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,6 +40,7 @@ seed tried, both together gave 79.3% on average.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from whatsthat.cpu import INFERENCE_BS, forward_only_valid
+from whatsthat.ood import PretrainedTop
 from whatsthat.progress import Progress, epoch_line
 
 # The activations at the cut are kept as float16: for efficientnet_lite0 at 224 px that is 43 KB per
@@ -109,6 +111,9 @@ class Cache:
     train_y: torch.Tensor
     valid_x: torch.Tensor
     valid_y: torch.Tensor
+    # the top as it was before the top stage, when the exported model's top differs from it: the "not
+    # sure" detector reads its features (whatsthat.ood, "pretrained")
+    pretrained: PretrainedTop | None = None
 
 
 def epoch_name(stage: str, epoch: int) -> str:
@@ -203,7 +208,9 @@ def fit_cached(learn, *, head_epochs: int, top_epochs: int, size: int, lr: float
         if mirrors and best.where != epoch_name(HEAD_STAGE, head_epochs - 1):
             learn.model.load_state_dict(best.state)  # the top starts from the head's best epoch, not an overfit one
             echo(f"[top] starting from {best.where} (validation loss {best.loss:.4f})")
+    pretrained = None
     if top_epochs:
+        pretrained = PretrainedTop(cut, copy.deepcopy(top).eval())  # before it learns: see whatsthat.ood
         echo(f"[top] {top_epochs} epochs on {len(at_top)} cached activations"
              + (f" ({len(at)} pictures and their mirrors)" if mirrors else ""))
         model = nn.Sequential(top, head)
@@ -229,7 +236,9 @@ def fit_cached(learn, *, head_epochs: int, top_epochs: int, size: int, lr: float
         if epoch_name(last["stage"], last["epoch"]) != best.where:
             learn.model.load_state_dict(best.state)
             echo(f"kept {best.where} (validation loss {best.loss:.4f}): the later epochs were worse")
-    return history, best, Cache(nn.Sequential(top, head), at, yt, av, yv)
+    if best.where is None or not best.where.startswith(TOP_STAGE):
+        pretrained = None  # the exported top is the pretrained one: its own features are those
+    return history, best, Cache(nn.Sequential(top, head), at, yt, av, yv, pretrained)
 
 
 def fit_epochs(model: nn.Module, groups: list[dict], x: torch.Tensor, y: torch.Tensor, epochs: int, *, bs: int,

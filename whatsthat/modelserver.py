@@ -138,10 +138,11 @@ def _artifact_predictor(model_path: Path, card: dict, threshold: float) -> Predi
     sm = load_serving_model(model_path)
     detector = ood.load_detector(model_path, sm.model)
     layer = detector.layer if detector is not None else ood.DEFAULT_LAYER
+    pretrained = detector.pretrained if detector is not None else None
 
     def score(images: Sequence[Any]) -> list[tuple[Ranked, float | None]]:
         with torch.inference_mode():
-            features, logits = ood.split_forward(sm.model, sm.batch(images), layer=layer)
+            features, logits = ood.split_forward(sm.model, sm.batch(images), layer, pretrained)
             probs = torch.softmax(logits, dim=1).tolist()
             scores = detector.score(features, logits) if detector is not None else [None] * len(probs)
         return [(_ranked(sm.classes, row), s) for row, s in zip(probs, scores, strict=True)]

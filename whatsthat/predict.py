@@ -86,7 +86,7 @@ class Classifier:
                 return torch.softmax(self.model(batch).float(), dim=1), None
             from whatsthat import ood
 
-            feats, logits = ood.split_forward(self.model, batch, self.detector.layer)
+            feats, logits = ood.split_forward(self.model, batch, self.detector.layer, self.detector.pretrained)
             return torch.softmax(logits, dim=1), self.detector.score(feats, logits)
 
     def probabilities(self, images: Sequence[ImageInput]):
