@@ -216,7 +216,7 @@ def main() -> None:
         outs = {"none": features(clf, "none", list(get_dataset_images(SHARED / "none")))}
         others = [d for d in DOMAINS if d != domain and d != SHIFTED.get(domain)]
         per = {d: features(clf, d, list(get_dataset_images(SHARED / d))) for d in others}
-        outs["others"] = {k: torch.cat([per[d][k] for d in others]) for k in ("pooled", "penultimate", "logits", "labels")}
+        outs["others"] = {k: torch.cat([per[d][k] for d in others]) for k in ("pooled", "penultimate", "pretrained", "logits", "labels")}
         if args.verbose:
             outs |= per
         if domain in SHIFTED:

@@ -2,7 +2,9 @@
 
     python bench/predict_bench.py [--model export.pkl] [--n 100]
 
-Compares whatsthat's Classifier (fast path) with fastai's Learner.predict on the same images.
+Compares whatsthat's Classifier (fast path) with fastai's Learner.predict on the same images, and
+measures what the out-of-class detector adds (the same Classifier with its detector set aside): for a
+model whose top trained, that includes the pretrained top it runs (whatsthat.ood, "pretrained").
 """
 
 from __future__ import annotations
@@ -30,11 +32,18 @@ def main() -> None:
     for p in payloads[:5]:  # warm-up: first calls allocate
         clf.predict(p)
 
-    lat = []
-    for i in range(args.n):
-        t = time.perf_counter()
-        clf.predict(payloads[i % len(payloads)])
-        lat.append((time.perf_counter() - t) * 1000)
+    def latencies() -> list[float]:
+        out = []
+        for i in range(args.n):
+            t = time.perf_counter()
+            clf.predict(payloads[i % len(payloads)])
+            out.append((time.perf_counter() - t) * 1000)
+        return out
+
+    lat = latencies()
+    detector, clf.detector = clf.detector, None  # the same calls without the out-of-class score
+    bare = latencies()
+    clf.detector = detector
 
     from fastai.vision.core import PILImage
 
@@ -52,11 +61,14 @@ def main() -> None:
         clf.predict_many(imgs, batch_size=bs)
         batch_rows.append([f"predict_many, batch {bs}", "", "", f"{len(imgs) / (time.perf_counter() - t):.1f}"])
 
+    layer = detector.layer if detector is not None else "none"
     print(f"# inference on {machine()}; model {args.model} ({clf.card.get('arch', '?')}, "
-          f"size {clf.card.get('image_size', '?')}); load {load_s:.2f}s")
+          f"size {clf.card.get('image_size', '?')}); load {load_s:.2f}s; out-of-class detector on {layer} features")
     print(table(
         ["path", "p50 ms", "p95 ms", "images/s"],
         [["Classifier.predict (whatsthat)", f"{median(lat):.1f}", f"{percentile(lat, 95):.1f}", f"{1000 / median(lat):.1f}"],
+         ["Classifier.predict, detector set aside", f"{median(bare):.1f}", f"{percentile(bare, 95):.1f}",
+          f"{1000 / median(bare):.1f}"],
          ["Learner.predict (fastai)", f"{median(base):.1f}", f"{percentile(base, 95):.1f}", f"{1000 / median(base):.1f}"],
          *batch_rows],
     ))  # fmt: skip
