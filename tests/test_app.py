@@ -552,7 +552,7 @@ def test_with_a_card_the_page_is_built_before_the_model_process_answers(tmp_path
     with caplog.at_level(logging.INFO, logger="whatsthat.app"):
         app = appmod.app_or_none(model)
     assert isinstance(app, App) and app.classifier.classes == ["a", "b"] and app.classifier.threshold == 0.7
-    assert "a, b" in app.card.value and "asked on the first click" in caplog.text
+    assert "a, b" in app.card.value and "not waiting for the process" in caplog.text
 
     predictor = Predictor(["a", "b"], card, 0.7, "stub", lambda ims: [([("b", 0.8), ("a", 0.2)], 1.0) for _ in ims])
     ready = threading.Event()

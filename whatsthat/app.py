@@ -24,6 +24,7 @@ import contextlib
 import html
 import logging
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -69,15 +70,17 @@ class RemoteClassifier:
     """The model process as the page sees it: `classify_files` sends the bytes, never decodes them here.
 
     `card`: the model card read beside the model file. When it names the classes, the page is built from
-    it at once and the model process is first asked on the first click. At a cold start the kernel, and
-    so the page, is then ready while the model process is still importing torch, instead of after it
-    (README, Performance: cold start). Without such a card the kernel asks the model process for its
-    classes and card, waiting while it starts. Either way the classes come from the same files: the
-    model process reads this very card.
+    it at once, and the kernel says hello to the model process in a thread of its own (the connection is
+    then open before the first click, as when the page waited for it). At a cold start the kernel, and so
+    the page, is ready while the model process is still importing torch, instead of after it (README,
+    Performance: cold start); a click before the model is ready waits for it. Without such a card the
+    kernel asks the model process for its classes and card first, waiting while it starts. Either way the
+    classes come from the same files: the model process reads this very card.
     """
 
     def __init__(self, client: ModelClient, card: dict | None = None) -> None:
-        if card and card.get("classes"):
+        self.from_card = bool(card and card.get("classes"))
+        if self.from_card:
             info = {"classes": card["classes"], "card": card, "threshold": card.get("threshold", DEFAULT_THRESHOLD),
                     "backend": "not asked yet", "pid": None}  # fmt: skip
         else:
@@ -88,6 +91,18 @@ class RemoteClassifier:
         self.threshold: float = float(info.get("threshold", 0.6))
         self.backend: str = str(info.get("backend", "?"))
         self.pid = info.get("pid")
+        if self.from_card:
+            threading.Thread(target=self._hello, daemon=True, name="model-hello").start()
+
+    def _hello(self) -> None:
+        """Connect and ask "info" (the client's lock makes a click wait for this, never race it)."""
+        try:
+            info = self.client.load_info()
+        except WhatsthatError as e:  # ModelUnavailable, ModelLost: the next click tries again
+            log.warning("the model process did not answer this kernel's hello: %s", e)
+            return
+        self.backend, self.pid = str(info.get("backend", "?")), info.get("pid")
+        log.info("model process %s (%s) answered this kernel", self.pid, self.backend)
 
     def classify_files(self, files: Sequence[tuple[str, bytes]], thumb_side: int) -> list[dict]:
         return self.client.classify_files(files, thumb_side)
@@ -494,8 +509,8 @@ def load_classifier(model: str | Path = "export.pkl") -> ClassifierLike:
             log.warning("%s; asking the model process for its classes", e)
             card = None
         classifier = RemoteClassifier(client, card)
-        if classifier.pid is None:
-            log.info("model %s served by the model process (page built from its card; asked on the first click)", model)
+        if classifier.from_card:
+            log.info("model %s served by the model process (page built from its card, not waiting for the process)", model)
         else:
             log.info("model %s served by the model process %s (%s)", model, classifier.pid, classifier.backend)
         return classifier
