@@ -267,20 +267,30 @@ def classify(page, expect_prefix: str = "Prediction:") -> tuple[float, str]:
     return time.monotonic() - t0, label.inner_text()
 
 
+def cold_start(browser, srv: Server, photo: Path) -> tuple[dict[str, float | None], str]:
+    """A server just started: (seconds from its start to each step of the first prediction, the answer).
+
+    Steps: the server answering, the model process ready (its log line; None before the model process
+    existed), the first page interactive (Classify enabled), the first prediction shown.
+    """
+    wait_until(lambda: srv.alive() and srv.answers(), START_TIMEOUT, "server answering", interval=0.02)
+    steps: dict[str, float | None] = {"answering": time.monotonic() - srv.started}
+    context, page, _ = open_app(browser, srv.url)
+    steps["interactive"] = time.monotonic() - srv.started
+    upload(page, photo)
+    _, label = classify(page)
+    steps["shown"] = time.monotonic() - srv.started
+    steps["model_ready"] = srv.logged_at(MODEL_READY)
+    context.close()
+    return steps, label
+
+
 def cold_and_warm(browser, mode: str, model: Path, photo: Path, runs: int) -> dict:
     """One server: cold start -> first prediction, then `runs` warm pages (load, first and next click)."""
     out: dict = {"load": [], "click1": [], "click2": []}
     with Server(mode, model) as srv:
-        wait_until(lambda: srv.alive() and srv.answers(), START_TIMEOUT, "server answering", interval=0.02)
-        steps = {"answering": time.monotonic() - srv.started}
-        context, page, _ = open_app(browser, srv.url)
-        steps["interactive"] = time.monotonic() - srv.started
-        upload(page, photo)
-        _, out["label"] = classify(page)
-        out["cold"] = steps["shown"] = time.monotonic() - srv.started
-        steps["model_ready"] = srv.logged_at(MODEL_READY)
-        out["cold_steps"] = steps
-        context.close()
+        out["cold_steps"], out["label"] = cold_start(browser, srv, photo)
+        out["cold"] = out["cold_steps"]["shown"]
         for served in range(1, runs + 1):
             srv.wait_ready(served)
             context, page, load_s = open_app(browser, srv.url)

@@ -21,7 +21,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import app_bench as app
@@ -46,17 +45,9 @@ def without_classes(model: Path, folder: Path) -> Path:
 
 def cold_start(browser, model: Path, photo: Path) -> dict[str, float | None]:
     with app.Server("after", model) as srv:
-        app.wait_until(lambda: srv.alive() and srv.answers(), app.START_TIMEOUT, "server answering", interval=0.02)
-        steps: dict[str, float | None] = {"answering": time.monotonic() - srv.started}
-        context, page, _ = app.open_app(browser, srv.url)
-        steps["interactive"] = time.monotonic() - srv.started
-        app.upload(page, photo)
-        _, label = app.classify(page)
-        steps["shown"] = time.monotonic() - srv.started
-        steps["model_ready"] = srv.logged_at(app.MODEL_READY)
-        if not label.startswith("Prediction:"):
-            sys.exit(f"unexpected answer {label!r}")
-        context.close()
+        steps, label = app.cold_start(browser, srv, photo)
+    if not label.startswith("Prediction:"):
+        sys.exit(f"unexpected answer {label!r}")
     return steps
 
 

@@ -32,17 +32,14 @@ def main() -> None:
     for p in payloads[:5]:  # warm-up: first calls allocate
         clf.predict(p)
 
-    def latencies() -> list[float]:
-        out = []
-        for i in range(args.n):
+    detector = clf.detector
+    lat, bare = [], []  # with the detector and without it (the same calls), alternating: a change in load hits both
+    for i in range(args.n):
+        for use, times in ((detector, lat), (None, bare)):
+            clf.detector = use
             t = time.perf_counter()
             clf.predict(payloads[i % len(payloads)])
-            out.append((time.perf_counter() - t) * 1000)
-        return out
-
-    lat = latencies()
-    detector, clf.detector = clf.detector, None  # the same calls without the out-of-class score
-    bare = latencies()
+            times.append((time.perf_counter() - t) * 1000)
     clf.detector = detector
 
     from fastai.vision.core import PILImage
