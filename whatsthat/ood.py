@@ -168,11 +168,14 @@ class Detector:
     model_fingerprint: str = ""
     calibration: dict = field(default_factory=dict)
     # "pretrained" layer: where the pretrained top starts in the body, and (once `attach`ed to the model,
-    # or given at fitting) the top itself; its weights travel in `tensors` under TOP_PREFIX until attached
+    # or given at fitting, which sets `cut` from it) the top itself; its weights travel in `tensors` under
+    # TOP_PREFIX until attached
     cut: int = 0
     pretrained: PretrainedTop | None = None
 
     def __post_init__(self) -> None:
+        if self.pretrained is not None:
+            self.cut = self.pretrained.cut
         if self.method not in METHODS:
             raise WhatsthatError(f"unknown out-of-class method {self.method!r}; choose one of: {', '.join(METHODS)}")
         if self.layer not in LAYERS:
@@ -239,7 +242,7 @@ class Detector:
                 "k": self.k, "model_fingerprint": self.model_fingerprint, "calibration": self.calibration}
         tensors = dict(self.tensors)
         if self.pretrained is not None:
-            meta["cut"] = self.pretrained.cut
+            meta["cut"] = self.cut
             tensors |= {TOP_PREFIX + k: v for k, v in self.pretrained.module.state_dict().items()}
         # float32 weights and statistics; integer buffers (BatchNorm's step count) stay integers
         tensors = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
@@ -340,7 +343,7 @@ def fit_detector(train_features: torch.Tensor, train_labels: torch.Tensor, valid
     det = Detector(method=method, layer=layer, threshold=float("inf"), tensors=tensors, k=k,
                    model_fingerprint=fingerprint,
                    calibration={"shrinkage": shrinkage} if method == "mahalanobis" else {},
-                   **({"cut": pretrained.cut, "pretrained": pretrained} if layer == "pretrained" else {}))  # fmt: skip
+                   pretrained=pretrained if layer == "pretrained" else None)
     scores = det.score_tensor(valid_features, valid_logits)
     det.threshold, rank = conformal_threshold(scores, in_class_rate)
     qs = [0.5, 0.9, 0.95, 0.98, 0.99]
@@ -429,16 +432,12 @@ def extract_cached(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, laye
     pretrained top's cut, so for "pretrained" that top runs on the cached activations themselves.
     """
     model.eval()
+    # the cached activations start where the pretrained top does: counted from them, its cut is 0
+    relative = PretrainedTop(0, pretrained.module) if pretrained is not None else None
     feats, logits = [], []
     with torch.inference_mode():
         for i in range(0, len(x), bs):
-            xb = x[i : i + bs].float()
-            if layer == "pretrained":
-                if pretrained is None:
-                    raise WhatsthatError("'pretrained' features need the pretrained top")
-                f, lg = _pool(pretrained.module(xb)), model(xb).float()
-            else:
-                f, lg = split_forward(model, xb, layer)
+            f, lg = split_forward(model, x[i : i + bs].float(), layer, relative)
             feats.append(f)
             logits.append(lg)
     return torch.cat(feats), torch.cat(logits), labels.long()
