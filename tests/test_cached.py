@@ -169,3 +169,70 @@ def test_mirrors_start_the_top_from_the_heads_best_epoch_and_every_epoch_compete
     train(data, tmp_path / "p", arch="efficientnet_lite0", size=64, bs=8, head_epochs=4, top_epochs=2, epochs=0,
           echo=plain.append)
     assert f"[top] 2 epochs on {n} cached activations" in plain
+
+
+@pytest.mark.slow
+def test_not_sure_fit_rebuilds_the_pretrained_top_that_train_kept(make_dataset, tmp_path):
+    """`whatsthat not-sure fit` on a model whose top trained reads the same features as `train` chose:
+    the top rebuilt from the backbone's own ImageNet weights equals the one train kept."""
+    import json
+
+    from whatsthat.ood import load_detector, stats_path_for
+    from whatsthat.predict import card_path_for, fit_not_sure
+
+    data = make_dataset(n=12, classes=("red", "blue", "green"))
+    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=0, top_epochs=2,
+                   epochs=0, echo=lambda s: None)
+    kept = load_detector(result.model_path, result.learn.model)
+    assert kept.layer == "pretrained"
+    # as a model from before train kept the top: no statistics beside it, none in its card
+    stats_path_for(result.model_path).unlink()
+    card = json.loads(card_path_for(result.model_path).read_text())
+    card.pop("not_sure")
+    card_path_for(result.model_path).write_text(json.dumps(card))
+
+    entry = fit_not_sure(result.model_path, data)
+    assert entry["layer"] == "pretrained"
+    rebuilt = load_detector(result.model_path, result.learn.model)
+    assert rebuilt.cut == kept.cut
+    mine, theirs = rebuilt.pretrained.module.state_dict(), kept.pretrained.module.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+
+
+@pytest.mark.slow
+def test_the_pretrained_top_is_rebuilt_only_where_it_still_fits(make_dataset, tmp_path):
+    import copy
+
+    from whatsthat.models import efficientnet_lite0
+    from whatsthat.predict import original_top
+
+    data = make_dataset(n=8, classes=("red", "blue"))
+    result = train(data, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=0, top_epochs=1,
+                   epochs=0, echo=lambda s: None)
+    model, card = result.learn.model, result.card
+    top, why = original_top(model, card)
+    assert top is not None and why == ""
+
+    # whole-body epochs moved a lower layer: the pretrained top would read activations it never saw
+    moved = copy.deepcopy(model)
+    with torch.no_grad():
+        next(moved[0][0].parameters()).add_(0.01)
+    top, why = original_top(moved, card)
+    assert top is None and "below its top trained" in why
+
+    # a top that never trained: the model's own features already are the pretrained ones
+    untouched = copy.deepcopy(model)
+    body = untouched[0]
+    body.load_state_dict(nn.Sequential(*list(efficientnet_lite0(pretrained=True).children())[: len(body)]).state_dict())
+    top, why = original_top(untouched, card)
+    assert top is None and "its top is the pretrained one" in why
+
+
+def test_the_pretrained_top_needs_a_named_backbone_whose_weights_are_here():
+    from whatsthat.predict import original_top
+
+    assert original_top(None, {})[1] == "its card names no pretrained backbone"
+    assert original_top(None, {"arch": "efficientnet_lite0", "pretrained": False})[0] is None
+    assert "unknown architecture" in original_top(None, {"arch": "vgg99"})[1]
+    # the test's home is empty: torchvision's weights were never downloaded, and nothing is fetched now
+    assert original_top(None, {"arch": "resnet18"})[1] == "resnet18's ImageNet weights are not on this machine"

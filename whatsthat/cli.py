@@ -334,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     ns.add_argument("data", type=Path, help="the dataset folder the model was trained on")
     ns.add_argument("--method", choices=["knn", "mahalanobis", "energy", "max_logit", "msp"],
                     help="detector (default: the benchmark's choice, see README)")
-    ns.add_argument("--layer", choices=["pooled", "penultimate"], help="features the detector reads")
+    ns.add_argument("--layer", choices=["pretrained", "pooled", "penultimate"],
+                    help="features the detector reads (default: the pretrained top's where training changed the "
+                         "top and the lower layers are still the pretrained ones, as `train` chooses; else pooled)")
     ns.add_argument("--k", type=_positive_int, help="neighbours for knn")
     ns.add_argument("--rate", type=_fraction, help="share of held-out in-class pictures allowed above the threshold")
     ns.set_defaults(func=cmd_not_sure)

@@ -107,6 +107,26 @@ def get_arch(name: str) -> Arch:
         raise WhatsthatError(f"unknown architecture {name!r}; choose one of: {', '.join(ARCHS)}") from None
 
 
+def imagenet_model(name: str) -> nn.Module | None:
+    """`name` with its ImageNet weights, from this machine only: None when they are not here.
+
+    Never downloads: it serves checks on a model already trained (whatsthat.predict.original_top), which
+    must not reach the network. The Lite weights are in their packages; torchvision's in the hub cache,
+    where training put them.
+    """
+    spec = get_arch(name)
+    if not spec.torchvision:
+        return LITE_BUILDERS[name](pretrained=True)
+    path = weights_cache_path(torchvision_weights_url(name))
+    if not path.is_file():
+        return None
+    from torchvision import models
+
+    model = getattr(models, name)()
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model
+
+
 def torchvision_weights_url(name: str) -> str:
     from torchvision import models
 

@@ -32,7 +32,9 @@ __all__ = ["DEFAULT_THRESHOLD", "NOT_SURE", "Classifier", "Verdict", "load_class
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # whatsthat.ood imports torch: the page's thin kernels import this module without it
-    from whatsthat.ood import Detector
+    from torch import nn
+
+    from whatsthat.ood import Detector, PretrainedTop
 
 ImageInput = bytes | str | Path | Image.Image
 Ranked = list[tuple[str, float]]
@@ -217,9 +219,59 @@ def fit_not_sure(model_path: str | Path, data: str | Path, *, method: str | None
     train_items, valid_items = ood.split_items(files, clf.card)
     if not train_items or not valid_items:
         raise WhatsthatError(f"{data}: the model's split leaves no training or no held-out pictures")
+    # the features `train` itself would have chosen: the pretrained top's where training changed the top
+    pretrained = None
+    if layer in (None, "pretrained"):
+        pretrained, why_not = original_top(clf.learn.model, clf.card)
+        if pretrained is None and layer == "pretrained":
+            raise WhatsthatError(f"{model_path}: cannot read the pretrained top's features: {why_not}")
+        if pretrained is None and echo:
+            echo(f"'not sure' reads the model's own pooled features: {why_not}")
+    layer = layer or ("pretrained" if pretrained is not None else ood.DEFAULT_LAYER)
     entry = ood.fit_and_save(clf.learn, clf.path, train_items, valid_items, method=method or ood.DEFAULT_METHOD,
-                             layer=layer or ood.DEFAULT_LAYER, k=k or ood.DEFAULT_K,
-                             in_class_rate=in_class_rate or ood.DEFAULT_IN_CLASS_RATE, echo=echo)
+                             layer=layer, k=k or ood.DEFAULT_K,
+                             in_class_rate=in_class_rate or ood.DEFAULT_IN_CLASS_RATE,
+                             pretrained=pretrained if layer == "pretrained" else None, echo=echo)
     card = {k_: v for k_, v in clf.card.items() if k_ != "not_sure"}
     write_card(clf.path, {**card, "not_sure": entry})
     return entry
+
+
+def original_top(model: nn.Module, card: dict) -> tuple[PretrainedTop | None, str]:
+    """The body's top as its ImageNet weights have it, for the "pretrained" features (whatsthat.ood) of a
+    model whose top trained: `(PretrainedTop, "")`, or `(None, why not)`.
+
+    `train` keeps that top itself; a model trained before it did (or whose statistics are refitted) gets
+    it rebuilt from the backbone's weights on this machine. That is only right while the layers below
+    the top are still exactly the pretrained ones, as after whatsthat's cached stages; after whole-body
+    epochs (`--epochs`, `--freeze-epochs`) they are not, and the model's own features are used.
+    """
+    import torch
+    from torch import nn
+
+    from whatsthat.cached import top_cut
+    from whatsthat.models import imagenet_model
+    from whatsthat.ood import PretrainedTop
+
+    arch = card.get("arch")
+    if not arch or card.get("pretrained") is False:
+        return None, "its card names no pretrained backbone"
+    try:
+        fresh = imagenet_model(arch)
+    except WhatsthatError as e:
+        return None, str(e)
+    if fresh is None:
+        return None, f"{arch}'s ImageNet weights are not on this machine"
+    body = model[0]
+    # vision_learner's body is the backbone's first layers, in order (cut at the pooling layer)
+    reference = nn.Sequential(*list(fresh.children())[: len(body)])
+    mine, theirs = body.state_dict(), reference.state_dict()
+    if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
+        return None, f"its body is not {arch}'s"
+    cut = top_cut(body, int(card.get("image_size") or 224))
+    changed = {int(k.split(".")[0]) for k in mine if not torch.equal(mine[k], theirs[k])}
+    if any(i < cut for i in changed):
+        return None, "the layers below its top trained too (whole-body epochs), so the pretrained top no longer fits them"
+    if not changed:
+        return None, "its top is the pretrained one, so its own features are those"
+    return PretrainedTop(cut, reference[cut:].eval()), ""
