@@ -12,7 +12,14 @@ from conftest import draw_image, image_bytes
 from fastai.callback.core import Callback
 from fastai.vision.core import PILImage
 
-from whatsthat.data import HashSplitter, check_dataset, get_dataset_images
+from whatsthat.data import (
+    HashSplitter,
+    ImageFiles,
+    check_dataset,
+    describe_unreadable,
+    get_dataset_images,
+    unreadable_images,
+)
 from whatsthat.errors import WhatsthatError
 from whatsthat.models import ensure_torchvision_weights, weights_cache_path
 from whatsthat.predict import card_path_for, load_classifier
@@ -52,6 +59,55 @@ def test_check_dataset_messages(tmp_path, make_dataset):
     (two / ".trash").mkdir()
     draw_image("blue").save(two / ".trash" / "x.jpg")
     assert check_dataset(two) == {"blue": 3, "red": 3}  # the trash is never training data
+
+
+def _break_some(root):
+    """Three kinds of file a scraped or hand-filled folder holds: a web page saved as .jpg, an empty
+    file, a JPEG cut short in the download. Returns their paths under `root`."""
+    (root / "red" / "page.jpg").write_text("<html><body>403 Forbidden</body></html>")
+    (root / "blue" / "empty.png").write_bytes(b"")
+    good = (root / "blue").glob("*.jpg").__next__().read_bytes()
+    (root / "blue" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    return ["blue/cut.jpg", "blue/empty.png", "red/page.jpg"]
+
+
+def test_unreadable_images_are_found_and_left_out(make_dataset, tmp_path):
+    root = make_dataset(n=4, size=256)
+    broken = _break_some(root)
+    files = list(get_dataset_images(root))
+    bad = unreadable_images(files)
+    assert sorted(f.relative_to(root).as_posix() for f, _ in bad) == broken
+    assert dict((f.name, why) for f, why in bad)["page.jpg"] == "not an image"
+    assert "truncated" in dict((f.name, why) for f, why in bad)["cut.jpg"]
+    line = describe_unreadable(bad, root, limit=2)
+    assert line.startswith("skipping 3 file(s)") and line.endswith("; and 1 more") and "left where they are" in line
+    kept = ImageFiles(broken)(root)
+    assert len(kept) == len(files) - 3 and not {f.name for f in kept} & {"page.jpg", "empty.png", "cut.jpg"}
+    assert check_dataset(root, broken) == {"blue": 4, "red": 4}
+    # nothing is deleted: the files stay for the maintainer to look at
+    assert all((root / b).exists() for b in broken)
+    # a label whose every picture is broken is no label at all
+    with pytest.raises(WhatsthatError, match=r"only \['blue'\]"):
+        check_dataset(root, [f.relative_to(root).as_posix() for f in (root / "red").iterdir()])
+
+
+@pytest.mark.slow
+def test_train_and_not_sure_fit_skip_unreadable_files(make_dataset, tmp_path):
+    from whatsthat.predict import fit_not_sure
+
+    root = make_dataset(n=8)
+    broken = _break_some(root)
+    lines: list[str] = []
+    result = train(root, tmp_path / "m", arch="efficientnet_lite0", size=64, bs=8, head_epochs=1, top_epochs=0,
+                   epochs=0, echo=lines.append)
+    assert any(line.startswith("skipping 3 file(s)") for line in lines)
+    assert result.card["dataset"]["unreadable"] == broken
+    assert result.card["dataset"]["n_images"] == 16
+    assert load_classifier(result.model_path).classes == ["blue", "red"]
+    lines.clear()
+    assert fit_not_sure(result.model_path, root, echo=lines.append)["calibration"]["n_train"] + \
+        result.card["dataset"]["n_valid"] == 16
+    assert any(line.startswith("skipping 3 file(s)") for line in lines)
 
 
 def test_classification_report_counts():

@@ -14,6 +14,7 @@ from fastai.data.transforms import get_image_files, parent_label
 from fastai.vision.augment import RandomResizedCrop, aug_transforms
 from fastai.vision.data import ImageBlock
 from fastcore.foundation import L
+from PIL import Image, UnidentifiedImageError
 
 from whatsthat.errors import WhatsthatError
 
@@ -24,6 +25,49 @@ def get_dataset_images(path: str | Path) -> L:
     fastai's get_image_files already skips dot-folders, so `.trash/` never leaks into training.
     """
     return L(sorted(get_image_files(path)))
+
+
+def unreadable_images(files) -> list[tuple[Path, str]]:
+    """(file, why) for every file that would stop training with a decoding error.
+
+    A file named .jpg that is an HTML page, empty or cut short would otherwise stop `train` deep inside
+    fastai's DataLoader, with a traceback, after minutes of work. Each file is decoded at reduced
+    size (JPEG draft mode: about half a millisecond a picture), which finds truncated files too.
+    """
+    bad = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.draft("RGB", (32, 32))
+                im.load()
+        except UnidentifiedImageError:
+            bad.append((Path(f), "not an image"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's decode errors
+            bad.append((Path(f), str(e) or type(e).__name__))
+    return bad
+
+
+def describe_unreadable(bad: list[tuple[Path, str]], root: str | Path, limit: int = 5) -> str:
+    """One line for the log: how many files are left out, the first few and why, what to do."""
+    shown = "; ".join(f"{f.relative_to(root).as_posix()} ({why})" for f, why in bad[:limit])
+    more = f"; and {len(bad) - limit} more" if len(bad) > limit else ""
+    return (f"skipping {len(bad)} file(s) that cannot be read as pictures (left where they are: delete or "
+            f"replace them): {shown}{more}")
+
+
+class ImageFiles:
+    """`get_items` for a dataset less some files (those `unreadable_images` found), by path under it.
+
+    A top-level class because the DataBlock is pickled into export.pkl (the module docstring); the
+    excluded names travel with it, a record of what the model did not see.
+    """
+
+    def __init__(self, exclude=()):
+        self.exclude = tuple(sorted(str(e) for e in exclude))
+
+    def __call__(self, path) -> L:
+        skip = set(self.exclude)
+        return L([f for f in get_dataset_images(path) if Path(f).relative_to(path).as_posix() not in skip])
 
 
 class HashSplitter:
@@ -48,13 +92,16 @@ class HashSplitter:
         return [i for i, v in enumerate(valid) if not v], [i for i, v in enumerate(valid) if v]
 
 
-def check_dataset(path: str | Path) -> dict[str, int]:
-    """Count images per label; raise a clear error when the folder cannot train a classifier."""
+def check_dataset(path: str | Path, exclude=()) -> dict[str, int]:
+    """Count images per label; raise a clear error when the folder cannot train a classifier.
+
+    `exclude`: paths under `path` (as ImageFiles takes them) not to count, e.g. unreadable files.
+    """
     path = Path(path)
     if not path.is_dir():
         raise WhatsthatError(f"dataset folder not found: {path}")
     counts: dict[str, int] = {}
-    for f in get_dataset_images(path):
+    for f in ImageFiles(exclude)(path):
         counts[parent_label(f)] = counts.get(parent_label(f), 0) + 1
     if len(counts) < 2:
         found = f"only {sorted(counts)}" if counts else "no images"
@@ -65,8 +112,12 @@ def check_dataset(path: str | Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def make_datablock(size: int = 224, valid_pct: float = 0.2, seed: int = 42, stats=None, min_scale: float = 0.5) -> DataBlock:
-    """The lesson-2 DataBlock: random-resized crops plus fastai's standard augmentations."""
+def make_datablock(size: int = 224, valid_pct: float = 0.2, seed: int = 42, stats=None, min_scale: float = 0.5,
+                   exclude=()) -> DataBlock:
+    """The lesson-2 DataBlock: random-resized crops plus fastai's standard augmentations.
+
+    `exclude`: files to leave out (ImageFiles); without any, the plain get_dataset_images as always.
+    """
     from fastai.data.transforms import Normalize
 
     batch_tfms = list(aug_transforms())
@@ -74,7 +125,7 @@ def make_datablock(size: int = 224, valid_pct: float = 0.2, seed: int = 42, stat
         batch_tfms.append(Normalize.from_stats(*stats))
     return DataBlock(
         blocks=(ImageBlock, CategoryBlock),
-        get_items=get_dataset_images,
+        get_items=ImageFiles(exclude) if exclude else get_dataset_images,
         splitter=HashSplitter(valid_pct, seed),
         get_y=parent_label,
         item_tfms=RandomResizedCrop(size, min_scale=min_scale),
@@ -83,10 +134,13 @@ def make_datablock(size: int = 224, valid_pct: float = 0.2, seed: int = 42, stat
 
 
 def make_dataloaders(path: str | Path, size: int = 224, bs: int = 32, valid_pct: float = 0.2, seed: int = 42,
-                     stats=None, workers: int = 0, min_scale: float = 0.5):
-    """DataLoaders for `path`, with checks that turn fastai's obscure failures into clear messages."""
-    check_dataset(path)
-    dblock = make_datablock(size, valid_pct, seed, stats, min_scale)
+                     stats=None, workers: int = 0, min_scale: float = 0.5, exclude=()):
+    """DataLoaders for `path`, with checks that turn fastai's obscure failures into clear messages.
+
+    `exclude`: paths under `path` to leave out (see ImageFiles).
+    """
+    check_dataset(path, exclude)
+    dblock = make_datablock(size, valid_pct, seed, stats, min_scale, exclude)
     dls = dblock.dataloaders(path, bs=bs, num_workers=workers)
     if len(dls.valid_ds) == 0:
         raise WhatsthatError(f"{path}: the validation split is empty; add images or raise valid_pct ({valid_pct})")

@@ -201,11 +201,16 @@ def fit_not_sure(model_path: str | Path, data: str | Path, *, method: str | None
     Settings left None take whatsthat.ood's defaults. Returns the card's new "not_sure" entry.
     """
     from whatsthat import ood
-    from whatsthat.data import check_dataset, get_dataset_images
+    from whatsthat.data import check_dataset, describe_unreadable, get_dataset_images, unreadable_images
 
     clf = load_classifier(model_path)
     check_dataset(data)
     files = list(get_dataset_images(data))
+    bad = unreadable_images(files)  # left out, said once: they would stop the feature pass with a traceback
+    if bad and echo:
+        echo(describe_unreadable(bad, data))
+    skip = {f for f, _ in bad}
+    readable = [f for f in files if f not in skip]
     unknown = sorted({f.parent.name for f in files} - set(clf.classes))
     if unknown:
         raise WhatsthatError(f"{data} has labels the model does not know: {', '.join(unknown)} "
@@ -216,7 +221,7 @@ def fit_not_sure(model_path: str | Path, data: str | Path, *, method: str | None
     if trained_on and trained_on != dataset_fingerprint(files, Path(data)) and echo:
         # still usable (e.g. more pictures since), but the split may then hold pictures the model trained on
         echo(f"note: {data} is not the exact dataset the model was trained on (its card's sha256 differs)")
-    train_items, valid_items = ood.split_items(files, clf.card)
+    train_items, valid_items = ood.split_items(readable, clf.card)
     if not train_items or not valid_items:
         raise WhatsthatError(f"{data}: the model's split leaves no training or no held-out pictures")
     # the features `train` itself would have chosen: the pretrained top's where training changed the top

@@ -221,7 +221,13 @@ def train(
     from fastai.torch_core import set_seed
     from fastai.vision.learner import create_head, vision_learner
 
-    from whatsthat.data import check_dataset, get_dataset_images, make_dataloaders
+    from whatsthat.data import (
+        check_dataset,
+        describe_unreadable,
+        get_dataset_images,
+        make_dataloaders,
+        unreadable_images,
+    )
     from whatsthat.models import ensure_torchvision_weights, get_arch
 
     echo = echo or (lambda s: print(s, file=sys.stderr))
@@ -244,11 +250,18 @@ def train(
         raise WhatsthatError(f"threshold must be between 0 and 1, not {threshold}")
     spec = get_arch(arch)
     counts = check_dataset(data)
+    # a broken file would otherwise stop training with a traceback from inside the DataLoader
+    bad = unreadable_images(get_dataset_images(data))
+    unreadable = [f.relative_to(data).as_posix() for f, _ in bad]
+    if bad:
+        echo(describe_unreadable(bad, data))
+        counts = check_dataset(data, unreadable)
     if pretrained and spec.torchvision:
         ensure_torchvision_weights(arch)  # fail before the slow work, with a message that says what to do
 
     set_seed(seed, reproducible=True)
-    dls = make_dataloaders(data, size=size, bs=bs, valid_pct=valid_pct, seed=seed, stats=spec.stats, workers=workers)
+    dls = make_dataloaders(data, size=size, bs=bs, valid_pct=valid_pct, seed=seed, stats=spec.stats, workers=workers,
+                           exclude=unreadable)
     head = {} if spec.body_features is None else {"custom_head": create_head(spec.body_features, dls.c)}
     learn = vision_learner(
         dls, spec.builder(), pretrained=pretrained, normalize=False, metrics=[error_rate, accuracy], **head
@@ -308,7 +321,8 @@ def train(
         "quality": {"level": quality.level, "deployable": quality.deployable, "verdict": quality.verdict()},
         "dataset": {
             "path": str(data),
-            "n_images": len(files),
+            "n_images": len(files) - len(unreadable),
+            "unreadable": unreadable,  # left out of training (whatsthat.data.unreadable_images)
             "n_train": len(dls.train_ds),
             "n_valid": len(dls.valid_ds),
             "per_class": counts,
