@@ -36,6 +36,7 @@ def test_help_lists_every_stage():
         (["train", "--arch", "vgg"], "invalid choice"),
         (["predict"], "required: IMAGE"),
         (["frobnicate"], "invalid choice"),
+        (["serve", "--port", "99999"], "a port number from 1 to 65535"),
     ],
 )
 def test_bad_arguments_get_a_usage_message(args, message):
@@ -55,12 +56,27 @@ def test_bad_arguments_get_a_usage_message(args, message):
         (["gather", "--config", "missing.toml"], "categories file not found"),
         (["interpret", "nowhere"], "dataset folder not found"),
         (["serve", "--model", "missing.pkl"], "model file not found"),
+        (["journal", "nowhere"], "dataset folder not found: nowhere"),
     ],
 )
 def test_user_errors_are_one_clear_line(tmp_path, args, message):
     proc = run(*args, cwd=tmp_path, check=False)
     assert proc.returncode == 1, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_file_where_a_folder_belongs_and_the_reverse(tmp_path, make_dataset):
+    from whatsthat.images import ImageError, load_image
+
+    data = make_dataset(n=3)
+    (tmp_path / "afile").write_text("notes")
+    for cmd in (["train", str(data)], ["interpret", str(data), "--model", "missing.pkl"]):
+        proc = run(*cmd, "--out", str(tmp_path / "afile"), check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert f"{tmp_path / 'afile'} is a file: the output must be a folder" in proc.stderr
+    assert (tmp_path / "afile").read_text() == "notes"
+    with pytest.raises(ImageError, match="is a folder, not an image file"):
+        load_image(data)
 
 
 def test_deploy_check_lists_problems_of_an_empty_folder(tmp_path):

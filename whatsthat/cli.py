@@ -45,6 +45,7 @@ def _checked(cast: type, ok: Callable[[float], bool], expected: str) -> Callable
 
 
 _positive_int = _checked(int, lambda v: v >= 1, "a whole number of 1 or more")
+_port = _checked(int, lambda v: 1 <= v <= 65535, "a port number from 1 to 65535")
 _count = _checked(int, lambda v: v >= 0, "a whole number of 0 or more")
 _fraction = _checked(float, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)")
 _positive_float = _checked(float, lambda v: v > 0, "a positive number")
@@ -196,6 +197,8 @@ def cmd_trash(args: argparse.Namespace) -> int:
 def cmd_journal(args: argparse.Namespace) -> int:
     from whatsthat.clean import batches, journal
 
+    if not Path(args.data).is_dir():
+        raise WhatsthatError(f"dataset folder not found: {args.data}")
     if args.json:
         print(json.dumps(journal(args.data), indent=1))
         return 0
@@ -375,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Run Voila on app.ipynb with kernel culling and a preheated kernel.")
     sv.add_argument("--model", type=Path, default=Path(os.environ.get("WHATSTHAT_MODEL", "export.pkl")),
                     help="exported model (default: $WHATSTHAT_MODEL or export.pkl)")
-    sv.add_argument("--port", type=_positive_int, default=int(os.environ.get("PORT", 8866)),
+    sv.add_argument("--port", type=_port, default=int(os.environ.get("PORT", 8866)),
                     help="port (default: $PORT or 8866)")
     sv.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1; 0.0.0.0 for all)")
     sv.add_argument("--notebook", type=Path, help="the app notebook (default: ./app.ipynb or the checkout's)")

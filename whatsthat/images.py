@@ -119,9 +119,14 @@ def load_image(
             size = path.stat().st_size
         except OSError as e:
             raise ImageError("unreadable", f"cannot read {path}: {e.strerror or e}") from e
+        if path.is_dir():
+            raise ImageError("folder", f"{path} is a folder, not an image file")
         if size > max_bytes:
             raise ImageError("too-large", f"file is {_mib(size)}; the limit is {_mib(max_bytes)}")
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ImageError("unreadable", f"cannot read {path}: {e.strerror or e}") from e
     else:
         data = bytes(source)
     if not data:

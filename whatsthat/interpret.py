@@ -55,9 +55,10 @@ def interpret(model: str | Path, data: str | Path, out: str | Path, *, top: int 
     """Confusion matrix + top losses (PNG) and per-class metrics (JSON) of `model` on `data` into `out`."""
     from whatsthat.data import check_dataset
     from whatsthat.predict import load_classifier
-    from whatsthat.train import classification_report
+    from whatsthat.train import classification_report, ensure_folder
 
     check_dataset(data)
+    out = ensure_folder(Path(out))  # before scoring every picture, not after
     clf = load_classifier(model)
     files = validation_files(data, clf.card, clf.classes, split)
     if not files:
@@ -85,8 +86,6 @@ def interpret(model: str | Path, data: str | Path, out: str | Path, *, top: int 
         raise WhatsthatError(f"none of the {len(files)} {split} images could be read (first: {skipped[0][1]})")
     quality = quality_from_report(report, baseline_on(rows, clf.card), clf.card.get("training", {}).get("best_stage"))
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     files_written = {
         "confusion_matrix": plot_confusion(report["confusion"], clf.classes, out / "confusion_matrix.png"),
         "top_losses": plot_top_losses(worst, out / "top_losses.png"),

@@ -49,6 +49,17 @@ class TrainResult:
         return card_quality(self.card)
 
 
+def ensure_folder(path: Path) -> Path:
+    """Create the output folder `path`, or say in one line why it cannot be one."""
+    if path.exists() and not path.is_dir():
+        raise WhatsthatError(f"{path} is a file: the output must be a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WhatsthatError(f"cannot create the output folder {path}: {e.strerror or e}") from None
+    return path
+
+
 def dataset_fingerprint(files: list[Path], root: Path) -> str:
     """sha256 over (relative path, content) of every training file: names the exact data a model saw."""
     h = hashlib.sha256()
@@ -250,6 +261,7 @@ def train(
         raise WhatsthatError(f"threshold must be between 0 and 1, not {threshold}")
     spec = get_arch(arch)
     counts = check_dataset(data)
+    ensure_folder(out)  # before the slow work, not when export.pkl is written
     # a broken file would otherwise stop training with a traceback from inside the DataLoader
     bad = unreadable_images(get_dataset_images(data))
     unreadable = [f.relative_to(data).as_posix() for f, _ in bad]
