@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -55,6 +56,15 @@ START_TIMEOUT = 300
 PAGE_TIMEOUT_MS = 300_000
 MODEL_LOADED = "whatsthat.app: model "  # logged by each kernel once it can classify
 MODEL_READY = "ready ("  # the model process's "model process N ready (artifact, ...)" line
+# lesson 2's VBox with no callbacks and no whatsthat: what a Voila page costs here before any of our code
+BARE_NOTEBOOK = {
+    "cells": [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": [
+        "import ipywidgets as widgets\n",
+        "widgets.VBox([widgets.FileUpload(), widgets.Button(description='Classify'), widgets.Output(), widgets.Label()])",
+    ]}],
+    "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}  # fmt: skip
 TEMP_DIRS = [("HOME", ""), ("XDG_CACHE_HOME", ".cache"), ("XDG_CONFIG_HOME", ".config"),
              ("XDG_DATA_HOME", ".local/share"), ("JUPYTER_CONFIG_DIR", ".jupyter"),
              ("JUPYTER_DATA_DIR", ".local/share/jupyter"), ("JUPYTER_RUNTIME_DIR", ".local/share/jupyter/runtime"),
@@ -139,6 +149,11 @@ class Server:
         if self.mode == "after":
             cmd = [str(bin_dir() / "whatsthat"), "serve", f"--model={self.model}", f"--port={port}",
                    "--host=127.0.0.1", f"--examples={tmp / 'none'}", "--", *extra]  # fmt: skip
+        elif self.mode == "bare":  # Voila's own floor: the same four widgets, nothing of whatsthat
+            notebook = tmp / "bare.ipynb"
+            notebook.write_text(json.dumps(BARE_NOTEBOOK))
+            cmd = voila_command(notebook, port, "127.0.0.1", voila=[str(bin_dir() / "python"), "-m", "voila"],
+                                extra_args=extra)
         else:
             cmd = voila_command("app.ipynb", port, "127.0.0.1", self.model, examples=tmp / "none",
                                 voila=[str(bin_dir() / "python"), "-m", "voila"], extra_args=extra)  # fmt: skip
@@ -210,6 +225,10 @@ class Server:
         """Pool full, its kernel through the notebook, every kernel idle (so timings are a visitor's)."""
         wait_until(lambda: self.alive() and self.log_text().count(MODEL_LOADED) >= pages_served + 1,
                    START_TIMEOUT, f"{self.mode}: the preheated kernel running the notebook")  # fmt: skip
+        self.wait_idle()
+
+    def wait_idle(self) -> None:
+        """Until the server and its kernels use no CPU for a second."""
 
         def cpu_s() -> float:
             total = 0.0
