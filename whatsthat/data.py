@@ -7,6 +7,7 @@ exported learner pickles them by import path: `export.pkl` must load wherever wh
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 
 from fastai.data.block import CategoryBlock, DataBlock
@@ -27,7 +28,7 @@ def get_dataset_images(path: str | Path) -> L:
     return L(sorted(get_image_files(path)))
 
 
-def unreadable_images(files) -> list[tuple[Path, str]]:
+def unreadable_images(files: Iterable[str | Path]) -> list[tuple[Path, str]]:
     """(file, why) for every file that would stop training with a decoding error.
 
     A file named .jpg that is an HTML page, empty or cut short would otherwise stop `train` deep inside
@@ -62,10 +63,10 @@ class ImageFiles:
     excluded names travel with it, a record of what the model did not see.
     """
 
-    def __init__(self, exclude=()):
+    def __init__(self, exclude: Iterable[str] = ()) -> None:
         self.exclude = tuple(sorted(str(e) for e in exclude))
 
-    def __call__(self, path) -> L:
+    def __call__(self, path: str | Path) -> L:
         skip = set(self.exclude)
         return L([f for f in get_dataset_images(path) if Path(f).relative_to(path).as_posix() not in skip])
 
@@ -92,7 +93,7 @@ class HashSplitter:
         return [i for i, v in enumerate(valid) if not v], [i for i, v in enumerate(valid) if v]
 
 
-def check_dataset(path: str | Path, exclude=()) -> dict[str, int]:
+def check_dataset(path: str | Path, exclude: Iterable[str] = ()) -> dict[str, int]:
     """Count images per label; raise a clear error when the folder cannot train a classifier.
 
     `exclude`: paths under `path` (as ImageFiles takes them) not to count, e.g. unreadable files.
@@ -113,7 +114,7 @@ def check_dataset(path: str | Path, exclude=()) -> dict[str, int]:
 
 
 def make_datablock(size: int = 224, valid_pct: float = 0.2, seed: int = 42, stats=None, min_scale: float = 0.5,
-                   exclude=()) -> DataBlock:
+                   exclude: Iterable[str] = ()) -> DataBlock:
     """The lesson-2 DataBlock: random-resized crops plus fastai's standard augmentations.
 
     `exclude`: files to leave out (ImageFiles); without any, the plain get_dataset_images as always.
@@ -134,7 +135,7 @@ def make_datablock(size: int = 224, valid_pct: float = 0.2, seed: int = 42, stat
 
 
 def make_dataloaders(path: str | Path, size: int = 224, bs: int = 32, valid_pct: float = 0.2, seed: int = 42,
-                     stats=None, workers: int = 0, min_scale: float = 0.5, exclude=()):
+                     stats=None, workers: int = 0, min_scale: float = 0.5, exclude: Iterable[str] = ()):
     """DataLoaders for `path`, with checks that turn fastai's obscure failures into clear messages.
 
     `exclude`: paths under `path` to leave out (see ImageFiles).
