@@ -7,7 +7,7 @@ exported learner pickles them by import path: `export.pkl` must load wherever wh
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from fastai.data.block import CategoryBlock, DataBlock
@@ -54,6 +54,17 @@ def describe_unreadable(bad: list[tuple[Path, str]], root: str | Path, limit: in
     more = f"; and {len(bad) - limit} more" if len(bad) > limit else ""
     return (f"skipping {len(bad)} file(s) that cannot be read as pictures (left where they are: delete or "
             f"replace them): {shown}{more}")
+
+
+def leave_out_unreadable(files: Iterable[str | Path], root: str | Path,
+                         echo: Callable[[str], None] | None = None) -> tuple[list[Path], list[str]]:
+    """(the readable files, the others' paths under `root`), saying once which were left out and why."""
+    files = [Path(f) for f in files]
+    bad = unreadable_images(files)
+    if bad and echo:
+        echo(describe_unreadable(bad, root))
+    skip = {f for f, _ in bad}
+    return [f for f in files if f not in skip], [f.relative_to(root).as_posix() for f, _ in bad]
 
 
 class ImageFiles:

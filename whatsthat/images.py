@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import stat
 import struct
 from pathlib import Path
 
@@ -116,13 +117,13 @@ def load_image(
     if isinstance(source, (str, Path)):
         path = Path(source)
         try:
-            size = path.stat().st_size
+            st = path.stat()
         except OSError as e:
             raise ImageError("unreadable", f"cannot read {path}: {e.strerror or e}") from e
-        if path.is_dir():
+        if stat.S_ISDIR(st.st_mode):
             raise ImageError("folder", f"{path} is a folder, not an image file")
-        if size > max_bytes:
-            raise ImageError("too-large", f"file is {_mib(size)}; the limit is {_mib(max_bytes)}")
+        if st.st_size > max_bytes:
+            raise ImageError("too-large", f"file is {_mib(st.st_size)}; the limit is {_mib(max_bytes)}")
         try:
             data = path.read_bytes()
         except OSError as e:

@@ -201,16 +201,12 @@ def fit_not_sure(model_path: str | Path, data: str | Path, *, method: str | None
     Settings left None take whatsthat.ood's defaults. Returns the card's new "not_sure" entry.
     """
     from whatsthat import ood
-    from whatsthat.data import check_dataset, describe_unreadable, get_dataset_images, unreadable_images
+    from whatsthat.data import check_dataset, get_dataset_images, leave_out_unreadable
 
     clf = load_classifier(model_path)
     check_dataset(data)
     files = list(get_dataset_images(data))
-    bad = unreadable_images(files)  # left out, said once: they would stop the feature pass with a traceback
-    if bad and echo:
-        echo(describe_unreadable(bad, data))
-    skip = {f for f, _ in bad}
-    readable = [f for f in files if f not in skip]
+    readable, _ = leave_out_unreadable(files, data, echo)  # they would stop the feature pass with a traceback
     unknown = sorted({f.parent.name for f in files} - set(clf.classes))
     if unknown:
         raise WhatsthatError(f"{data} has labels the model does not know: {', '.join(unknown)} "

@@ -232,13 +232,7 @@ def train(
     from fastai.torch_core import set_seed
     from fastai.vision.learner import create_head, vision_learner
 
-    from whatsthat.data import (
-        check_dataset,
-        describe_unreadable,
-        get_dataset_images,
-        make_dataloaders,
-        unreadable_images,
-    )
+    from whatsthat.data import check_dataset, get_dataset_images, leave_out_unreadable, make_dataloaders
     from whatsthat.models import ensure_torchvision_weights, get_arch
 
     echo = echo or (lambda s: print(s, file=sys.stderr))
@@ -262,11 +256,10 @@ def train(
     spec = get_arch(arch)
     counts = check_dataset(data)
     ensure_folder(out)  # before the slow work, not when export.pkl is written
+    files = list(get_dataset_images(data))  # the data this model sees: its card's fingerprint
     # a broken file would otherwise stop training with a traceback from inside the DataLoader
-    bad = unreadable_images(get_dataset_images(data))
-    unreadable = [f.relative_to(data).as_posix() for f, _ in bad]
-    if bad:
-        echo(describe_unreadable(bad, data))
+    _, unreadable = leave_out_unreadable(files, data, echo)
+    if unreadable:
         counts = check_dataset(data, unreadable)
     if pretrained and spec.torchvision:
         ensure_torchvision_weights(arch)  # fail before the slow work, with a message that says what to do
@@ -304,7 +297,6 @@ def train(
     metrics["baseline"] = majority_baseline(label_counts(dls.train_ds.items), label_counts(dls.valid_ds.items))
     quality = quality_from_report(metrics, metrics["baseline"], keep.where)
     metrics["accuracy_ci95"] = [round(quality.low, 4), round(quality.high, 4)]
-    files = list(get_dataset_images(data))
     card = {
         "name": " / ".join(map(str, dls.vocab)),  # what it tells apart, e.g. "black / grizzly / teddy"
         "classes": list(dls.vocab),
