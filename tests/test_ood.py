@@ -144,7 +144,7 @@ def test_pretrained_features_come_from_the_top_as_it_was_and_travel_with_the_sta
         ood.load_detector(tmp_path / "export.pkl")
     with pytest.raises(WhatsthatError, match="pretrained top"):
         ood.split_forward(model, x, "pretrained")
-    with pytest.raises(WhatsthatError, match="only `whatsthat train` has"):
+    with pytest.raises(WhatsthatError, match="need the body's top as it was before training: pass it"):
         ood.fit_detector(feats, torch.arange(30) % 3, feats, layer="pretrained")
     other = nn.Sequential(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)), model[1])  # another top
     det.model_fingerprint = ""

@@ -329,8 +329,9 @@ def fit_detector(train_features: torch.Tensor, train_labels: torch.Tensor, valid
     `pretrained`: the pretrained top the "pretrained" features came from (kept with the statistics).
     """
     if layer == "pretrained" and pretrained is None:
-        raise WhatsthatError("'pretrained' features need the body's top as it was before training, which only "
-                             "`whatsthat train` has (it keeps it while the top trains); use the pooled features")  # fmt: skip
+        raise WhatsthatError("'pretrained' features need the body's top as it was before training: pass it as "
+                             "`pretrained` (whatsthat train keeps it while the top trains; whatsthat.predict."
+                             "original_top rebuilds it from the ImageNet weights), or use the pooled features")  # fmt: skip
     if not 0 < in_class_rate < 1:
         raise WhatsthatError(f"in_class_rate must be between 0 and 1, not {in_class_rate}")
     if len(valid_features) == 0 or len(train_features) == 0:
