@@ -132,8 +132,9 @@ def loads_torch(p: psutil.Process) -> bool:
 class Server:
     """One server on a free port in a temp dir: `after` is `whatsthat serve`, `before` is Voila alone."""
 
-    def __init__(self, mode: str, model: Path) -> None:
+    def __init__(self, mode: str, model: Path, code: Path | None = None) -> None:
         self.mode, self.model = mode, model
+        self.code = code  # another checkout's package, first on PYTHONPATH (common.checkout), or None
         self.tmp = tempfile.TemporaryDirectory(prefix=f"whatsthat-app-bench-{mode}-")
         self.log = Path(self.tmp.name) / "server.log"
         self.pids: set[int] = set()
@@ -141,6 +142,8 @@ class Server:
     def __enter__(self) -> Server:
         tmp = Path(self.tmp.name)
         env = temp_env(tmp / "home")
+        if self.code is not None:  # inherited by the model process and the kernels too
+            env["PYTHONPATH"] = str(self.code)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]

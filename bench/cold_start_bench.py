@@ -1,6 +1,6 @@
 """Cold start -> first prediction, with the page built from the model card against waiting for the model.
 
-    WHATSTHAT_SERVE_VENV=.venv-serve .venv/bin/python bench/cold_start_bench.py [--runs 3]
+    WHATSTHAT_SERVE_VENV=.venv-serve .venv/bin/python bench/cold_start_bench.py [--runs 3] [--baseline REF]
 
 A page kernel builds the page from the card beside the model when the card names the classes
 (whatsthat.app.RemoteClassifier), so at a cold start the page renders while the model process is still
@@ -11,11 +11,16 @@ process fills them in from the artifact and the page reads the same), alternatin
 `whatsthat serve` and a fresh browser context. Timed from starting `whatsthat serve`: the server
 answering, the model process ready (its log line), the first page interactive (Classify enabled), the
 first prediction shown.
+
+`--baseline REF` compares instead the working tree's `whatsthat serve` with commit REF's (its package
+checked out into a temporary git worktree and put first on PYTHONPATH, for the server, the model
+process and the kernels; same venv, same model files), alternating in the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -24,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 import app_bench as app
-from common import ROOT, median, require_bears, table
+from common import ROOT, checkout, median, require_bears, table
 
 MODEL_FILES = (".pkl", ".card.json", ".safetensors", ".serving.json", ".ood.safetensors")
 
@@ -43,8 +48,8 @@ def without_classes(model: Path, folder: Path) -> Path:
     return folder / "export.pkl"
 
 
-def cold_start(browser, model: Path, photo: Path) -> dict[str, float | None]:
-    with app.Server("after", model) as srv:
+def cold_start(browser, model: Path, photo: Path, code: Path | None = None) -> dict[str, float | None]:
+    with app.Server("after", model, code) as srv:
         steps, label = app.cold_start(browser, srv, photo)
     if not label.startswith("Prediction:"):
         sys.exit(f"unexpected answer {label!r}")
@@ -55,23 +60,29 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=str(ROOT / "export.pkl"))
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--baseline", metavar="REF", help="compare with `whatsthat serve` as commit REF has it")
     args = ap.parse_args()
     photo = sorted((require_bears() / "grizzly").glob("*.jpg"))[0]
     if not app.CHROMIUM.exists():
         sys.exit(f"the cold start bench needs {app.CHROMIUM} (Debian's chromium package)")
     from playwright.sync_api import sync_playwright
 
-    results: dict[str, list[dict]] = {"page from the card": [], "page waits for the model (before)": []}
+    model = Path(args.model).resolve()
     load_before = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="whatsthat-cold-bench-") as tmp:
-        models = {"page from the card": Path(args.model).resolve(),
-                  "page waits for the model (before)": without_classes(Path(args.model).resolve(), Path(tmp) / "m")}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="whatsthat-cold-bench-") as tmp, contextlib.ExitStack() as stack:
+        # each set-up: (model, package checkout or None for the working tree)
+        if args.baseline:
+            setups = {"now": (model, None), f"@ {args.baseline}": (model, stack.enter_context(checkout(args.baseline)))}
+        else:
+            setups = {"page from the card": (model, None),
+                      "page waits for the model (before)": (without_classes(model, Path(tmp) / "m"), None)}  # fmt: skip
+        results: dict[str, list[dict]] = {name: [] for name in setups}
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(app.CHROMIUM), args=app.CHROMIUM_ARGS, env=app.temp_env(Path(tmp)))
             try:
                 for _ in range(args.runs):  # alternating, so a change in the machine's load hits both
-                    for name, model in models.items():
-                        results[name].append(cold_start(browser, model, photo))
+                    for name, (files, code) in setups.items():
+                        results[name].append(cold_start(browser, files, photo, code))
             finally:
                 browser.close()
     steps = {"answering": "server answering", "model_ready": "model process ready",

@@ -1,11 +1,16 @@
-"""Helpers shared by the bench scripts: where the data is, medians, and a plain table printer."""
+"""Helpers shared by the bench scripts: where the data is, an older commit's package, medians, and a plain
+table printer."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,3 +48,19 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in cells]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def checkout(ref: str) -> Iterator[Path]:
+    """The package as commit `ref` has it, in a temporary git worktree (removed afterwards).
+
+    Put first on PYTHONPATH, it wins over the editable install of the working tree: a console script's
+    sys.path starts with its own folder, then PYTHONPATH. Same venv, so only whatsthat's code differs.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), ref], cwd=ROOT, check=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=True)

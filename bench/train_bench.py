@@ -21,28 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine, median, require_bears, table
+from common import checkout, machine, median, require_bears, table
 
 RECIPES = {
     # lesson 2: RandomResizedCrop(224, min_scale=0.5) + aug_transforms, fine_tune(4) (1 frozen + 4 epochs)
     "course recipe": ["--size", "224", "--head-epochs", "0", "--top-epochs", "0", "--freeze-epochs", "1", "--epochs", "4"],
     "whatsthat default": [],
 }
-
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@contextlib.contextmanager
-def checkout(ref: str):
-    """The package as commit `ref` has it, in a temporary git worktree (removed afterwards)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / "tree"
-        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), ref], cwd=ROOT, check=True)
-        try:
-            yield tree
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=True)
 
 
 def run_once(data: Path, extra: list[str], seed: int, code: Path | None = None) -> dict:

@@ -365,6 +365,47 @@ def test_serve_accepts_an_artifact_without_export_pkl(tmp_path, monkeypatch):
     assert serve(tmp_path / "export.pkl", echo=lambda s: None) == 0
 
 
+def test_the_server_imports_voila_without_the_unneeded_optional_modules():
+    # in a fresh interpreter, as `whatsthat serve` does: the grammar-compiling module never loads, and
+    # jsonschema keeps every format check but the two it would have provided
+    code = (
+        "import sys\n"
+        "from whatsthat.serve import skip_unneeded_imports\n"
+        "print(skip_unneeded_imports())\n"
+        "import whatsthat.voilaapp\n"
+        "from jsonschema import Draft7Validator\n"
+        "checks = Draft7Validator.FORMAT_CHECKER.checkers\n"
+        "print('rfc3987_syntax' in sys.modules and sys.modules['rfc3987_syntax'] is not None, 'lark' in sys.modules,\n"
+        "      'iri' in checks, 'uri' in checks, 'date-time' in checks)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:2] == ["['rfc3987_syntax']", "False False False True True"]
+
+
+def test_skip_leaves_an_imported_module_alone(monkeypatch):
+    import json as already
+
+    monkeypatch.delitem(sys.modules, "whatsthat_never_imported", raising=False)
+    assert servemod.skip_unneeded_imports(["json", "whatsthat_never_imported"]) == ["whatsthat_never_imported"]
+    assert sys.modules["json"] is already and sys.modules["whatsthat_never_imported"] is None
+    with pytest.raises(ModuleNotFoundError):
+        import whatsthat_never_imported  # noqa: F401
+
+
+def test_no_installed_jupyter_schema_uses_the_formats_the_skipped_module_checks():
+    # what makes skipping it safe: if a Jupyter, Voila or whatsthat schema starts to use "iri" formats,
+    # UNNEEDED_OPTIONAL_MODULES must drop rfc3987_syntax
+    import importlib.util
+
+    roots = [Path(importlib.util.find_spec(name).origin).parent
+             for name in ("jupyter_server", "jupyter_events", "voila", "nbformat", "whatsthat")]
+    schemas = [f for root in roots for pattern in ("*.json", "*.yaml", "*.yml") for f in root.rglob(pattern)]
+    assert any("event_schemas" in str(f) for f in schemas)  # the scan reaches jupyter_server's events
+    uses = [str(f) for f in schemas if re.search(r"""["']?format["']?\s*:\s*["']?iri""", f.read_text(errors="replace"))]
+    assert uses == []
+
+
 # -- the lock (requirements/dev.lock) and drift from it --
 
 

@@ -42,6 +42,17 @@ POOL_SIZE = 1  # one warm kernel: the next visitor gets a page at once; a thin k
 # 64 MiB lets several photos through and lets images.load_image refuse the oversized ones politely.
 MAX_UPLOAD_MB = 64
 REPO_NOTEBOOK = Path(__file__).resolve().parent.parent / "app.ipynb"
+# Optional modules the server stack would import without needing them. Every Jupyter server start
+# imports jsonschema's format checkers (jupyter_events validates its events with them), and jsonschema
+# imports the backend of each format it finds installed. rfc3987_syntax, which jupyter-events' own
+# requirements (`jsonschema[format-nongpl]`) install, compiles ~35 Earley grammars when imported:
+# 2.8 of the 4.0 s that importing Voila took on the reference machine, on every cold start (README,
+# "Performance"; jupyter-server/jupyter_server#1559). It checks only the "iri" and "iri-reference"
+# formats, which no Jupyter, Voila or whatsthat schema uses (tests/test_serve_process.py checks the
+# installed schemas), and jsonschema already treats it as optional: when it cannot be imported,
+# those two formats go unchecked. A None in sys.modules is the import system's documented way to
+# say "not importable"; nothing of the module or of jsonschema is changed.
+UNNEEDED_OPTIONAL_MODULES = ("rfc3987_syntax",)
 
 
 def tornado_settings(max_upload_mb: int = MAX_UPLOAD_MB) -> dict[str, Any]:
@@ -216,6 +227,17 @@ def serve(
         return run_voila_beside_model(model_path, env, args, cwd=nb.parent)
 
 
+def skip_unneeded_imports(names: Sequence[str] = UNNEEDED_OPTIONAL_MODULES) -> list[str]:
+    """Mark `names` not importable in this process, unless already imported; returns those marked.
+
+    For the server process only, before it imports Voila (see UNNEEDED_OPTIONAL_MODULES for why).
+    """
+    marked = [name for name in names if name not in sys.modules]
+    for name in marked:
+        sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not importable"
+    return marked
+
+
 def run_voila_beside_model(model: Path, env: dict[str, str], args: Sequence[str], *, cwd: Path) -> int:
     """Voila in this process, with the supervised model process beside it; returns when Voila stops.
 
@@ -223,9 +245,12 @@ def run_voila_beside_model(model: Path, env: dict[str, str], args: Sequence[str]
     (12 MB PSS measured) on a 512 MB dyno, for what a thread does. Voila handles SIGTERM (Heroku's
     stop) and Ctrl-C itself: it stops its loop and shuts its kernels down; the model process stops after.
     """
-    from whatsthat.voilaapp import PageVoila  # the server stack: imported only to serve
-
+    # The model process starts first: it imports torch while this process imports Voila, on the
+    # other core (both are single-threaded), instead of after it.
     with Supervisor(model) as sup:
+        skip_unneeded_imports()
+        from whatsthat.voilaapp import PageVoila  # the server stack: imported only to serve
+
         os.environ.update({**env, **sup.env()})  # Voila passes its environment on to every kernel
         os.chdir(cwd)
         app = PageVoila.instance()
