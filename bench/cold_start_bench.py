@@ -12,9 +12,9 @@ process fills them in from the artifact and the page reads the same), alternatin
 answering, the model process ready (its log line), the first page interactive (Classify enabled), the
 first prediction shown.
 
-`--baseline REF` compares instead the working tree's `whatsthat serve` with commit REF's (its package
-checked out into a temporary git worktree and put first on PYTHONPATH, for the server, the model
-process and the kernels; same venv, same model files), alternating in the same way.
+`--baseline REF` compares instead the working tree's `whatsthat serve` with commit REF's (REF's package
+checked out into a temporary git worktree; each package put first on PYTHONPATH, for the server, the
+model process and the kernels; same venv, same model files), alternating in the same way.
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="whatsthat-cold-bench-") as tmp, contextlib.ExitStack() as stack:
         # each set-up: (model, package checkout or None for the working tree)
         if args.baseline:
-            setups = {"now": (model, None), f"@ {args.baseline}": (model, stack.enter_context(checkout(args.baseline)))}
+            # the working tree by PYTHONPATH too: the serving venv holds a non-editable copy of the package
+            setups = {"now": (model, ROOT), f"@ {args.baseline}": (model, stack.enter_context(checkout(args.baseline)))}
         else:
             setups = {"page from the card": (model, None),
                       "page waits for the model (before)": (without_classes(model, Path(tmp) / "m"), None)}  # fmt: skip

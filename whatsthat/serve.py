@@ -48,7 +48,7 @@ REPO_NOTEBOOK = Path(__file__).resolve().parent.parent / "app.ipynb"
 # requirements (`jsonschema[format-nongpl]`) install, compiles ~35 Earley grammars when imported:
 # 2.8 of the 4.0 s that importing Voila took on the reference machine, on every cold start (README,
 # "Performance"; jupyter-server/jupyter_server#1559). It checks only the "iri" and "iri-reference"
-# formats, which no Jupyter, Voila or whatsthat schema uses (tests/test_serve_process.py checks the
+# formats, which no Jupyter, Voila or whatsthat schema uses (tests/test_deploy.py checks the
 # installed schemas), and jsonschema already treats it as optional: when it cannot be imported,
 # those two formats go unchecked. A None in sys.modules is the import system's documented way to
 # say "not importable"; nothing of the module or of jsonschema is changed.
