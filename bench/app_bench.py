@@ -81,6 +81,26 @@ def bin_dir() -> Path:
     return venv / "bin" if venv else Path(sys.executable).parent
 
 
+def require_current_package() -> None:
+    """Exit with a message when the serving venv's copy of whatsthat is not the working tree's code.
+
+    The serving venv holds a non-editable install, as a dyno does: after an edit, the servers it starts
+    run the old code until `make serve-env` reinstalls it, and a bench would time the wrong code.
+    """
+    if serve_venv() is None:
+        return  # this venv: the editable install is the working tree
+    where = subprocess.run([str(bin_dir() / "python"), "-c", "import whatsthat; print(whatsthat.__file__)"],
+                           capture_output=True, text=True, cwd=tempfile.gettempdir())  # fmt: skip
+    if where.returncode != 0:
+        sys.exit(f"whatsthat does not import in {serve_venv()}: run `make serve-env`\n{where.stderr[-1000:]}")
+    installed = Path(where.stdout.strip()).parent
+    stale = [f.name for f in sorted((ROOT / "whatsthat").glob("*.py"))
+             if not (installed / f.name).is_file() or (installed / f.name).read_bytes() != f.read_bytes()]
+    if stale:
+        sys.exit(f"the serving venv's whatsthat ({installed}) is not the working tree's ({', '.join(stale[:5])}"
+                 f"{' ...' if len(stale) > 5 else ''} differ): run `make serve-env` first")
+
+
 def temp_env(home: Path) -> dict[str, str]:
     env = dict(os.environ, JUPYTER_PLATFORM_DIRS="1", MPLBACKEND="Agg")
     for var, sub in TEMP_DIRS:
@@ -450,6 +470,7 @@ def main() -> None:
     if not photos:
         sys.exit(f"no grizzly photos in {require_bears() / 'grizzly'}")
     photo = photos[0]
+    require_current_package()
     if not CHROMIUM.exists():
         sys.exit(f"the app bench needs {CHROMIUM} (Debian's chromium package)")
     from playwright.sync_api import sync_playwright

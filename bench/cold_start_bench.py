@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="REF", help="compare with `whatsthat serve` as commit REF has it")
     args = ap.parse_args()
     photo = sorted((require_bears() / "grizzly").glob("*.jpg"))[0]
+    if not args.baseline:  # with one, each set-up runs its own checkout by PYTHONPATH
+        app.require_current_package()
     if not app.CHROMIUM.exists():
         sys.exit(f"the cold start bench needs {app.CHROMIUM} (Debian's chromium package)")
     from playwright.sync_api import sync_playwright

@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="fresh servers of each kind, alternating")
     ap.add_argument("--pages", type=int, default=3, help="warm pages per server")
     args = ap.parse_args()
+    app.require_current_package()
     if not app.CHROMIUM.exists():
         sys.exit(f"the page floor bench needs {app.CHROMIUM} (Debian's chromium package)")
     from playwright.sync_api import sync_playwright
