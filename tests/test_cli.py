@@ -56,13 +56,18 @@ def test_bad_arguments_get_a_usage_message(args, message):
         (["gather", "--config", "missing.toml"], "categories file not found"),
         (["interpret", "nowhere"], "dataset folder not found"),
         (["serve", "--model", "missing.pkl"], "model file not found"),
-        (["journal", "nowhere"], "dataset folder not found: nowhere"),
     ],
 )
 def test_user_errors_are_one_clear_line(tmp_path, args, message):
     proc = run(*args, cwd=tmp_path, check=False)
     assert proc.returncode == 1, proc.stderr
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_journal_of_a_missing_folder_is_an_error_not_an_empty_journal(tmp_path):
+    proc = run("journal", "nowhere", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"dataset folder not found: {(tmp_path / 'nowhere').resolve()}" in proc.stderr
 
 
 def test_a_file_where_a_folder_belongs_and_the_reverse(tmp_path, make_dataset):

@@ -195,10 +195,9 @@ def cmd_trash(args: argparse.Namespace) -> int:
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
-    from whatsthat.clean import batches, journal
+    from whatsthat.clean import batches, dataset_root, journal
 
-    if not Path(args.data).is_dir():
-        raise WhatsthatError(f"dataset folder not found: {args.data}")
+    dataset_root(args.data)  # a missing folder is an error, not "no cleaning batches"
     if args.json:
         print(json.dumps(journal(args.data), indent=1))
         return 0

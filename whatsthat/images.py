@@ -118,15 +118,12 @@ def load_image(
         path = Path(source)
         try:
             st = path.stat()
-        except OSError as e:
-            raise ImageError("unreadable", f"cannot read {path}: {e.strerror or e}") from e
-        if stat.S_ISDIR(st.st_mode):
-            raise ImageError("folder", f"{path} is a folder, not an image file")
-        if st.st_size > max_bytes:
-            raise ImageError("too-large", f"file is {_mib(st.st_size)}; the limit is {_mib(max_bytes)}")
-        try:
+            if stat.S_ISDIR(st.st_mode):
+                raise ImageError("folder", f"{path} is a folder, not an image file")
+            if st.st_size > max_bytes:
+                raise ImageError("too-large", f"file is {_mib(st.st_size)}; the limit is {_mib(max_bytes)}")
             data = path.read_bytes()
-        except OSError as e:
+        except OSError as e:  # ImageError is not an OSError: the two above pass through
             raise ImageError("unreadable", f"cannot read {path}: {e.strerror or e}") from e
     else:
         data = bytes(source)

@@ -206,7 +206,6 @@ def fit_not_sure(model_path: str | Path, data: str | Path, *, method: str | None
     clf = load_classifier(model_path)
     check_dataset(data)
     files = list(get_dataset_images(data))
-    readable, _ = leave_out_unreadable(files, data, echo)  # they would stop the feature pass with a traceback
     unknown = sorted({f.parent.name for f in files} - set(clf.classes))
     if unknown:
         raise WhatsthatError(f"{data} has labels the model does not know: {', '.join(unknown)} "
@@ -217,6 +216,8 @@ def fit_not_sure(model_path: str | Path, data: str | Path, *, method: str | None
     if trained_on and trained_on != dataset_fingerprint(files, Path(data)) and echo:
         # still usable (e.g. more pictures since), but the split may then hold pictures the model trained on
         echo(f"note: {data} is not the exact dataset the model was trained on (its card's sha256 differs)")
+    # after the checks above, which are cheap: this one decodes every picture
+    readable, _ = leave_out_unreadable(files, data, echo)  # they would stop the feature pass with a traceback
     train_items, valid_items = ood.split_items(readable, clf.card)
     if not train_items or not valid_items:
         raise WhatsthatError(f"{data}: the model's split leaves no training or no held-out pictures")
