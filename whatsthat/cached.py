@@ -44,6 +44,7 @@ import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -52,6 +53,9 @@ from torch.nn import functional as F
 from whatsthat.cpu import INFERENCE_BS, forward_only_valid
 from whatsthat.ood import PretrainedTop
 from whatsthat.progress import Progress, epoch_line
+
+if TYPE_CHECKING:
+    from fastai.learner import Learner
 
 # The activations at the cut are kept as float16: for efficientnet_lite0 at 224 px that is 43 KB per
 # picture (14x14x112), so 10,000 pictures take 440 MB. Above this budget the top stage is skipped,
@@ -126,7 +130,7 @@ def snapshot(model: nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def fit_cached(learn, *, head_epochs: int, top_epochs: int, size: int, lr: float, seed: int = 42,
+def fit_cached(learn: Learner, *, head_epochs: int, top_epochs: int, size: int, lr: float, seed: int = 42,
                mirrors: bool = False, echo: Callable[[str], None] | None = None,
                bar: bool = False) -> tuple[list[dict], Best, Cache]:
     """The head stage, then the top stage (see the module docstring), on activations computed once.

@@ -26,9 +26,13 @@ import ctypes
 import ctypes.util
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from fastai.data.core import DataLoaders, TfmdDL
 
 # mallopt parameters, from glibc's <malloc.h>
 M_TRIM_THRESHOLD = -1
@@ -43,7 +47,7 @@ TRIM_THRESHOLD = 1 << 30  # keep up to 1 GiB of freed memory at the top of the h
 INFERENCE_BS = 16
 
 
-def forward_only_valid(dls):
+def forward_only_valid(dls: DataLoaders) -> TfmdDL:
     """The validation loader of fastai DataLoaders `dls` at INFERENCE_BS, in order."""
     return dls.valid.new(bs=INFERENCE_BS, shuffle=False, drop_last=False)
 

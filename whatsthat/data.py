@@ -7,10 +7,11 @@ exported learner pickles them by import path: `export.pkl` must load wherever wh
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from fastai.data.block import CategoryBlock, DataBlock
+from fastai.data.core import DataLoaders
 from fastai.data.transforms import get_image_files, parent_label
 from fastai.vision.augment import RandomResizedCrop, aug_transforms
 from fastai.vision.data import ImageBlock
@@ -18,6 +19,9 @@ from fastcore.foundation import L
 from PIL import Image, UnidentifiedImageError
 
 from whatsthat.errors import WhatsthatError
+
+# the per-channel (mean, std) that Normalize uses: a backbone's pretraining statistics (whatsthat.models.Arch.stats)
+Stats = tuple[Sequence[float], Sequence[float]]
 
 
 def get_dataset_images(path: str | Path) -> L:
@@ -124,7 +128,7 @@ def check_dataset(path: str | Path, exclude: Iterable[str] = ()) -> dict[str, in
     return dict(sorted(counts.items()))
 
 
-def make_datablock(size: int = 224, valid_pct: float = 0.2, seed: int = 42, stats=None, min_scale: float = 0.5,
+def make_datablock(size: int = 224, valid_pct: float = 0.2, seed: int = 42, stats: Stats | None = None, min_scale: float = 0.5,
                    exclude: Iterable[str] = ()) -> DataBlock:
     """The lesson-2 DataBlock: random-resized crops plus fastai's standard augmentations.
 
@@ -146,7 +150,8 @@ def make_datablock(size: int = 224, valid_pct: float = 0.2, seed: int = 42, stat
 
 
 def make_dataloaders(path: str | Path, size: int = 224, bs: int = 32, valid_pct: float = 0.2, seed: int = 42,
-                     stats=None, workers: int = 0, min_scale: float = 0.5, exclude: Iterable[str] = ()):
+                     stats: Stats | None = None, workers: int = 0, min_scale: float = 0.5,
+                     exclude: Iterable[str] = ()) -> DataLoaders:
     """DataLoaders for `path`, with checks that turn fastai's obscure failures into clear messages.
 
     `exclude`: paths under `path` to leave out (see ImageFiles).

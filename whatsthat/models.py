@@ -17,6 +17,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,7 @@ class Arch:
     # leaf modules, and EfficientNet's padded convs are not leaves (they hold a padding child).
     body_features: int | None = None
 
-    def builder(self):
+    def builder(self) -> Callable[..., nn.Module]:
         """The callable fastai's vision_learner takes as `arch`."""
         if self.name in LITE_BUILDERS:
             return LITE_BUILDERS[self.name]

@@ -66,6 +66,8 @@ from whatsthat.cpu import INFERENCE_BS
 from whatsthat.errors import WhatsthatError
 
 if TYPE_CHECKING:
+    from fastai.learner import Learner
+
     from whatsthat.cached import Cache
 
 log = logging.getLogger(__name__)
@@ -408,7 +410,7 @@ def card_entry(det: Detector, file: str | None = None) -> dict:
             "file": file, "model_fingerprint": det.model_fingerprint, "calibration": det.calibration}
 
 
-def extract(learn, items: Sequence, layer: str = DEFAULT_LAYER, bs: int = INFERENCE_BS,
+def extract(learn: Learner, items: Sequence, layer: str = DEFAULT_LAYER, bs: int = INFERENCE_BS,
             pretrained: PretrainedTop | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(features, logits, labels) of `items` through a fastai learner's validation transforms."""
     model = learn.model.eval()
@@ -444,7 +446,7 @@ def extract_cached(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, laye
     return torch.cat(feats), torch.cat(logits), labels.long()
 
 
-def fit_and_save(learn, model_path: str | Path, train_items: Sequence | None = None, valid_items: Sequence | None = None,
+def fit_and_save(learn: Learner, model_path: str | Path, train_items: Sequence | None = None, valid_items: Sequence | None = None,
                  *, cache: Cache | None = None, method: str = DEFAULT_METHOD, layer: str | None = None,
                  k: int = DEFAULT_K, in_class_rate: float = DEFAULT_IN_CLASS_RATE,
                  pretrained: PretrainedTop | None = None, echo: Callable[[str], None] | None = None) -> dict:

@@ -17,7 +17,7 @@ import json
 import logging
 import pickle
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +32,7 @@ __all__ = ["DEFAULT_THRESHOLD", "NOT_SURE", "Classifier", "Verdict", "load_class
 log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # whatsthat.ood imports torch: the page's thin kernels import this module without it
+    import torch
     from torch import nn
 
     from whatsthat.ood import Detector, PretrainedTop
@@ -91,7 +92,7 @@ class Classifier:
             feats, logits = ood.split_forward(self.model, batch, self.detector.layer, self.detector.pretrained)
             return torch.softmax(logits, dim=1), self.detector.score(feats, logits)
 
-    def probabilities(self, images: Sequence[ImageInput]):
+    def probabilities(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """Softmax probabilities, one row per image, columns in `self.classes` order."""
         return self._forward(images)[0]
 
@@ -194,7 +195,8 @@ def write_card(model_path: str | Path, card: dict) -> Path:
 
 
 def fit_not_sure(model_path: str | Path, data: str | Path, *, method: str | None = None, layer: str | None = None,
-                 k: int | None = None, in_class_rate: float | None = None, echo=None) -> dict:
+                 k: int | None = None, in_class_rate: float | None = None,
+                 echo: Callable[[str], None] | None = None) -> dict:
     """Give an existing export.pkl out-of-class statistics from its dataset folder; update its card.
 
     For models trained before the detector existed (the statistics are otherwise fitted by `train`).

@@ -11,13 +11,14 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
 from fastai.callback.core import Callback
-from fastai.learner import Recorder
+from fastai.learner import Learner, Recorder
+from torch import nn
 
 from whatsthat.cached import Cache, epoch_name, fit_cached, snapshot
 from whatsthat.cached import evaluate as cached_logits
@@ -26,12 +27,12 @@ from whatsthat.errors import WhatsthatError
 from whatsthat.ood import fit_and_save
 from whatsthat.predict import DEFAULT_THRESHOLD, card_path_for
 from whatsthat.progress import epoch_line
-from whatsthat.quality import majority_baseline, quality_from_report
+from whatsthat.quality import Quality, majority_baseline, quality_from_report
 
 
 @dataclass
 class TrainResult:
-    learn: object  # the live fastai Learner, for interpretation and cleaning
+    learn: Learner  # the live fastai Learner, for interpretation and cleaning
     model_path: Path
     card_path: Path
     card: dict
@@ -42,7 +43,7 @@ class TrainResult:
         return self.card["metrics"]["error_rate"]
 
     @property
-    def quality(self):
+    def quality(self) -> Quality:
         """Accuracy with its 95% interval, the majority baseline and the verdict (whatsthat.quality)."""
         from whatsthat.quality import card_quality
 
@@ -69,7 +70,7 @@ def dataset_fingerprint(files: list[Path], root: Path) -> str:
     return h.hexdigest()
 
 
-def label_counts(files) -> dict[str, int]:
+def label_counts(files: Iterable[str | Path]) -> dict[str, int]:
     """Pictures per label folder, from the file paths alone (no image is opened)."""
     counts: dict[str, int] = {}
     for f in files:
@@ -157,7 +158,7 @@ class KeepBest(Callback):
             self.best_loss, self.where = loss, epoch_name(self.stages.stage, self.epoch)
             self.state = snapshot(self.learn.model)
 
-    def restore(self, model) -> bool:
+    def restore(self, model: nn.Module) -> bool:
         """Load the best weights into `model`; True when they are not the last epoch's."""
         if self.state is None:
             return False
@@ -343,7 +344,7 @@ def train(
     return TrainResult(learn, model_path, card_path_for(model_path), card, history)
 
 
-def fit_stages(learn, recorder: EpochHistory, *, pretrained: bool, head_epochs: int, top_epochs: int,
+def fit_stages(learn: Learner, recorder: EpochHistory, *, pretrained: bool, head_epochs: int, top_epochs: int,
                mirrors: bool, freeze_epochs: int, epochs: int, size: int, lr: float, seed: int, freeze_bn: bool, micro_bs: int,
                callbacks: list | None, bar: bool, echo: Callable[[str], None]) -> tuple[list[dict], KeepBest, Cache | None]:
     """Run the training stages in order (see train); leave the best epoch's weights in the model.
@@ -382,7 +383,7 @@ def fit_stages(learn, recorder: EpochHistory, *, pretrained: bool, head_epochs: 
 
 
 @contextlib.contextmanager
-def micro_batches(learn, size: int) -> Iterator[list[Callback]]:
+def micro_batches(learn: Learner, size: int) -> Iterator[list[Callback]]:
     """Run the training batches as micro-batches of `size` pictures, stepping once per full batch.
 
     Yields the callbacks for the fit (fastai's GradientAccumulation: gradients summed over the
@@ -408,7 +409,7 @@ def micro_batches(learn, size: int) -> Iterator[list[Callback]]:
         dls.loaders[0] = full
 
 
-def evaluate(learn, cache: Cache | None = None) -> dict:
+def evaluate(learn: Learner, cache: Cache | None = None) -> dict:
     """Validation loss, error rate, accuracy and per-class precision/recall/F1 of a live learner.
 
     `cache`: the validation pictures' cached activations (still valid for the model; fit_stages), scored
@@ -454,7 +455,7 @@ def classification_report(preds: list[int], targets: list[int], vocab: list[str]
     }
 
 
-def export(learn, model_path: str | Path, card: dict) -> Path:
+def export(learn: Learner, model_path: str | Path, card: dict) -> Path:
     """Write the learner and its card atomically: a crash never leaves a half-written export.pkl."""
     model_path = Path(model_path).resolve()
     model_path.parent.mkdir(parents=True, exist_ok=True)
