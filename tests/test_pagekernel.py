@@ -11,9 +11,10 @@ from jupyter_client.manager import start_new_kernel
 
 from whatsthat.serve import voila_command, write_page_kernelspec
 
-# what the kernel reports about itself: whether the debugger's modules were imported
+# what the kernel reports about itself: whether the debugger's modules were imported, whether it keeps history
 PROBE = "import sys, json; print(json.dumps({'debugpy': 'debugpy' in sys.modules and sys.modules['debugpy'] is not None, "\
-        "'pydevd': any(m.startswith('_pydevd') for m in sys.modules)}))"
+        "'pydevd': any(m.startswith('_pydevd') for m in sys.modules), "\
+        "'history': get_ipython().history_manager.enabled}))"
 
 
 def test_kernelspec_is_found_first_as_python3(tmp_path, monkeypatch):
@@ -54,10 +55,11 @@ def _run_in_kernel(kernel_name: str, env_path: str | None) -> dict:
         km.shutdown_kernel(now=True)
 
 
-def test_page_kernel_runs_code_without_the_debugger(tmp_path):
-    root = write_page_kernelspec(tmp_path, python=sys.executable)
+def test_page_kernel_runs_code_without_the_debugger_or_history(tmp_path, monkeypatch):
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))  # where a kernel's history would go
+    root = write_page_kernelspec(tmp_path / "spec", python=sys.executable)
     page = _run_in_kernel("python3", str(root))
-    assert page == {"debugpy": False, "pydevd": False}
-    # the control: ipykernel's own kernel does load them here, so the check above can fail
+    assert page == {"debugpy": False, "pydevd": False, "history": False}
+    # the control: ipykernel's own kernel does load them and keep history here, so the check above can fail
     plain = _run_in_kernel("python3", None)
-    assert plain["debugpy"] and plain["pydevd"]
+    assert plain == {"debugpy": True, "pydevd": True, "history": True}

@@ -10,6 +10,12 @@ launcher makes debugpy missing for this process only, with the import system's d
 (a ``None`` entry in ``sys.modules`` makes ``import debugpy`` raise ImportError), before ipykernel is
 imported. Nothing of ipykernel is replaced. `whatsthat.serve` points Voila's ``python3`` kernelspec here.
 
+It also turns IPython's input history off (``HistoryManager.enabled``, IPython's own setting): every
+kernel otherwise opens the same SQLite file under IPYTHONDIR and keeps a thread to write the cells it
+ran, which for a page are always the notebook's. 1.7 MB PSS and a thread less per visitor (measured
+in the serving venv: 41.7 -> 40.0 MB after importing the page's modules); start-up time unchanged.
+Flags given on the command line come after it, so a kernelspec can still turn it back on.
+
     python -m whatsthat.pagekernel -f CONNECTION_FILE
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 import sys
 
 BLOCKED = ("debugpy",)  # what a page never needs
+SETTINGS = ("--HistoryManager.enabled=False",)  # a page's kernel keeps no input history (see above)
 
 
 def main() -> None:
@@ -25,7 +32,7 @@ def main() -> None:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "not importable here"
     from ipykernel import kernelapp
 
-    kernelapp.launch_new_instance()
+    kernelapp.launch_new_instance([*SETTINGS, *sys.argv[1:]])
 
 
 if __name__ == "__main__":
