@@ -22,14 +22,27 @@ Flags given on the command line come after it, so a kernelspec can still turn it
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 BLOCKED = ("debugpy",)  # what a page never needs
 SETTINGS = ("--HistoryManager.enabled=False",)  # a page's kernel keeps no input history (see above)
 
 
+def mark_not_importable(names: Sequence[str]) -> list[str]:
+    """Make `import name` raise ImportError in this process, for each name not imported yet; returns those.
+
+    A ``None`` entry in ``sys.modules`` is the import system's documented "not importable" marker.
+    A module already imported is left as it is. Stdlib only: the page kernel calls it before anything
+    else is imported, and `whatsthat.serve` uses it for the server process.
+    """
+    marked = [name for name in names if name not in sys.modules]
+    for name in marked:
+        sys.modules[name] = None  # type: ignore[assignment]
+    return marked
+
+
 def main() -> None:
-    for name in BLOCKED:
-        sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "not importable here"
+    mark_not_importable(BLOCKED)
     from ipykernel import kernelapp
 
     kernelapp.launch_new_instance([*SETTINGS, *sys.argv[1:]])

@@ -32,6 +32,7 @@ from typing import Any
 
 from whatsthat.errors import WhatsthatError
 from whatsthat.modelserver import Supervisor
+from whatsthat.pagekernel import mark_not_importable
 
 DEFAULT_PORT = 8866
 CULL_IDLE_TIMEOUT = 600  # seconds; a visitor thinking for 10 minutes reloads the page, a leak lasts forever
@@ -232,10 +233,7 @@ def skip_unneeded_imports(names: Sequence[str] = UNNEEDED_OPTIONAL_MODULES) -> l
 
     For the server process only, before it imports Voila (see UNNEEDED_OPTIONAL_MODULES for why).
     """
-    marked = [name for name in names if name not in sys.modules]
-    for name in marked:
-        sys.modules[name] = None  # type: ignore[assignment]  # the import system's "not importable"
-    return marked
+    return mark_not_importable(names)
 
 
 def run_voila_beside_model(model: Path, env: dict[str, str], args: Sequence[str], *, cwd: Path) -> int:
