@@ -23,7 +23,7 @@ Why the top stage: on faces (48 px grayscale expressions, far from ImageNet) the
 get past ImageNet's final features, and one unfrozen epoch of the whole body is both too short to
 adapt them and the slowest thing in training. Adapting only the top, many epochs over the same
 cached activations, is what "freeze the early layers, fine-tune the later ones" does in the transfer
-learning literature, made cheap by the cache. README, "The training schedule", has the measurements.
+learning literature, made cheap by the cache. docs/training-experiments.md has the measurements.
 
 Every epoch is scored on the validation pictures; the weights of the epoch with the lowest
 validation loss (the head stage's last epoch competing too; with mirrors, all its epochs) are left in
@@ -33,7 +33,7 @@ head on it instead of decoding every picture and running the lower layers again.
 
 Why both parts of `mirrors` together: on faces-fer the head overfits within its 8 epochs (training
 loss 0.08, validation loss up from 0.75 to 0.95), and a top stage started from that head spends the
-schedule's peak unlearning it. Measured over 4 seeds (README, "The training schedule"): the head's
+schedule's peak unlearning it. Measured over 4 seeds (docs/training-experiments.md): the head's
 best epoch as the start alone did nothing (76.3% against 76.8%), mirrors alone did worse on the one
 seed tried, both together gave 79.3% on average.
 """
