@@ -1,12 +1,13 @@
 """The page as visitors get it, before and after the model moved out of the kernels: memory and times.
 
-    .venv/bin/python bench/app_bench.py [--runs 3] [--model export.pkl] [--no-before]
+    .venv/bin/python bench/app_bench.py [--runs 3] [--model export.pkl] [--no-before] [--no-factory]
     WHATSTHAT_SERVE_VENV=.venv-serve .venv/bin/python bench/app_bench.py   # the servers run in the serving venv
 
 Two set-ups, measured in the same run with the same photo (a shipped grizzly) and headless Chromium:
 
 - after: `whatsthat serve` as the Procfile runs it: the supervisor, one model process, Voila with thin
-  kernels (preheated pool of 1);
+  kernels (preheated pool of 1) forked by the kernel factory;
+- no-factory (with --no-factory): the same with `--no-kernel-factory`, each kernel a process of its own;
 - before: Voila alone (the old Procfile), so every kernel loads the model itself. In the dev venv its
   kernels load a bare copy of export.pkl with fastai, as the page did before the artifact existed; in the
   serving venv (no fastai) they load the torch-only artifact in-process.
@@ -20,8 +21,9 @@ Measured, each on a fresh server unless said otherwise (times are medians of --r
 - over a phone's network: warm pages with Chromium's network emulation (4G, slow 4G) and the bytes a
   new visitor's page fetches (this machine's browser is on localhost; visitors' are not);
 - memory: PSS (proportional set size: shared pages split among their users, so sums are honest) of the
-  server processes, the model process and the kernels with 3, then 10 visitors who each classified once
-  (plus the preheated kernel); per kernel: PSS and whether libtorch is mapped.
+  server processes, the model process, the kernel factory and the kernels with 3, then 10 visitors who
+  each classified once (plus the preheated kernel); per kernel: PSS and whether libtorch is mapped.
+  A forked kernel shares pages with the factory and its siblings: PSS splits them among them.
 
 Every process started here is stopped at the end; Jupyter, IPython, matplotlib and torch dirs are temp dirs.
 """
@@ -130,6 +132,12 @@ def kind_of(p: psutil.Process) -> str:
     line = cmdline(p)
     if "ipykernel_launcher" in line or "whatsthat.pagekernel" in line:
         return "kernel"
+    if "whatsthat.kernelfactory" in line:  # the factory, or a kernel it forked (which shares its command line)
+        try:
+            parent = p.parent()
+        except psutil.NoSuchProcess:
+            parent = None
+        return "kernel" if parent is not None and "whatsthat.kernelfactory" in cmdline(parent) else "factory"
     if "whatsthat.modelserver" in line:
         return "model"
     return "server"
@@ -169,9 +177,10 @@ class Server:
             port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
         extra = [f"--Voila.connection_dir_root={tmp}"]
-        if self.mode == "after":
+        if self.mode in ("after", "no-factory"):
+            factory = ["--no-kernel-factory"] if self.mode == "no-factory" else []
             cmd = [str(bin_dir() / "whatsthat"), "serve", f"--model={self.model}", f"--port={port}",
-                   "--host=127.0.0.1", f"--examples={tmp / 'none'}", "--", *extra]  # fmt: skip
+                   "--host=127.0.0.1", f"--examples={tmp / 'none'}", *factory, "--", *extra]  # fmt: skip
         elif self.mode == "bare":  # Voila's own floor: the same four widgets, nothing of whatsthat
             notebook = tmp / "bare.ipynb"
             notebook.write_text(json.dumps(BARE_NOTEBOOK))
@@ -201,7 +210,7 @@ class Server:
         for pid in self.pids:  # kernels run in their own sessions, outside the server's process group
             try:
                 p = psutil.Process(pid)
-                if kind_of(p) in ("kernel", "model"):
+                if kind_of(p) in ("kernel", "model", "factory"):
                     p.kill()
             except psutil.NoSuchProcess:
                 continue
@@ -271,7 +280,7 @@ class Server:
         wait_until(lambda: idle() and idle(), 120, "the server going idle")
 
     def memory(self) -> dict:
-        by_kind: dict[str, list[float]] = {"server": [], "model": [], "kernel": []}
+        by_kind: dict[str, list[float]] = {"server": [], "model": [], "factory": [], "kernel": []}
         torch_kernels = 0
         for p in self.processes():
             kind = kind_of(p)
@@ -463,6 +472,8 @@ def main() -> None:
     ap.add_argument("--model", default=str(ROOT / "export.pkl"))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--no-before", action="store_true", help="measure only the model-process set-up")
+    ap.add_argument("--no-factory", action="store_true",
+                    help="also measure `whatsthat serve --no-kernel-factory` (each kernel a process of its own)")
     ap.add_argument("--before-visitors", type=int, default=3, help="visitors for the before memory (default 3)")
     args = ap.parse_args()
     model = Path(args.model).resolve()
@@ -480,6 +491,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="whatsthat-app-bench-") as tmp:
         env = temp_env(Path(tmp))
         models = {"after": model}
+        if args.no_factory:
+            models["no-factory"] = model
         if not args.no_before:
             if serve_venv() is None:  # the old page: each kernel unpickles export.pkl with fastai
                 bare = Path(tmp) / "bare" / "export.pkl"
@@ -493,7 +506,7 @@ def main() -> None:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, env=env)
             try:
                 for mode, m in models.items():
-                    counts = [3, 10] if mode == "after" else [args.before_visitors]
+                    counts = [args.before_visitors] if mode == "before" else [3, 10]
                     r = cold_and_warm(browser, mode, m, photo, args.runs)
                     r["five"] = five_at_once(browser, mode, m)
                     r["network"] = over_networks(browser, mode, m, args.runs)
@@ -530,9 +543,10 @@ def main() -> None:
     for n in sorted({n for r in results.values() for n in r["memory"]}):
         mb = "{:.0f}"
         target = {3: "<= 512", 10: "<= 1024"}.get(n, "")
-        row(f"PSS sum, {n} visitors (server + model + kernels)", lambda r, n=n: r["memory"][n]["total"], "MB", target, mb)
+        row(f"PSS sum, {n} visitors (server + model + factory + kernels)", lambda r, n=n: r["memory"][n]["total"], "MB", target, mb)
         row(f"  server processes ({n} visitors)", lambda r, n=n: sum(r["memory"][n]["server"]), "MB", "", mb)
         row(f"  model process ({n} visitors)", lambda r, n=n: sum(r["memory"][n]["model"]), "MB", "", mb)
+        row(f"  kernel factory ({n} visitors)", lambda r, n=n: sum(r["memory"][n].get("factory", [])), "MB", "", mb)
         row(f"  kernels: count ({n} visitors + preheated)", lambda r, n=n: len(r["memory"][n]["kernel"]), "", "", "{:d}")
         row(f"  kernels: largest PSS ({n} visitors)", lambda r, n=n: max(r["memory"][n]["kernel"]), "MB", "<= 80", mb)
         row(f"  kernels: sum PSS ({n} visitors)", lambda r, n=n: sum(r["memory"][n]["kernel"]), "MB", "", mb)
@@ -547,7 +561,8 @@ def main() -> None:
           f"photo {photo.parent.name}/{photo.name}: {results['after']['label']!r}; runs {args.runs}; "
           f"load average {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at end")  # fmt: skip
     print("# before: Voila alone, each kernel loads the model" + (" (export.pkl with fastai)" if venv is None else
-          " (the artifact, in-process)") + "; after: `whatsthat serve` (one model process, thin kernels)")  # fmt: skip
+          " (the artifact, in-process)") + "; after: `whatsthat serve` (one model process, thin kernels forked by "
+          "the kernel factory); no-factory: the same, each kernel a process of its own")  # fmt: skip
     print(table(["measure", *modes, "unit", "target"], rows))
     cold = results.get("after", {}).get("cold_steps")
     if cold:

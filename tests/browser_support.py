@@ -19,11 +19,31 @@ import psutil
 import pytest
 
 
-def is_kernel(p: psutil.Process) -> bool:
+def is_kernel_factory(p: psutil.Process) -> bool:
     try:
-        return any(k in " ".join(p.cmdline()) for k in ("ipykernel_launcher", "whatsthat.pagekernel"))
+        return "whatsthat.kernelfactory" in " ".join(p.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
+
+
+def is_kernel(p: psutil.Process) -> bool:
+    """A kernel started as a process of its own, or forked by the kernel factory (which shares its command line)."""
+    try:
+        if any(k in " ".join(p.cmdline()) for k in ("ipykernel_launcher", "whatsthat.pagekernel")):
+            return True
+        parent = p.parent()
+        return is_kernel_factory(p) and parent is not None and is_kernel_factory(parent)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+
+
+def kernel_factories_of(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The kernel factory `whatsthat serve` started (the process its forked kernels come from)."""
+    try:
+        children = psutil.Process(proc.pid).children()
+    except psutil.NoSuchProcess:
+        return []
+    return [p for p in children if is_kernel_factory(p)]
 
 
 def kernels_of(proc: subprocess.Popen) -> list[psutil.Process]:
@@ -66,7 +86,7 @@ def stop_server(proc: subprocess.Popen, kernel_pids: set[int]) -> None:
     for pid in kernel_pids:  # kernels run in their own sessions: not in the server's process group
         try:
             p = psutil.Process(pid)
-            if is_kernel(p) or is_model_process(p):
+            if is_kernel(p) or is_model_process(p) or is_kernel_factory(p):
                 p.kill()
         except psutil.NoSuchProcess:
             continue

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -344,24 +345,28 @@ def test_serve_runs_voila_in_the_notebook_folder_beside_the_model_process(tmp_pa
     model = tmp_path / "export.pkl"
     model.write_bytes(b"x")
     calls = []
-    def fake_run(m, env, args, *, cwd):
+    def fake_run(m, env, args, *, cwd, kernel_factory):
         spec = Path(env["JUPYTER_PATH"].split(os.pathsep)[0]) / "kernels" / "python3" / "kernel.json"
-        calls.append((m, env, args, cwd, json.loads(spec.read_text())["argv"]))  # the spec exists while serving
+        calls.append((m, env, args, cwd, json.loads(spec.read_text()), kernel_factory))  # the spec exists while serving
         return 0
 
     monkeypatch.setattr(servemod, "run_voila_beside_model", fake_run)
     assert serve(model, port=9001, echo=lambda s: None, voila_args=["--debug"]) == 0
-    [(m, env, args, cwd, kernel_argv)] = calls
+    [(m, env, args, cwd, spec, kernel_factory)] = calls
     assert m == model.resolve() and cwd == ROOT and args[-1] == "app.ipynb"
     assert env["WHATSTHAT_MODEL"] == str(model.resolve()) and "--port=9001" in args and "--debug" in args
-    assert kernel_argv[1:3] == ["-m", "whatsthat.pagekernel"]
+    assert spec["argv"][1:3] == ["-m", "whatsthat.pagekernel"]
+    # kernels are forked by the kernel factory, through the provisioner the package registers
+    assert kernel_factory is True
+    assert spec["metadata"]["kernel_provisioner"] == {"provisioner_name": "whatsthat-kernel-factory"}
+    assert "whatsthat-kernel-factory" in {e.name for e in entry_points(group="jupyter_client.kernel_provisioners")}
     assert not Path(env["JUPYTER_PATH"].split(os.pathsep)[0]).exists()  # removed after serving
 
 
 def test_serve_accepts_an_artifact_without_export_pkl(tmp_path, monkeypatch):
     (tmp_path / "export.safetensors").write_bytes(b"x")
     (tmp_path / "export.serving.json").write_text("{}")
-    monkeypatch.setattr(servemod, "run_voila_beside_model", lambda m, env, args, cwd: 0)
+    monkeypatch.setattr(servemod, "run_voila_beside_model", lambda m, env, args, cwd, kernel_factory: 0)
     assert serve(tmp_path / "export.pkl", echo=lambda s: None) == 0
 
 

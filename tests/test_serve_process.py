@@ -10,7 +10,15 @@ import time
 
 import psutil
 import pytest
-from browser_support import free_port, http_status, kernels_of, model_processes_of, serve_command, stop_server
+from browser_support import (
+    free_port,
+    http_status,
+    kernel_factories_of,
+    kernels_of,
+    model_processes_of,
+    serve_command,
+    stop_server,
+)
 from conftest import ROOT, isolated_env
 from model_fixture import tiny_model  # noqa: F401  (pytest fixture)
 
@@ -36,13 +44,13 @@ def test_sigterm_stops_voila_its_kernels_and_the_model_process(tiny_model, tmp_p
     try:
         wait(lambda: http_status(f"http://127.0.0.1:{port}/voila/static/voila.js") == 200, "Voila answering", log)
         wait(lambda: "whatsthat.app: model " in log.read_text(errors="replace"), "the pooled kernel's model", log)
-        kernels, models = kernels_of(proc), model_processes_of(proc)
-        started = {p.pid for p in kernels + models}
+        kernels, models, factories = kernels_of(proc), model_processes_of(proc), kernel_factories_of(proc)
+        started = {p.pid for p in kernels + models + factories}
         # one server process: Voila runs inside `whatsthat serve`, no supervisor process of its own
         children = psutil.Process(proc.pid).children(recursive=True)
         assert {p.pid for p in children} == started, [p.cmdline() for p in children]
-        assert len(models) == 1 and len(kernels) == 1
-        assert "whatsthat.pagekernel" in " ".join(kernels[0].cmdline())
+        assert len(models) == 1 and len(kernels) == 1 and len(factories) == 1
+        assert kernels[0].parent().pid == factories[0].pid  # the pooled kernel was forked by the factory
 
         proc.send_signal(signal.SIGTERM)  # the server process only: it must stop the rest itself
         assert proc.wait(timeout=30) == 0

@@ -217,7 +217,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     voila_args = args.voila_args[1:] if args.voila_args[:1] == ["--"] else args.voila_args
     return serve(args.model, port=args.port, host=args.host, notebook=args.notebook, examples=args.examples,
-                 cull_idle_timeout=args.cull_idle_timeout, cull_interval=args.cull_interval, voila_args=voila_args)
+                 cull_idle_timeout=args.cull_idle_timeout, cull_interval=args.cull_interval,
+                 kernel_factory=args.kernel_factory, voila_args=voila_args)
 
 
 def cmd_artifact(args: argparse.Namespace) -> int:
@@ -385,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--cull-idle-timeout", type=_positive_int, default=600,
                     help="seconds before an idle visitor's kernel is shut down (default 600)")
     sv.add_argument("--cull-interval", type=_positive_int, default=60, help="seconds between culling checks (default 60)")
+    sv.add_argument("--kernel-factory", action=argparse.BooleanOptionalAction, default=True,
+                    help="fork visitors' kernels from one process that has imported them (default: on)")
     sv.add_argument("voila_args", nargs=argparse.REMAINDER, help="after --: more Voila options")
     sv.set_defaults(func=cmd_serve)
 

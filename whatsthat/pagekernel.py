@@ -8,7 +8,8 @@ measured in the serving venv), and start-up time on a 2-core dyno.
 ipykernel already handles a missing debugpy (its debugger is then off and kernel_info says so). This
 launcher makes debugpy missing for this process only, with the import system's documented sentinel
 (a ``None`` entry in ``sys.modules`` makes ``import debugpy`` raise ImportError), before ipykernel is
-imported. Nothing of ipykernel is replaced. `whatsthat.serve` points Voila's ``python3`` kernelspec here.
+imported. Nothing of ipykernel is replaced. `whatsthat.serve` points Voila's ``python3`` kernelspec here
+(and `whatsthat.kernelfactory` forks kernels that run the same `run_kernel`).
 
 It also turns IPython's input history off (``HistoryManager.enabled``, IPython's own setting): every
 kernel otherwise opens the same SQLite file under IPYTHONDIR and keeps a thread to write the cells it
@@ -41,11 +42,19 @@ def mark_not_importable(names: Sequence[str]) -> list[str]:
     return marked
 
 
-def main() -> None:
+def run_kernel(argv: Sequence[str]) -> None:
+    """Run ipykernel with this module's settings ahead of `argv` (e.g. ``-f CONNECTION_FILE``) until it stops.
+
+    Also what a kernel forked by `whatsthat.kernelfactory` runs.
+    """
     mark_not_importable(BLOCKED)
     from ipykernel import kernelapp
 
-    kernelapp.launch_new_instance([*SETTINGS, *sys.argv[1:]])
+    kernelapp.launch_new_instance([*SETTINGS, *argv])
+
+
+def main() -> None:
+    run_kernel(sys.argv[1:])
 
 
 if __name__ == "__main__":

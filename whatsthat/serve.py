@@ -12,7 +12,9 @@ variables Voila passes on.
 - sources are stripped and tracebacks are never sent to visitors;
 - the kernels are `whatsthat.pagekernel` (ipykernel without its debugger, 8 MB less per visitor):
   `serve()` writes a `python3` kernelspec that starts it into a private dir put first on JUPYTER_PATH,
-  so the notebook keeps its ordinary kernelspec for Jupyter and Binder.
+  so the notebook keeps its ordinary kernelspec for Jupyter and Binder;
+- the kernels are forked from one process that has imported them (`whatsthat.kernelfactory`): a
+  new page's kernel starts without importing anything, and kernels share the imported modules' memory.
 
 `whatsthat serve` calls `serve()`, and the Procfile is `procfile_line()`, which runs `whatsthat serve`
 itself, so Heroku gets the same supervisor and flags as a local run (tests keep them in sync).
@@ -20,6 +22,7 @@ itself, so Heroku gets the same supervisor and flags as a local run (tests keep 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -31,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from whatsthat.errors import WhatsthatError
+from whatsthat.kernelfactory import PROVISIONER as KERNEL_PROVISIONER
+from whatsthat.kernelfactory import KernelFactory
 from whatsthat.modelserver import Supervisor
 from whatsthat.pagekernel import mark_not_importable
 
@@ -138,19 +143,24 @@ def voila_command(
     return ["env", *(f"{k}={v}" for k, v in env.items()), *program, *args]
 
 
-def write_page_kernelspec(root: str | Path, python: str | None = None) -> Path:
+def write_page_kernelspec(root: str | Path, python: str | None = None, *, forked: bool = False) -> Path:
     """Write `root/kernels/python3/kernel.json` starting `whatsthat.pagekernel`; returns `root` (for JUPYTER_PATH).
 
     Named `python3` because that is the kernel app.ipynb asks for; Voila's kernel manager takes the
-    first `python3` it finds on JUPYTER_PATH.
+    first `python3` it finds on JUPYTER_PATH. `forked`: kernels are forked by the kernel factory
+    (`whatsthat.kernelfactory`), which runs the same module; its provisioner falls back to this
+    command when the factory is not there.
     """
     spec_dir = Path(root) / "kernels" / "python3"
     spec_dir.mkdir(parents=True, exist_ok=True)
+    metadata: dict[str, Any] = {"debugger": False}
+    if forked:
+        metadata["kernel_provisioner"] = {"provisioner_name": KERNEL_PROVISIONER}
     spec = {
         "argv": [python or sys.executable, "-m", "whatsthat.pagekernel", "-f", "{connection_file}"],
         "display_name": "Python 3 (whatsthat page, no debugger)",
         "language": "python",
-        "metadata": {"debugger": False},
+        "metadata": metadata,
     }
     (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
     return Path(root)
@@ -194,13 +204,15 @@ def serve(
     cull_interval: int = CULL_INTERVAL,
     preheat: bool = True,
     pool_size: int = POOL_SIZE,
+    kernel_factory: bool = True,
     voila_args: Sequence[str] = (),
     echo: Callable[[str], None] | None = None,
 ) -> int:
     """Run the model process and Voila on `notebook` until interrupted; returns Voila's exit code.
 
     The model path is made absolute (the kernel runs in the notebook's folder). A missing model
-    or notebook raises WhatsthatError before anything starts.
+    or notebook raises WhatsthatError before anything starts. `kernel_factory=False` starts each
+    kernel as a process of its own instead of forking it (see `whatsthat.kernelfactory`).
     """
     nb = find_notebook(notebook)
     model_path = Path(model).resolve()
@@ -220,12 +232,12 @@ def serve(
             cull_interval=cull_interval,
             preheat=preheat,
             pool_size=pool_size,
-            kernel_path=write_page_kernelspec(kernels),
+            kernel_path=write_page_kernelspec(kernels, forked=kernel_factory),
             extra_args=voila_args,
         )
         echo(f"serving {nb} with {model_path} at http://{shown}:{port}/ (Ctrl-C stops)")
         # the kernel's cwd is the notebook's folder, as in Voila; the model process runs beside Voila
-        return run_voila_beside_model(model_path, env, args, cwd=nb.parent)
+        return run_voila_beside_model(model_path, env, args, cwd=nb.parent, kernel_factory=kernel_factory)
 
 
 def skip_unneeded_imports(names: Sequence[str] = UNNEEDED_OPTIONAL_MODULES) -> list[str]:
@@ -236,20 +248,24 @@ def skip_unneeded_imports(names: Sequence[str] = UNNEEDED_OPTIONAL_MODULES) -> l
     return mark_not_importable(names)
 
 
-def run_voila_beside_model(model: Path, env: dict[str, str], args: Sequence[str], *, cwd: Path) -> int:
-    """Voila in this process, with the supervised model process beside it; returns when Voila stops.
+def run_voila_beside_model(model: Path, env: dict[str, str], args: Sequence[str], *, cwd: Path,
+                           kernel_factory: bool = True) -> int:  # fmt: skip
+    """Voila in this process, with the supervised model process (and the kernel factory) beside it;
+    returns when Voila stops.
 
     In-process rather than as a child: a supervisor process of its own costs a Python interpreter
     (12 MB PSS measured) on a 512 MB dyno, for what a thread does. Voila handles SIGTERM (Heroku's
-    stop) and Ctrl-C itself: it stops its loop and shuts its kernels down; the model process stops after.
+    stop) and Ctrl-C itself: it stops its loop and shuts its kernels down; the model process and the
+    factory stop after.
     """
-    # The model process starts first: it imports torch while this process imports Voila, on the
-    # other core (both are single-threaded), instead of after it.
-    with Supervisor(model) as sup:
+    # The model process and the factory start first: they import torch and ipykernel while this
+    # process imports Voila, instead of after it.
+    with Supervisor(model) as sup, (KernelFactory() if kernel_factory else contextlib.nullcontext()) as factory:
         skip_unneeded_imports()
         from whatsthat.voilaapp import PageVoila  # the server stack: imported only to serve
 
-        os.environ.update({**env, **sup.env()})  # Voila passes its environment on to every kernel
+        # Voila passes its environment on to every kernel (the factory's provisioner leaves its own out)
+        os.environ.update({**env, **sup.env(), **(factory.env() if factory is not None else {})})
         os.chdir(cwd)
         app = PageVoila.instance()
         app.initialize(list(args))
@@ -257,6 +273,8 @@ def run_voila_beside_model(model: Path, env: dict[str, str], args: Sequence[str]
 
         def stop(signum: int, frame: Any) -> None:
             sup.stop_restarting()  # Heroku signals every process of the dyno at once: nothing restarts now
+            if factory is not None:
+                factory.stop_restarting()
             if callable(voila_stop):
                 voila_stop(signum, frame)
 
