@@ -30,11 +30,12 @@ from whatsthat.protocol import send_message
 from whatsthat.serve import write_page_kernelspec
 
 # what a kernel reports about itself
-PROBE = ("import os, sys, json; print(json.dumps({'cwd': os.getcwd(), 'mark': os.environ.get('MARK'), "
+PROBE = ("import os, sys, json, logging; print(json.dumps({'cwd': os.getcwd(), 'mark': os.environ.get('MARK'), "
          "'key': any(k.startswith('WHATSTHAT_KERNEL_FACTORY') for k in os.environ), "
          "'preloaded': 'whatsthat.app' in sys.modules, "
          "'debugpy': sys.modules.get('debugpy', 'absent') is not None, "
-         "'history': get_ipython().history_manager.enabled}))")  # fmt: skip
+         "'history': get_ipython().history_manager.enabled, "
+         "'factory_log': len(logging.getLogger('whatsthat.kernelfactory').handlers)}))")  # fmt: skip
 
 
 def run(kc: BlockingKernelClient, code: str, timeout: float = 60) -> tuple[dict, str]:
@@ -82,7 +83,7 @@ def test_a_forked_kernel_is_the_page_kernel_with_the_requested_env_and_cwd(facto
         reply, out = run(kc, PROBE)
         assert reply["status"] == "ok", reply
         assert json.loads(out) == {"cwd": str(tmp_path), "mark": "from the request", "key": False,
-                                   "preloaded": True, "debugpy": False, "history": False}  # fmt: skip
+                                   "preloaded": True, "debugpy": False, "history": False, "factory_log": 0}  # fmt: skip
         # an interrupt sent to its process group stops running code, as with any kernel
         kc.execute("import time; time.sleep(60)")
         time.sleep(1)

@@ -193,6 +193,7 @@ def become_kernel(argv: Sequence[str], env: dict[str, str], cwd: str, *, close: 
             resource.close()
         for signum in (signal.SIGCHLD, signal.SIGTERM):  # the factory's handlers are not a kernel's
             signal.signal(signum, signal.SIG_DFL)
+        log.handlers.clear()  # nor is its log handler
         signal.signal(signal.SIGINT, signal.default_int_handler)
         os.setsid()  # its own process group: the server's interrupts and kills reach this kernel only
         random.seed()  # the factory's state would otherwise be every kernel's
@@ -219,7 +220,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m whatsthat.kernelfactory", description=__doc__.splitlines()[0])
     ap.add_argument("--socket", required=True, help="the Unix socket to listen on")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[kernel factory] %(message)s")
+    # its own logger only: the root logger's setup would be every forked kernel's too
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     key = os.environ.pop(ENV_AUTHKEY, "")  # popped: no kernel inherits it
     try:
         authkey = bytes.fromhex(key)
