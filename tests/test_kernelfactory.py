@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_the_factory_refuses_requests_it_cannot_serve(factory, tmp_path):
     assert client.exit_code(1) is None  # not its child: nothing to report
 
 
-def test_a_dead_factory_is_restarted_and_its_kernels_live_on(tmp_path):
+def test_a_dead_factory_is_restarted_and_its_kernels_stop_with_it(tmp_path):
     with KernelFactory(min_delay=0.1) as factory:
         client = FactoryClient(str(factory.socket), factory.authkey)
         cf, _ = write_connection_file(str(tmp_path / "k1.json"))
@@ -134,11 +135,14 @@ def test_a_dead_factory_is_restarted_and_its_kernels_live_on(tmp_path):
         kc = connect(cf2)
         try:
             assert psutil.Process(second).ppid() == factory.proc.pid
-            assert psutil.Process(first).status() != psutil.STATUS_ZOMBIE  # the visitor of before still has a page
+            # the kernel of before stopped with its factory, as a kernel stops when its server dies (no orphans)
+            _, alive = psutil.wait_procs([psutil.Process(first)], timeout=30)
+            assert alive == []
         finally:
             kc.stop_channels()
             for pid in (first, second):
-                os.kill(pid, signal.SIGKILL)
+                if psutil.pid_exists(pid):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _manager(spec_root: Path, monkeypatch, **config) -> KernelManager:
@@ -191,3 +195,32 @@ def test_without_a_factory_the_kernel_starts_as_a_process_of_its_own(tmp_path, m
         kc.stop_channels()
     finally:
         km.shutdown_kernel(now=True)
+
+
+def test_the_factory_and_its_kernels_stop_when_the_server_is_killed(tmp_path):
+    # the "server" is a Python that runs a KernelFactory and is then killed without any shutdown
+    code = (
+        "import os, sys, time\n"
+        "from jupyter_client.connect import write_connection_file\n"
+        "from whatsthat.kernelfactory import FactoryClient, KernelFactory, without_factory\n"
+        "f = KernelFactory().start()\n"
+        "cf, _ = write_connection_file(sys.argv[1])\n"
+        "pid = FactoryClient(str(f.socket), f.authkey).fork(['-f', cf], without_factory(dict(os.environ)), sys.argv[2])\n"
+        "print(f.proc.pid, pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    server = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "k.json"), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    factory_pid = kernel_pid = None
+    try:
+        factory_pid, kernel_pid = map(int, server.stdout.readline().split())
+        connect(str(tmp_path / "k.json")).stop_channels()  # the kernel is up
+        server.kill()
+        server.wait(timeout=10)
+        _, alive = psutil.wait_procs([psutil.Process(factory_pid), psutil.Process(kernel_pid)], timeout=30)
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        server.kill()
+        for pid in (factory_pid, kernel_pid):
+            if pid is not None and psutil.pid_exists(pid):
+                os.kill(pid, signal.SIGKILL)

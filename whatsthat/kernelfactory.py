@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import gc
 import importlib
 import logging
@@ -203,8 +204,12 @@ def become_kernel(argv: Sequence[str], env: dict[str, str], cwd: str, *, close: 
         os.chdir(cwd)
         os.environ.clear()
         os.environ.update(env)
+        # ipykernel reads JPY_PARENT_PID when it is imported, i.e. in the factory, where it is unset; so
+        # name the parent here: the kernel then exits when its parent (the factory) does, as a kernel
+        # does when the server that started it dies, instead of living on as an orphan
+        argv = [f"--IPKernelApp.parent_handle={os.getppid()}", *argv]
         sys.argv = [sys.executable, "-m", KERNEL_MODULE, *argv]
-        run_kernel(list(argv))
+        run_kernel(argv)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -216,9 +221,31 @@ def become_kernel(argv: Sequence[str], env: dict[str, str], cwd: str, *, close: 
         os._exit(code)
 
 
+def die_with(parent: int) -> bool:
+    """Get SIGTERM when `parent` (the server) dies; False where the kernel cannot arrange it (not Linux).
+
+    So a server killed without its shutdown (SIGKILL, the OOM killer) leaves no factory behind, and
+    with the factory its kernels go too (see become_kernel). Linux's parent-death signal is sent when
+    the thread that started this process ends: `KernelFactory` starts it from threads that live as
+    long as the server.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return False
+    pr_set_pdeathsig = 1
+    if prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent:  # it died before the call above: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m whatsthat.kernelfactory", description=__doc__.splitlines()[0])
     ap.add_argument("--socket", required=True, help="the Unix socket to listen on")
+    ap.add_argument("--parent", type=int, help="the server's pid: the factory stops when it dies")
     args = ap.parse_args(argv)
     # its own logger only: the root logger's setup would be every forked kernel's too
     handler = logging.StreamHandler(sys.stderr)
@@ -240,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     gc.collect()
     gc.freeze()  # what is loaded now is never collected, so no collection touches (and copies) its pages
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    if args.parent is not None and not die_with(args.parent):
+        log.warning("cannot arrange to stop with the server (pid %d): stop it with the server", args.parent)
     Factory(args.socket, authkey).serve()
     return 0
 
@@ -403,8 +432,9 @@ class FactoryProvisioner(LocalProvisioner):
 class KernelFactory:
     """Runs the factory process, restarting it when it exits; `env()` is what the server's provisioner needs.
 
-    While it is down (a few seconds at most) new kernels wait for it or start as processes of their
-    own: the kernels it forked before are not its to lose, they run on.
+    While it is down (a second or so) new kernels wait for it or start as processes of their own. The
+    kernels it had forked stop with it, as any kernel stops when the process that started it dies:
+    their visitors reload the page. The factory only forks, so that should be rare.
     """
 
     def __init__(self, *, python: str | None = None, stderr: Any = None, min_delay: float = 0.5,
@@ -425,7 +455,7 @@ class KernelFactory:
 
     def _spawn(self) -> None:
         env = {**without_factory(dict(os.environ)), ENV_AUTHKEY: self.authkey.hex()}
-        command = [self.python, "-m", "whatsthat.kernelfactory", "--socket", str(self.socket)]
+        command = [self.python, "-m", "whatsthat.kernelfactory", "--socket", str(self.socket), "--parent", str(os.getpid())]
         self.starts += 1
         self.proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stderr=self.stderr)
 
