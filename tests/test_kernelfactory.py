@@ -59,6 +59,22 @@ def connect(connection_file: str) -> BlockingKernelClient:
             time.sleep(0.2)
 
 
+def stopped(pid: int) -> bool:
+    """Exited: gone, or a zombie (an orphan waits for whoever adopted it, often PID 1, to reap it)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_stopped(pids: list[int], timeout: float = 30) -> list[int]:
+    """The pids still running after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while (running := [pid for pid in pids if not stopped(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return running
+
+
 @pytest.fixture
 def factory():
     with KernelFactory() as f:
@@ -96,7 +112,7 @@ def test_a_forked_kernel_is_the_page_kernel_with_the_requested_env_and_cwd(facto
         kc.stop_channels()
         kernel.kill()
     assert kernel.wait(timeout=10) == -signal.SIGKILL  # the exit code as the factory reaped it
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert stopped(pid)
 
 
 def test_the_factory_refuses_requests_it_cannot_serve(factory, tmp_path):
@@ -136,8 +152,7 @@ def test_a_dead_factory_is_restarted_and_its_kernels_stop_with_it(tmp_path):
         try:
             assert psutil.Process(second).ppid() == factory.proc.pid
             # the kernel of before stopped with its factory, as a kernel stops when its server dies (no orphans)
-            _, alive = psutil.wait_procs([psutil.Process(first)], timeout=30)
-            assert alive == []
+            assert wait_stopped([first]) == []
         finally:
             kc.stop_channels()
             for pid in (first, second):
@@ -175,7 +190,7 @@ def test_jupyter_starts_interrupts_and_stops_page_kernels_through_the_factory(fa
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     assert not km.is_alive()
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert stopped(pid)
 
 
 def test_without_a_factory_the_kernel_starts_as_a_process_of_its_own(tmp_path, monkeypatch, caplog):
@@ -217,8 +232,7 @@ def test_the_factory_and_its_kernels_stop_when_the_server_is_killed(tmp_path):
         connect(str(tmp_path / "k.json")).stop_channels()  # the kernel is up
         server.kill()
         server.wait(timeout=10)
-        _, alive = psutil.wait_procs([psutil.Process(factory_pid), psutil.Process(kernel_pid)], timeout=30)
-        assert alive == [], [p.cmdline() for p in alive]
+        assert wait_stopped([factory_pid, kernel_pid]) == []
     finally:
         server.kill()
         for pid in (factory_pid, kernel_pid):

@@ -50,14 +50,10 @@ import importlib
 import logging
 import os
 import random
-import secrets
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -73,6 +69,7 @@ from traitlets import Float
 from whatsthat.errors import WhatsthatError
 from whatsthat.pagekernel import BLOCKED, mark_not_importable, run_kernel
 from whatsthat.protocol import recv_message, send_message
+from whatsthat.restarter import Restarter
 
 log = logging.getLogger("whatsthat.kernelfactory")
 
@@ -429,7 +426,7 @@ class FactoryProvisioner(LocalProvisioner):
         return self.connection_info
 
 
-class KernelFactory:
+class KernelFactory(Restarter):
     """Runs the factory process, restarting it when it exits; `env()` is what the server's provisioner needs.
 
     While it is down (a second or so) new kernels wait for it or start as processes of their own. The
@@ -437,74 +434,22 @@ class KernelFactory:
     their visitors reload the page. The factory only forks, so that should be rare.
     """
 
+    name = "kernel factory"
+
     def __init__(self, *, python: str | None = None, stderr: Any = None, min_delay: float = 0.5,
                  max_delay: float = 30.0) -> None:  # fmt: skip
-        self.python = python or sys.executable
-        self.stderr = stderr
-        self.min_delay, self.max_delay = min_delay, max_delay
-        self.authkey = secrets.token_bytes(32)
-        self.dir = Path(tempfile.mkdtemp(prefix="whatsthat-kernels-"))  # mkdtemp: mode 0700
+        super().__init__(python=python, stderr=stderr, min_delay=min_delay, max_delay=max_delay,
+                         dir_prefix="whatsthat-kernels-")  # fmt: skip
         self.socket = self.dir / "factory.sock"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def env(self) -> dict[str, str]:
         return {ENV_SOCKET: str(self.socket), ENV_AUTHKEY: self.authkey.hex()}
 
-    def _spawn(self) -> None:
-        env = {**without_factory(dict(os.environ)), ENV_AUTHKEY: self.authkey.hex()}
-        command = [self.python, "-m", "whatsthat.kernelfactory", "--socket", str(self.socket), "--parent", str(os.getpid())]
-        self.starts += 1
-        self.proc = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stderr=self.stderr)
+    def command(self) -> list[str]:
+        return [self.python, "-m", "whatsthat.kernelfactory", "--socket", str(self.socket), "--parent", str(os.getpid())]
 
-    def _watch(self) -> None:
-        delay = self.min_delay
-        while not self._stop.is_set():
-            proc = self.proc
-            assert proc is not None
-            started = time.monotonic()
-            rc = proc.wait()
-            if self._stop.is_set():
-                return
-            if time.monotonic() - started > 60:
-                delay = self.min_delay  # it had been healthy: a one-off crash restarts at once
-            log.warning("kernel factory %d exited with %s; restarting in %.1fs", proc.pid, rc, delay)
-            if self._stop.wait(delay):
-                return
-            delay = min(delay * 2, self.max_delay)
-            self._spawn()
-
-    def stop_restarting(self) -> None:
-        """From now on an exit is final (at shutdown Heroku signals every process of the dyno at once)."""
-        self._stop.set()
-
-    def start(self) -> KernelFactory:
-        self._spawn()
-        self._thread = threading.Thread(target=self._watch, daemon=True, name="kernel-factory-watch")
-        self._thread.start()
-        return self
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> KernelFactory:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def child_env(self) -> dict[str, str]:
+        return {**without_factory(dict(os.environ)), ENV_AUTHKEY: self.authkey.hex()}
 
 
 if __name__ == "__main__":

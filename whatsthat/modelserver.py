@@ -30,12 +30,9 @@ import contextlib
 import ctypes
 import logging
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +52,7 @@ from whatsthat.protocol import (
     recv_message,
     send_message,
 )
+from whatsthat.restarter import Restarter
 
 log = logging.getLogger("whatsthat.modelserver")
 
@@ -360,7 +358,7 @@ PROBE_TIMEOUT = 10.0  # s a healthy process needs, at most, to answer "info" (it
 PROBE_FAILURES = 2  # failed checks in a row before a hung process is killed (and so restarted)
 
 
-class Supervisor:
+class Supervisor(Restarter):
     """Runs the model process and restarts it when it exits or hangs; `env()` is what kernels need to reach it.
 
     The socket lives in a fresh private directory (0700); the authkey is random per supervisor and
@@ -370,22 +368,16 @@ class Supervisor:
     after `probe_failures` unanswered probes in a row kills it, so the watcher restarts it.
     """
 
+    name = "model process"
+
     def __init__(self, model: str | Path, *, python: str | None = None, stderr: Any = None,
                  min_delay: float = 0.5, max_delay: float = 30.0, probe_interval: float = PROBE_INTERVAL,
                  probe_timeout: float = PROBE_TIMEOUT, probe_failures: int = PROBE_FAILURES) -> None:  # fmt: skip
+        super().__init__(python=python, stderr=stderr, min_delay=min_delay, max_delay=max_delay,
+                         dir_prefix="whatsthat-model-")  # fmt: skip
         self.probe_interval, self.probe_timeout, self.probe_failures = probe_interval, probe_timeout, probe_failures
         self.model = Path(model).resolve()
-        self.python = python or sys.executable
-        self.stderr = stderr
-        self.min_delay, self.max_delay = min_delay, max_delay
-        self.authkey = secrets.token_bytes(32)
-        self.dir = Path(tempfile.mkdtemp(prefix="whatsthat-model-"))  # mkdtemp: mode 0700
         self.socket = self.dir / "model.sock"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._spawned_at = 0.0
 
     def env(self) -> dict[str, str]:
         return {ENV_SOCKET: str(self.socket), ENV_AUTHKEY: self.authkey.hex()}
@@ -393,10 +385,18 @@ class Supervisor:
     def command(self) -> list[str]:
         return [self.python, "-m", "whatsthat.modelserver", "--model", str(self.model), "--socket", str(self.socket)]
 
+    def child_env(self) -> dict[str, str]:
+        # glibc gives each thread that allocates its own malloc arena and keeps freed memory there: with a
+        # thread per kernel, ten visitors grew the process from 281 to 539 MB PSS; two arenas kept it at 348
+        env = {"MALLOC_ARENA_MAX": "2", **os.environ, ENV_AUTHKEY: self.authkey.hex()}
+        env.pop(ENV_SOCKET, None)
+        return env
+
+    def why(self, returncode: int) -> str:
+        return "could not load the model" if returncode == LOAD_FAILED else f"exited with {returncode}"
+
     def start(self) -> Supervisor:
-        self._spawn()
-        self._thread = threading.Thread(target=self._watch, daemon=True, name="model-supervisor")
-        self._thread.start()
+        super().start()
         threading.Thread(target=self._probe, daemon=True, name="model-probe").start()
         return self
 
@@ -435,59 +435,6 @@ class Supervisor:
                             proc.pid, failures)  # fmt: skip
                 proc.kill()
                 failures = 0
-
-    def _spawn(self) -> None:
-        # glibc gives each thread that allocates its own malloc arena and keeps freed memory there: with a
-        # thread per kernel, ten visitors grew the process from 281 to 539 MB PSS; two arenas kept it at 348
-        env = {"MALLOC_ARENA_MAX": "2", **os.environ, ENV_AUTHKEY: self.authkey.hex()}
-        env.pop(ENV_SOCKET, None)
-        self.starts += 1
-        self._spawned_at = time.time() - 1  # the socket's mtime is in whole or coarse seconds on some filesystems
-        self.proc = subprocess.Popen(self.command(), env=env, stdin=subprocess.DEVNULL, stderr=self.stderr)
-
-    def _watch(self) -> None:
-        delay = self.min_delay
-        while not self._stop.is_set():
-            proc = self.proc
-            assert proc is not None
-            started = time.monotonic()
-            rc = proc.wait()
-            if self._stop.is_set():
-                return
-            ran = time.monotonic() - started
-            if ran > 60:
-                delay = self.min_delay  # it had been healthy: a one-off crash restarts at once
-            why = "could not load the model" if rc == LOAD_FAILED else f"exited with {rc}"
-            log.warning("model process %d %s after %.0fs; restarting in %.1fs", proc.pid, why, ran, delay)
-            if self._stop.wait(delay):
-                return
-            delay = min(delay * 2, self.max_delay)
-            self._spawn()
-            log.info("model process restarted as %d (start %d)", self.proc.pid, self.starts)
-
-    def stop_restarting(self) -> None:
-        """From now on an exit is final: at shutdown (Heroku signals every process at once) nothing restarts."""
-        self._stop.set()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> Supervisor:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def run_with_model(model: str | Path, argv: Sequence[str], *, cwd: str | Path | None = None,
