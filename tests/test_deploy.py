@@ -363,6 +363,24 @@ def test_serve_runs_voila_in_the_notebook_folder_beside_the_model_process(tmp_pa
     assert not Path(env["JUPYTER_PATH"].split(os.pathsep)[0]).exists()  # removed after serving
 
 
+def test_serve_turns_the_kernel_factory_off_where_its_provisioner_is_not_registered(tmp_path, monkeypatch):
+    # e.g. whatsthat run from a checkout on PYTHONPATH, not installed: Jupyter would refuse every kernel
+    (tmp_path / "export.pkl").write_bytes(b"x")
+    specs, said = [], []
+
+    def fake_run(m, env, args, *, cwd, kernel_factory):
+        spec = Path(env["JUPYTER_PATH"].split(os.pathsep)[0]) / "kernels" / "python3" / "kernel.json"
+        specs.append((json.loads(spec.read_text()), kernel_factory))
+        return 0
+
+    monkeypatch.setattr(servemod, "run_voila_beside_model", fake_run)
+    monkeypatch.setattr(servemod, "provisioner_registered", lambda: False)
+    assert serve(tmp_path / "export.pkl", echo=said.append) == 0
+    [(spec, kernel_factory)] = specs
+    assert kernel_factory is False and "kernel_provisioner" not in spec["metadata"]
+    assert any("kernel factory off" in s and "pip install ." in s for s in said)
+
+
 def test_serve_accepts_an_artifact_without_export_pkl(tmp_path, monkeypatch):
     (tmp_path / "export.safetensors").write_bytes(b"x")
     (tmp_path / "export.serving.json").write_text("{}")

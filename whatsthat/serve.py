@@ -30,6 +30,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,11 @@ def write_page_kernelspec(root: str | Path, python: str | None = None, *, forked
     return Path(root)
 
 
+def provisioner_registered(name: str = KERNEL_PROVISIONER) -> bool:
+    """Whether Jupyter can find the kernel provisioner `name` (an entry point of an installed package)."""
+    return any(e.name == name for e in entry_points(group="jupyter_client.kernel_provisioners"))
+
+
 def procfile_line(notebook: str = "app.ipynb", model: str = "export.pkl") -> str:
     """The Procfile's web process: `whatsthat serve` on Heroku's $PORT and all interfaces.
 
@@ -220,6 +226,11 @@ def serve(
         raise WhatsthatError(f"model file not found: {model_path} (train one with `whatsthat train`, or pass --model)")
     examples_path = Path(examples).resolve() if examples is not None else None
     echo = echo or (lambda s: print(s, file=sys.stderr))
+    if kernel_factory and not provisioner_registered():
+        # Jupyter would refuse to start any kernel whose spec names a provisioner it cannot find
+        echo(f"kernel factory off: the {KERNEL_PROVISIONER!r} kernel provisioner is not registered in this "
+             "environment (whatsthat runs from source, not installed: `pip install .` registers it)")  # fmt: skip
+        kernel_factory = False
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     with tempfile.TemporaryDirectory(prefix="whatsthat-kernels-") as kernels:
         env, args = voila_settings(
