@@ -379,6 +379,14 @@ def test_serve_turns_the_kernel_factory_off_where_its_provisioner_is_not_registe
     [(spec, kernel_factory)] = specs
     assert kernel_factory is False and "kernel_provisioner" not in spec["metadata"]
     assert any("kernel factory off" in s and "pip install ." in s for s in said)
+    # and where the system cannot fork and watch kernels (no pidfds: Linux before 5.3, macOS)
+    specs.clear()
+    monkeypatch.setattr(servemod, "provisioner_registered", lambda: True)
+    monkeypatch.setattr(servemod, "kernel_factory_unsupported", lambda: "this system has no pidfd_open")
+    assert serve(tmp_path / "export.pkl", echo=said.append) == 0
+    [(spec, kernel_factory)] = specs
+    assert kernel_factory is False and "kernel_provisioner" not in spec["metadata"]
+    assert any("kernel factory off: this system has no pidfd_open" in s for s in said)
 
 
 def test_serve_accepts_an_artifact_without_export_pkl(tmp_path, monkeypatch):

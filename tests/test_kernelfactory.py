@@ -25,6 +25,7 @@ from whatsthat.kernelfactory import (
     ForkedKernel,
     KernelFactory,
     kernel_args,
+    unsupported,
     without_factory,
 )
 from whatsthat.protocol import send_message
@@ -79,6 +80,11 @@ def wait_stopped(pids: list[int], timeout: float = 30) -> list[int]:
 def factory():
     with KernelFactory() as f:
         yield f
+
+
+def test_forking_is_supported_here():
+    # the serving platform (Linux) has fork and working pidfds; elsewhere `whatsthat serve` says why not
+    assert unsupported() is None
 
 
 def test_kernel_args_and_env():

@@ -390,6 +390,17 @@ class ForkedKernel:
         self.send_signal(signal.SIGKILL)
 
 
+def unsupported() -> str | None:
+    """Why kernels cannot be forked and watched here (None where they can): it needs fork and pidfds (Linux 5.3+)."""
+    if not hasattr(os, "fork") or not hasattr(os, "pidfd_open"):
+        return "this system has no fork or no pidfd_open"
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError as e:
+        return f"pidfd_open does not work here ({e.strerror or e})"
+    return None
+
+
 def kernel_args(cmd: Sequence[str]) -> list[str] | None:
     """The arguments after `-m whatsthat.pagekernel` in a kernelspec command; None for any other command."""
     if len(cmd) >= 3 and list(cmd[1:3]) == ["-m", KERNEL_MODULE]:

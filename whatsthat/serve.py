@@ -37,6 +37,7 @@ from typing import Any
 from whatsthat.errors import WhatsthatError
 from whatsthat.kernelfactory import PROVISIONER as KERNEL_PROVISIONER
 from whatsthat.kernelfactory import KernelFactory
+from whatsthat.kernelfactory import unsupported as kernel_factory_unsupported
 from whatsthat.modelserver import Supervisor
 from whatsthat.pagekernel import mark_not_importable
 
@@ -230,6 +231,9 @@ def serve(
         # Jupyter would refuse to start any kernel whose spec names a provisioner it cannot find
         echo(f"kernel factory off: the {KERNEL_PROVISIONER!r} kernel provisioner is not registered in this "
              "environment (whatsthat runs from source, not installed: `pip install .` registers it)")  # fmt: skip
+        kernel_factory = False
+    if kernel_factory and (why := kernel_factory_unsupported()):
+        echo(f"kernel factory off: {why}; each kernel starts as a process of its own")
         kernel_factory = False
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
     with tempfile.TemporaryDirectory(prefix="whatsthat-kernels-") as kernels:
