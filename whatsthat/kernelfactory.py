@@ -72,7 +72,7 @@ from traitlets import Float
 
 from whatsthat.errors import WhatsthatError
 from whatsthat.pagekernel import BLOCKED, mark_not_importable, run_kernel
-from whatsthat.protocol import recv_message, send_message
+from whatsthat.protocol import channel_from_env, recv_message, send_message
 from whatsthat.restarter import Restarter
 
 log = logging.getLogger("whatsthat.kernelfactory")
@@ -285,15 +285,9 @@ class FactoryClient:
         self.path, self.authkey, self.connect_wait = path, authkey, connect_wait
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> FactoryClient | None:
-        env = os.environ if env is None else env
-        path, key = env.get(ENV_SOCKET), env.get(ENV_AUTHKEY)
-        if not path or not key:
-            return None
-        try:
-            return cls(path, bytes.fromhex(key))
-        except ValueError:
-            raise WhatsthatError(f"{ENV_AUTHKEY} is not hex") from None
+    def from_env(cls, env: dict[str, str] | None = None, **kwargs: Any) -> FactoryClient | None:
+        found = channel_from_env(env, ENV_SOCKET, ENV_AUTHKEY)
+        return None if found is None else cls(*found, **kwargs)
 
     def _request(self, header: dict, wait: float = 0.0) -> dict:
         deadline = time.monotonic() + wait
@@ -354,16 +348,13 @@ class ForkedKernel:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        code = None
-        for _ in range(20):  # the factory reaps on SIGCHLD: a few milliseconds after the exit
-            try:
-                code = self.factory.exit_code(self.pid)
-            except FactoryUnavailable as e:
-                log.warning("exit code of kernel %d unknown: %s", self.pid, e)
-                break
-            if code is not None:
-                break
-            time.sleep(0.01)
+        # One question is enough: the pidfd turns readable once the kernel has exited, and the factory
+        # reaps whatever has exited before it answers
+        try:
+            code = self.factory.exit_code(self.pid)
+        except FactoryUnavailable as e:
+            log.warning("exit code of kernel %d unknown: %s", self.pid, e)
+            code = None
         self.returncode = code if code is not None else 1  # gone, but nobody can say how
 
     def poll(self) -> int | None:
@@ -424,8 +415,7 @@ class FactoryProvisioner(LocalProvisioner):
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> KernelConnectionInfo:
         kwargs["env"] = without_factory(dict(kwargs.get("env") or os.environ))
-        found = FactoryClient.from_env()
-        factory = None if found is None else FactoryClient(found.path, found.authkey, connect_wait=self.connect_wait)
+        factory = FactoryClient.from_env(connect_wait=self.connect_wait)
         args = kernel_args(cmd)
         if factory is None or args is None:
             return await super().launch_kernel(cmd, **kwargs)
@@ -450,21 +440,15 @@ class KernelFactory(Restarter):
     """
 
     name = "kernel factory"
+    socket_var, key_var = ENV_SOCKET, ENV_AUTHKEY
 
     def __init__(self, *, python: str | None = None, stderr: Any = None, min_delay: float = 0.5,
                  max_delay: float = 30.0) -> None:  # fmt: skip
         super().__init__(python=python, stderr=stderr, min_delay=min_delay, max_delay=max_delay,
-                         dir_prefix="whatsthat-kernels-")  # fmt: skip
-        self.socket = self.dir / "factory.sock"
-
-    def env(self) -> dict[str, str]:
-        return {ENV_SOCKET: str(self.socket), ENV_AUTHKEY: self.authkey.hex()}
+                         dir_prefix="whatsthat-kernels-", socket_name="factory.sock")  # fmt: skip
 
     def command(self) -> list[str]:
         return [self.python, "-m", "whatsthat.kernelfactory", "--socket", str(self.socket), "--parent", str(os.getpid())]
-
-    def child_env(self) -> dict[str, str]:
-        return {**without_factory(dict(os.environ)), ENV_AUTHKEY: self.authkey.hex()}
 
 
 if __name__ == "__main__":

@@ -369,18 +369,15 @@ class Supervisor(Restarter):
     """
 
     name = "model process"
+    socket_var, key_var = ENV_SOCKET, ENV_AUTHKEY
 
     def __init__(self, model: str | Path, *, python: str | None = None, stderr: Any = None,
                  min_delay: float = 0.5, max_delay: float = 30.0, probe_interval: float = PROBE_INTERVAL,
                  probe_timeout: float = PROBE_TIMEOUT, probe_failures: int = PROBE_FAILURES) -> None:  # fmt: skip
         super().__init__(python=python, stderr=stderr, min_delay=min_delay, max_delay=max_delay,
-                         dir_prefix="whatsthat-model-")  # fmt: skip
+                         dir_prefix="whatsthat-model-", socket_name="model.sock")  # fmt: skip
         self.probe_interval, self.probe_timeout, self.probe_failures = probe_interval, probe_timeout, probe_failures
         self.model = Path(model).resolve()
-        self.socket = self.dir / "model.sock"
-
-    def env(self) -> dict[str, str]:
-        return {ENV_SOCKET: str(self.socket), ENV_AUTHKEY: self.authkey.hex()}
 
     def command(self) -> list[str]:
         return [self.python, "-m", "whatsthat.modelserver", "--model", str(self.model), "--socket", str(self.socket)]
@@ -388,9 +385,7 @@ class Supervisor(Restarter):
     def child_env(self) -> dict[str, str]:
         # glibc gives each thread that allocates its own malloc arena and keeps freed memory there: with a
         # thread per kernel, ten visitors grew the process from 281 to 539 MB PSS; two arenas kept it at 348
-        env = {"MALLOC_ARENA_MAX": "2", **os.environ, ENV_AUTHKEY: self.authkey.hex()}
-        env.pop(ENV_SOCKET, None)
-        return env
+        return {"MALLOC_ARENA_MAX": "2", **super().child_env()}
 
     def why(self, returncode: int) -> str:
         return "could not load the model" if returncode == LOAD_FAILED else f"exited with {returncode}"

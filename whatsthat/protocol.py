@@ -71,16 +71,20 @@ def recv_message(conn: Connection, max_blob: int = MAX_BLOB) -> tuple[dict, list
     return header, blobs
 
 
-def channel_from_env(env: dict[str, str] | None = None) -> tuple[str, bytes] | None:
-    """(socket path, authkey) from the environment `whatsthat serve` set, or None outside it."""
+def channel_from_env(env: dict[str, str] | None = None, socket_var: str = ENV_SOCKET,
+                     key_var: str = ENV_AUTHKEY) -> tuple[str, bytes] | None:  # fmt: skip
+    """(socket path, authkey) from the environment `whatsthat serve` set, or None outside it.
+
+    The model process's channel by default; `whatsthat.kernelfactory` names its own variables.
+    """
     env = os.environ if env is None else env
-    path, key = env.get(ENV_SOCKET), env.get(ENV_AUTHKEY)
+    path, key = env.get(socket_var), env.get(key_var)
     if not path or not key:
         return None
     try:
         return path, bytes.fromhex(key)
     except ValueError:
-        raise WhatsthatError(f"{ENV_AUTHKEY} is not hex") from None
+        raise WhatsthatError(f"{key_var} is not hex") from None
 
 
 class ModelClient:

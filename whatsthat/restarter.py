@@ -4,7 +4,8 @@ The model process (`whatsthat.modelserver.Supervisor`) and the kernel factory
 (`whatsthat.kernelfactory.KernelFactory`) are both children of the server that visitors depend on,
 and both are brought back the same way: at once after a crash that followed a healthy run, then after
 a delay that doubles while it keeps failing (so a process that cannot start does not spin a core).
-Each keeps its socket and authkey in a fresh private directory (0700), removed when it stops.
+Each listens on a socket in a fresh private directory (0700), removed when it stops, and takes a
+random authkey through its environment; `env()` is how the server's other parts reach it.
 
 Standard library only.
 """
@@ -31,18 +32,21 @@ HEALTHY_RUN = 60.0  # s: a process that ran this long and then died is restarted
 class Restarter:
     """Runs `command()` as a child process and restarts it when it exits, until `stop()`.
 
-    Subclasses give `name`, `command()` and, where they need to, `child_env()` and `why()`.
+    Subclasses give `name`, the environment variables that carry the socket's path and the key
+    (`socket_var`, `key_var`), `command()` and, where they need to, `child_env()` and `why()`.
     """
 
     name = "process"  # for the log: "model process 123 exited with 1 ..."
+    socket_var = key_var = ""
 
     def __init__(self, *, python: str | None = None, stderr: Any = None, min_delay: float = 0.5,
-                 max_delay: float = 30.0, dir_prefix: str = "whatsthat-") -> None:  # fmt: skip
+                 max_delay: float = 30.0, dir_prefix: str = "whatsthat-", socket_name: str = "sock") -> None:  # fmt: skip
         self.python = python or sys.executable
         self.stderr = stderr
         self.min_delay, self.max_delay = min_delay, max_delay
         self.authkey = secrets.token_bytes(32)
         self.dir = Path(tempfile.mkdtemp(prefix=dir_prefix))  # mkdtemp: mode 0700
+        self.socket = self.dir / socket_name
         self.proc: subprocess.Popen | None = None
         self.starts = 0
         self._stop = threading.Event()
@@ -52,8 +56,14 @@ class Restarter:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def env(self) -> dict[str, str]:
+        """What a process needs to reach this one: the socket's path and the key."""
+        return {self.socket_var: str(self.socket), self.key_var: self.authkey.hex()}
+
     def child_env(self) -> dict[str, str]:
-        return dict(os.environ)
+        """This process's environment with the child's own key (its socket comes on its command line)."""
+        env = {k: v for k, v in os.environ.items() if k not in (self.socket_var, self.key_var)}
+        return {**env, self.key_var: self.authkey.hex()}
 
     def why(self, returncode: int) -> str:
         """How the log says the process ended."""
