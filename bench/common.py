@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +29,12 @@ def machine() -> str:
 
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, python {platform.python_version()}")
+
+
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every finished child process so far: a run's cost on a shared machine."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def median(xs: list[float]) -> float:

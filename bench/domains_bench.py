@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, machine, median, table
+from common import ROOT, children_cpu, machine, median, table
 
 SHARED = Path(os.environ.get("WHATSTHAT_DATASETS", ROOT.parent / "shared" / "datasets"))
 NOT_A_DOMAIN = {"none"}  # out-of-class photos: nothing to train on
@@ -39,19 +38,13 @@ def domains() -> list[str]:
     return sorted(p.name for p in SHARED.iterdir() if p.is_dir() and p.name not in NOT_A_DOMAIN)
 
 
-def _children_cpu() -> float:
-    """CPU seconds (user + system) of every finished child process so far."""
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def run_once(data: Path, recipe: str, seed: int) -> dict:
     whatsthat = Path(sys.executable).parent / "whatsthat"
     with tempfile.TemporaryDirectory() as out:
-        t, cpu = time.perf_counter(), _children_cpu()
+        t, cpu = time.perf_counter(), children_cpu()
         proc = subprocess.run([str(whatsthat), "train", str(data), "--out", out, "--arch", "efficientnet_lite0",
                                "--seed", str(seed), "--no-progress", *RECIPES[recipe]], capture_output=True, text=True)
-        wall, cpu = time.perf_counter() - t, _children_cpu() - cpu
+        wall, cpu = time.perf_counter() - t, children_cpu() - cpu
         if proc.returncode != 0:
             sys.exit(f"{recipe} on {data} (seed {seed}) failed:\n{proc.stderr[-3000:]}")
         card = json.loads((Path(out) / "export.card.json").read_text())

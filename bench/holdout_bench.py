@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import resource
 import shlex
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import machine, table
+from common import children_cpu, machine, table
 from domains_bench import SHARED, domains
 
 HOLDOUT = 0.2
@@ -51,11 +50,6 @@ def held_out(data: Path, seed: int) -> tuple[list[Path], list[Path]]:
     return train, test
 
 
-def _children_cpu() -> float:
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
-
-
 def run_once(data: Path, seed: int, label: str, train_args: list[str]) -> dict:
     from whatsthat.predict import load_classifier
 
@@ -67,10 +61,10 @@ def run_once(data: Path, seed: int, label: str, train_args: list[str]) -> dict:
             (folder / f.parent.name).mkdir(parents=True, exist_ok=True)
             (folder / f.parent.name / f.name).symlink_to(f)
         out = Path(tmp) / "out"
-        t, cpu = time.perf_counter(), _children_cpu()
+        t, cpu = time.perf_counter(), children_cpu()
         proc = subprocess.run([str(whatsthat), "train", str(folder), "--out", str(out), "--seed", str(seed),
                                "--no-progress", *train_args], capture_output=True, text=True)
-        wall, cpu = time.perf_counter() - t, _children_cpu() - cpu
+        wall, cpu = time.perf_counter() - t, children_cpu() - cpu
         if proc.returncode != 0:
             sys.exit(f"{label} on {data} (seed {seed}) failed:\n{proc.stderr[-3000:]}")
         card = json.loads((out / "export.card.json").read_text())
