@@ -94,6 +94,22 @@ def test_client_reads_the_channel_from_the_environment():
         ModelClient.from_env({ENV_SOCKET: "/tmp/x.sock", ENV_AUTHKEY: "zz"})
 
 
+def test_a_helper_process_reads_its_key_from_the_environment(monkeypatch):
+    from whatsthat.restarter import child_key
+
+    var = "WHATSTHAT_TEST_KEY"
+    monkeypatch.delenv(var, raising=False)
+    assert child_key(var) is None  # missing
+    for bad in ("", "zz", "ab" * 15):  # empty, not hex, under 16 bytes
+        monkeypatch.setenv(var, bad)
+        assert child_key(var, min_bytes=16) is None
+    monkeypatch.setenv(var, "ab")
+    assert child_key(var) == b"\xab"  # any length will do by default, but not none at all
+    monkeypatch.setenv(var, "ab" * 16)
+    assert child_key(var, min_bytes=16) == b"\xab" * 16 and os.environ[var] == "ab" * 16
+    assert child_key(var, pop=True) == b"\xab" * 16 and var not in os.environ  # popped: no child inherits it
+
+
 # -- the server --
 
 

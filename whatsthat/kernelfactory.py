@@ -73,7 +73,7 @@ from traitlets import Float
 from whatsthat.errors import WhatsthatError
 from whatsthat.pagekernel import BLOCKED, mark_not_importable, run_kernel
 from whatsthat.protocol import channel_from_env, recv_message, send_message
-from whatsthat.restarter import Restarter
+from whatsthat.restarter import Restarter, child_key
 
 log = logging.getLogger("whatsthat.kernelfactory")
 
@@ -254,12 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
-    key = os.environ.pop(ENV_AUTHKEY, "")  # popped: no kernel inherits it
-    try:
-        authkey = bytes.fromhex(key)
-    except ValueError:
-        authkey = b""
-    if not authkey:
+    authkey = child_key(ENV_AUTHKEY, pop=True)  # popped: no kernel inherits it
+    if authkey is None:
         print(f"kernel factory: {ENV_AUTHKEY} must hold the hex authkey", file=sys.stderr)
         return 2
     missing = preload()

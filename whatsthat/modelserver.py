@@ -52,7 +52,7 @@ from whatsthat.protocol import (
     recv_message,
     send_message,
 )
-from whatsthat.restarter import Restarter
+from whatsthat.restarter import Restarter, child_key
 
 log = logging.getLogger("whatsthat.modelserver")
 
@@ -329,12 +329,8 @@ def model_main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--socket", required=True)
     args = ap.parse_args(argv)
     _setup_logging()
-    key = os.environ.get(ENV_AUTHKEY, "")
-    try:
-        authkey = bytes.fromhex(key)
-    except ValueError:
-        authkey = b""
-    if len(authkey) < 16:
+    authkey = child_key(ENV_AUTHKEY, min_bytes=16)
+    if authkey is None:
         log.error("%s must hold the channel's key (hex, 16 bytes or more)", ENV_AUTHKEY)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -29,6 +29,20 @@ log = logging.getLogger("whatsthat.restarter")
 HEALTHY_RUN = 60.0  # s: a process that ran this long and then died is restarted at once
 
 
+def child_key(var: str, *, min_bytes: int = 1, pop: bool = False) -> bytes | None:
+    """In the child, the other side of `Restarter.child_env()`: the authkey in `$var` (hex), or None when it
+    is missing, not hex or shorter than `min_bytes`.
+
+    `pop`: remove it from this process's environment too, so that nothing this process starts inherits it.
+    """
+    key = os.environ.pop(var, "") if pop else os.environ.get(var, "")
+    try:
+        authkey = bytes.fromhex(key)
+    except ValueError:
+        return None
+    return authkey if len(authkey) >= max(1, min_bytes) else None
+
+
 class Restarter:
     """Runs `command()` as a child process and restarts it when it exits, until `stop()`.
 
