@@ -4,6 +4,7 @@ table printer."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import resource
@@ -35,6 +36,20 @@ def children_cpu() -> float:
     """CPU seconds (user + system) of every finished child process so far: a run's cost on a shared machine."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
+
+
+def read_runs(path: Path | None) -> list[dict]:
+    """The runs a `--results` JSON-lines file already holds (none without a file): a bench skips them."""
+    if path is None or not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_run(path: Path | None, run: dict) -> None:
+    """Add one finished run to the `--results` file at once, so an interrupted bench resumes after it."""
+    if path is not None:
+        with path.open("a") as f:
+            f.write(json.dumps(run) + "\n")
 
 
 def median(xs: list[float]) -> float:

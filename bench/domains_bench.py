@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, children_cpu, machine, median, table
+from common import ROOT, append_run, children_cpu, machine, median, read_runs, table
 
 SHARED = Path(os.environ.get("WHATSTHAT_DATASETS", ROOT.parent / "shared" / "datasets"))
 NOT_A_DOMAIN = {"none"}  # out-of-class photos: nothing to train on
@@ -71,9 +71,7 @@ def main() -> None:
     seeds = [0] if args.quick else args.seeds
     names = args.datasets or domains()
 
-    done: list[dict] = []
-    if args.results and args.results.is_file():
-        done = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
+    done = read_runs(args.results)
     key = {(r["dataset"], r["recipe"], r["seed"]): r for r in done}
     # seeds outermost: a run stopped part-way still covers every domain for the seeds it finished
     for seed in seeds:
@@ -87,9 +85,7 @@ def main() -> None:
                       f"guessing {r['baseline_error']:.3f}) {r['seconds']:.0f}s ({r['cpu']:.0f} CPU s), "
                       f"exported {r['best_stage']}",
                       file=sys.stderr, flush=True)
-                if args.results:
-                    with args.results.open("a") as f:
-                        f.write(json.dumps(r) + "\n")
+                append_run(args.results, r)
 
     if any((n, r, s) not in key for n in names for r in RECIPES for s in seeds):
         print("runs missing for the table: resume with --results and both recipes", file=sys.stderr)

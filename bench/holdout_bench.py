@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import children_cpu, machine, table
+from common import append_run, children_cpu, machine, read_runs, table
 from domains_bench import SHARED, domains
 
 HOLDOUT = 0.2
@@ -89,9 +89,7 @@ def main() -> None:
     if not SHARED.is_dir():
         sys.exit(f"bench needs the shared datasets at {SHARED} (set WHATSTHAT_DATASETS)")
     names = args.datasets or domains()
-    done: list[dict] = []
-    if args.results and args.results.is_file():
-        done = [json.loads(line) for line in args.results.read_text().splitlines() if line.strip()]
+    done = read_runs(args.results)
     key = {(r["dataset"], r["label"], r["seed"]): r for r in done}
     for seed in args.seeds:
         for name in names:
@@ -101,9 +99,7 @@ def main() -> None:
             key[(name, args.label, seed)] = r
             print(f"  {name} {args.label} seed {seed}: held-out {r['right']}/{r['n_test']} ({r['accuracy']:.1%}), "
                   f"validation {r['valid_accuracy']:.1%}, {r['cpu']:.0f} CPU s", file=sys.stderr, flush=True)
-            if args.results:
-                with args.results.open("a") as f:
-                    f.write(json.dumps(r) + "\n")
+            append_run(args.results, r)
 
     rows, summary = [], []
     for name in names:
