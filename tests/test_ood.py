@@ -374,3 +374,98 @@ def test_shipped_model_flags_noise_flat_and_none(shipped_model, tmp_path):  # no
         others = sorted(SHARED_NONE.glob("*/*.jpg"))[::10]
         flagged = [v.kind != "sure" for v in clf.judge_many(others)]
         assert sum(flagged) >= 0.8 * len(flagged)
+
+
+# --- the Mahalanobis fit on degenerate features: it never fails to converge, on any CPU -----------------
+
+
+def exact_scores(x: torch.Tensor, y: torch.Tensor, q: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """The Mahalanobis score by the definition: the shrunk covariance, inverted with a plain solve (on the
+    features normalised in float32, as the detector normalises them)."""
+    z = torch.nn.functional.normalize(x.float(), dim=1).double()
+    classes = sorted(set(y.tolist()))
+    means = torch.stack([z[y == c].mean(0) for c in classes])
+    centred = z - means[torch.searchsorted(torch.tensor(classes), y)]
+    cov = centred.T @ centred / max(1, len(z) - len(classes))
+    shrunk = (1 - shrinkage) * cov + shrinkage * cov.diagonal().mean() * torch.eye(z.shape[1], dtype=torch.float64)
+    d = torch.nn.functional.normalize(q.float(), dim=1).double()[:, None] - means[None]
+    return torch.einsum("ncd,ncd->nc", d, torch.linalg.solve(shrunk, d.transpose(1, 2)).transpose(1, 2)).min(1).values
+
+
+def eigh_statistics(x: torch.Tensor, y: torch.Tensor, shrinkage: float) -> dict[str, torch.Tensor]:
+    """The statistics as the code before SVD computed them (eigh of the covariance), for comparison."""
+    z = torch.nn.functional.normalize(x.float(), dim=1).double()
+    classes = sorted(set(y.tolist()))
+    means = torch.stack([z[y == c].mean(0) for c in classes])
+    centred = z - means[torch.searchsorted(torch.tensor(classes), y)]
+    cov = centred.T @ centred / max(1, len(z) - len(classes))
+    floor = shrinkage * float(cov.diagonal().mean())
+    evals, evecs = torch.linalg.eigh((1 - shrinkage) * cov)
+    keep = evals > 1e-9 * float(evals.max())
+    return {"means": means, "basis": evecs[:, keep].T, "weights": 1 / (evals[keep] + floor) - 1 / floor, "floor": floor}
+
+
+def test_statistics_agree_with_the_eigh_fit_on_ordinary_features():
+    x, y = clusters(120, dim=40)
+    det = ood.fit_detector(x, y, x, method="mahalanobis", layer="pooled")
+    old = eigh_statistics(x, y, 0.1)
+    assert det.tensors["means"].double() == pytest.approx(old["means"], abs=1e-6)
+    assert float(det.tensors["floor"]) == pytest.approx(old["floor"], rel=1e-5)
+    assert sorted(det.tensors["weights"].tolist()) == pytest.approx(sorted(old["weights"].tolist()), rel=1e-4)
+    # the same subspace (the basis vectors agree up to sign): the projections onto it agree
+    new_p = det.tensors["basis"].double().T @ det.tensors["basis"].double()
+    old_p = old["basis"].T @ old["basis"]
+    assert torch.allclose(new_p, old_p, atol=1e-5)
+
+
+def degenerate(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(60) % 3
+    if kind == "rank-1":  # every picture on one line through the origin's neighbourhood
+        direction = torch.randn(64, generator=g)
+        return torch.ones(60, 64) + torch.randn(60, 1, generator=g) * direction, y
+    if kind == "duplicated":  # 6 distinct pictures, each 10 times
+        base = torch.randn(6, 64, generator=g)
+        return base.repeat(10, 1), torch.arange(6).repeat(10) % 3
+    if kind == "tiny-variance":  # JPEG-noise-sized differences around one picture
+        return torch.ones(60, 64) + 1e-5 * torch.randn(60, 64, generator=g), y
+    if kind == "one-per-class":  # nothing varies within a class
+        return torch.randn(3, 64, generator=g), torch.arange(3)
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["rank-1", "duplicated", "tiny-variance"])
+def test_degenerate_features_fit_and_score_exactly(kind):
+    x, y = degenerate(kind)
+    det = ood.fit_detector(x, y, x, method="mahalanobis", layer="pooled")
+    q = torch.randn(5, 64, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(det.score_tensor(q)).all()
+    assert det.score_tensor(q).double() == pytest.approx(exact_scores(x, y, q, 0.1), rel=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["constant", "one-per-class", "not-finite"])
+def test_features_that_cannot_give_a_detector_say_why(kind):
+    if kind == "constant":
+        x, y = torch.full((60, 64), 0.5), torch.arange(60) % 2
+    elif kind == "not-finite":
+        x, y = degenerate("rank-1")
+        x[3, 5] = float("nan")
+    else:
+        x, y = degenerate(kind)
+    with pytest.raises(ood.DetectorUnavailable, match="vary|finite"):
+        ood.fit_detector(x, y, x, method="mahalanobis", layer="pooled")
+
+
+def test_when_the_svd_fails_the_cholesky_form_gives_the_same_scores(monkeypatch):
+    # what MKL's eigh did on AVX-512 CPUs, for the SVD: the fit takes the form that cannot fail
+    x, y = degenerate("rank-1")
+    q = torch.randn(5, 64, generator=torch.Generator().manual_seed(1))
+    want = ood.fit_detector(x, y, x, method="mahalanobis", layer="pooled").score_tensor(q)
+
+    def no_convergence(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "svd", no_convergence)
+    det = ood.fit_detector(x, y, x, method="mahalanobis", layer="pooled")
+    assert det.score_tensor(q) == pytest.approx(want, rel=1e-4)
+    assert det.score_tensor(q).double() == pytest.approx(exact_scores(x, y, q, 0.1), rel=1e-3)

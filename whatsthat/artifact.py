@@ -27,8 +27,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from PIL import Image
 from torch import nn
 
 from whatsthat.errors import WhatsthatError
+from whatsthat.modelfiles import ModelFiles, atomic_write
 
 FORMAT = "whatsthat-serving"
 VERSION = 1
@@ -50,13 +49,12 @@ log = logging.getLogger("whatsthat.artifact")
 
 def artifact_paths(model_path: str | Path) -> tuple[Path, Path]:
     """(weights, description) beside `model_path`: export.pkl -> export.safetensors, export.serving.json."""
-    p = Path(model_path)
-    return p.with_name(p.stem + ".safetensors"), p.with_name(p.stem + ".serving.json")
+    files = ModelFiles(model_path)
+    return files.weights, files.serving
 
 
 def has_artifact(model_path: str | Path) -> bool:
-    weights, spec = artifact_paths(model_path)
-    return weights.is_file() and spec.is_file()
+    return ModelFiles(model_path).has_artifact()
 
 
 # -- the model, in plain torch --
@@ -310,18 +308,6 @@ def _learner_arch(learn: Any, card: dict) -> str:
     return name
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_artifact(learn: Any, model_path: str | Path, card: dict | None = None) -> tuple[Path, Path]:
     """Write export.safetensors + export.serving.json beside `model_path` for a live fastai learner.
 
@@ -373,23 +359,9 @@ def write_artifact(learn: Any, model_path: str | Path, card: dict | None = None)
     description["weights"] = weights_path.name
     description["weights_sha256"] = hashlib.sha256(blob).hexdigest()
     description["torch_at_export"] = torch.__version__
-    _atomic_write(weights_path, blob)
-    _atomic_write(spec_path, (json.dumps(description, indent=2) + "\n").encode("utf-8"))
+    atomic_write(weights_path, blob)
+    atomic_write(spec_path, json.dumps(description, indent=2) + "\n")
     return weights_path, spec_path
-
-
-def write_beside_export(learn: Any, model_path: str | Path, card: dict | None = None) -> tuple[Path, Path] | None:
-    """`write_artifact` for `train`'s export: a learner it cannot express gets a warning, not a failed export.
-
-    export.pkl is written already and still serves (the model process falls back to fastai), so an
-    exotic architecture costs serving memory, not the training run.
-    """
-    try:
-        return write_artifact(learn, model_path, card)
-    except WhatsthatError as e:
-        log.warning("no torch-only serving artifact for %s: %s; the model process will load export.pkl with fastai",
-                    model_path, e)  # fmt: skip
-        return None
 
 
 def artifact_from_export(model_path: str | Path) -> tuple[Path, Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -416,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.command != "serve":  # serve stops its servers on SIGTERM itself
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.func(args)
     except WhatsthatError as e:
@@ -429,9 +432,21 @@ def main(argv: list[str] | None = None) -> int:
               "have (a serving install); install the training libraries: pip install 'whatsthat[train]'",
               file=sys.stderr)  # fmt: skip
         return 1
+    except Terminated:
+        print(f"whatsthat {args.command}: stopped (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"whatsthat {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that `with` blocks clean up as for Ctrl-C (a training
+    run's staged export is removed, the previous export.* set stays as it was)."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":

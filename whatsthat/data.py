@@ -7,29 +7,130 @@ exported learner pickles them by import path: `export.pkl` must load wherever wh
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.core import DataLoaders
-from fastai.data.transforms import get_image_files, parent_label
+from fastai.data.transforms import image_extensions, parent_label
 from fastai.vision.augment import RandomResizedCrop, aug_transforms
+from fastai.vision.core import PILImage
 from fastai.vision.data import ImageBlock
 from fastcore.foundation import L
+from numpy import ndarray
 from PIL import Image, UnidentifiedImageError
+from torch import Tensor
 
 from whatsthat.errors import WhatsthatError
+from whatsthat.images import to_rgb
 
 # the per-channel (mean, std) that Normalize uses: a backbone's pretraining statistics (whatsthat.models.Arch.stats)
 Stats = tuple[Sequence[float], Sequence[float]]
 
 
 def get_dataset_images(path: str | Path) -> L:
-    """Image files under the label folders of `path`, sorted (so every run sees the same order).
+    """Image files directly inside the label folders of `path`, sorted (so every run sees the same order).
 
-    fastai's get_image_files already skips dot-folders, so `.trash/` never leaks into training.
+    Dot-folders and dot-files are skipped, so `.trash/` never leaks into training. Only `<label>/<file>`
+    counts: a picture in a sub-folder of a label folder, or beside the label folders, would otherwise
+    be labelled with *its* folder's name (fastai's parent_label), and a symlink loop inside a class
+    would list the same pictures again and again. `dataset_notes` says what was left out.
     """
-    return L(sorted(get_image_files(path)))
+    return L(DatasetListing.of(path).files)
+
+
+def _is_image(name: str) -> bool:
+    return not name.startswith(".") and f".{name.rsplit('.', 1)[-1].lower()}" in image_extensions
+
+
+@dataclass
+class DatasetListing:
+    """The pictures of a folder-per-class dataset, and what its layout leaves out."""
+
+    files: list[Path]
+    empty: list[str]  # label folders with no pictures of their own
+    nested: dict[str, int]  # label -> pictures in its sub-folders (not used)
+    loose: int  # pictures beside the label folders (not used)
+
+    @classmethod
+    def of(cls, path: str | Path) -> DatasetListing:
+        path = Path(path)
+        files: list[Path] = []
+        empty: list[str] = []
+        nested: dict[str, int] = {}
+        loose = 0
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError as e:
+            raise WhatsthatError(f"cannot read the dataset folder {path}: {e.strerror or e}") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir():  # follows a symlinked label folder, once: never deeper
+                own = 0
+                for item in sorted(os.scandir(entry.path), key=lambda e: e.name):
+                    if item.is_file() and _is_image(item.name):
+                        files.append(Path(item.path))
+                        own += 1
+                    elif item.is_dir() and not item.name.startswith("."):
+                        deeper = _count_images_below(Path(item.path))
+                        if deeper:
+                            nested[entry.name] = nested.get(entry.name, 0) + deeper
+                if not own:
+                    empty.append(entry.name)
+            elif entry.is_file() and _is_image(entry.name):
+                loose += 1
+        return cls(files, empty, nested, loose)
+
+    def notes(self, root: str | Path) -> list[str]:
+        """One line for each thing the layout leaves out (an empty class, pictures not in a label folder)."""
+        out = []
+        if self.empty:
+            out.append(f"note: {', '.join(f'{e}/' for e in self.empty)} in {root} "
+                       f"{'has' if len(self.empty) == 1 else 'have'} no pictures: left out of the classes")
+        for label, n in self.nested.items():
+            out.append(f"note: {n} picture(s) in sub-folders of {label}/ are left out: whatsthat reads "
+                       f"{root}/<label>/<picture>, so move them up into {label}/ to use them")
+        if self.loose:
+            out.append(f"note: {self.loose} picture(s) directly in {root} are left out: put each into the "
+                       "folder of its label")
+        return out
+
+
+def _count_images_below(folder: Path) -> int:
+    """Pictures anywhere below `folder`, without following symlinks (a link loop cannot recurse)."""
+    n = 0
+    for _, dirs, names in os.walk(folder, followlinks=False):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        n += sum(_is_image(name) for name in names)
+    return n
+
+
+def dataset_notes(path: str | Path) -> list[str]:
+    """What `get_dataset_images` leaves out of `path`, as lines to show (see DatasetListing.notes)."""
+    return DatasetListing.of(path).notes(path)
+
+
+class Picture(PILImage):
+    """fastai's PILImage, flattened to RGB by whatsthat.images.to_rgb.
+
+    fastai opens a file with PIL's `convert("RGB")`, which clips a 16-bit PNG's values (0-65535) to
+    255: the picture trains as a white square. to_rgb scales them down, and flattens transparency
+    onto white as the page does with uploads. A top-level class: the DataBlock pickles it.
+    """
+
+    @classmethod
+    def create(cls, fn: Path | str | Tensor | ndarray | bytes | Image.Image, **kwargs: Any) -> Picture:
+        # the annotation is fastai's own: its transforms read it to tell which inputs they apply to
+        if isinstance(fn, str | Path):
+            with Image.open(fn) as im:
+                rgb = to_rgb(im)
+                rgb = rgb.copy() if rgb is im else rgb  # a plain Image, detached from the file
+            return cls(rgb)
+        return super().create(fn, **kwargs)
 
 
 def unreadable_images(files: Iterable[str | Path]) -> list[tuple[Path, str]]:
@@ -140,7 +241,7 @@ def make_datablock(size: int = 224, valid_pct: float = 0.2, seed: int = 42, stat
     if stats is not None:
         batch_tfms.append(Normalize.from_stats(*stats))
     return DataBlock(
-        blocks=(ImageBlock, CategoryBlock),
+        blocks=(ImageBlock(cls=Picture), CategoryBlock),
         get_items=ImageFiles(exclude) if exclude else get_dataset_images,
         splitter=HashSplitter(valid_pct, seed),
         get_y=parent_label,

@@ -51,8 +51,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +62,7 @@ from torch import nn
 
 from whatsthat.cpu import INFERENCE_BS
 from whatsthat.errors import WhatsthatError
+from whatsthat.modelfiles import ModelFiles, atomic_path
 
 if TYPE_CHECKING:
     from fastai.learner import Learner
@@ -87,8 +86,7 @@ DEFAULT_IN_CLASS_RATE = 0.03
 
 def stats_path_for(model_path: str | Path) -> Path:
     """export.pkl -> export.ood.safetensors (beside it)."""
-    p = Path(model_path)
-    return p.with_name(p.stem + ".ood.safetensors")
+    return ModelFiles(model_path).detector
 
 
 def _last_linear(head: nn.Module) -> int:
@@ -251,16 +249,8 @@ class Detector:
                    for k, v in tensors.items()}  # fmt: skip
         if not tensors:  # safetensors wants at least a header; an empty file would be ambiguous
             tensors = {"none": torch.zeros(1)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ood-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)})
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
         return path
 
     @classmethod
@@ -337,7 +327,7 @@ def fit_detector(train_features: torch.Tensor, train_labels: torch.Tensor, valid
     if not 0 < in_class_rate < 1:
         raise WhatsthatError(f"in_class_rate must be between 0 and 1, not {in_class_rate}")
     if len(valid_features) == 0 or len(train_features) == 0:
-        raise WhatsthatError("out-of-class calibration needs training and held-out pictures")
+        raise DetectorUnavailable("out-of-class calibration needs training and held-out pictures")
     tensors: dict[str, torch.Tensor] = {}
     if method == "knn":
         tensors["bank"] = _normalise(train_features)
@@ -378,30 +368,71 @@ def conformal_threshold(scores: torch.Tensor, rate: float) -> tuple[float, int]:
     return float(scores.double().sort().values[k - 1]), k
 
 
+class DetectorUnavailable(WhatsthatError):
+    """The training pictures cannot give a detector (too few, features that do not vary, not finite).
+
+    Not an error of the model: `whatsthat train` exports it without a detector and says why."""
+
+
 def _fit_mahalanobis(features: torch.Tensor, labels: torch.Tensor, shrinkage: float) -> dict[str, torch.Tensor]:
     """Class means and one shared covariance of L2-normalised features, shrunk towards a scaled identity.
 
     With fewer pictures than dimensions the covariance is singular, hence the shrinkage: cov' =
     (1 - s) cov + s m I, m the mean variance. Its inverse is stored exactly but compactly: cov has rank
-    r <= pictures - classes, so cov'^-1 = I / floor + V diag(w) V^T with floor = s m, V the r
-    eigenvectors of (1 - s) cov with eigenvalue e > 0, and w = 1 / (e + floor) - 1 / floor. For 368
-    pictures and 1280 features that is 365 x 1280 numbers instead of 1280 x 1280.
+    r <= pictures - classes, so cov'^-1 = I / floor + V diag(w) V^T with floor = s m, V the r principal
+    directions of the centred features with variance e > 0 (of (1 - s) cov), and w = 1 / (e + floor) - 1 / floor.
+    For 368 pictures and 1280 features that is 365 x 1280 numbers instead of 1280 x 1280.
+
+    Why an SVD of the centred features and not an eigendecomposition of cov: cov has d - r eigenvalues
+    that are exactly zero, and some LAPACK builds (MKL on AVX-512 CPUs) give up on `eigh` of such a matrix
+    ("failed to converge ... too many repeated eigenvalues"), so the fit passed on one machine and
+    failed on another. The SVD works on the r-dimensional data itself. Should it still fail, the same
+    inverse comes from Woodbury's identity and a Cholesky factor (`_woodbury_basis`), which no input can
+    make fail: the matrix it factors has every eigenvalue >= floor > 0.
     """
     if not 0 < shrinkage <= 1:
         raise WhatsthatError(f"shrinkage must be in (0, 1], not {shrinkage}")
+    if not bool(torch.isfinite(features).all()):
+        raise DetectorUnavailable("the training pictures' features are not all finite numbers")
     z = _normalise(features).double()
     classes = sorted(set(labels.tolist()))
     means = torch.stack([z[labels == c].mean(0) for c in classes])
     centred = z - means[torch.searchsorted(torch.tensor(classes), labels)]
-    cov = centred.T @ centred / max(1, len(z) - len(classes))
-    floor = shrinkage * float(cov.diagonal().mean())
-    if floor <= 0:
-        raise WhatsthatError("the training pictures' features do not vary: cannot fit a Mahalanobis detector")
-    evals, evecs = torch.linalg.eigh((1 - shrinkage) * cov)
-    keep = evals > 1e-9 * float(evals.max().clamp_min(1e-30))
-    e = evals[keep]
-    return {"means": means.float(), "basis": evecs[:, keep].T.contiguous().float(),
-            "weights": (1 / (e + floor) - 1 / floor).float(), "floor": torch.tensor([floor], dtype=torch.float32)}
+    dof = max(1, len(z) - len(classes))
+    variance = float((centred * centred).sum()) / dof  # trace(cov), without forming cov
+    floor = shrinkage * variance / z.shape[1]
+    # below ~1e-12 of a unit vector's squared length the "variation" is float rounding of identical pictures
+    if not floor > 1e-12 * shrinkage:
+        raise DetectorUnavailable("the training pictures' features do not vary (identical or near-identical "
+                                  "pictures), so there is nothing to measure a new picture's distance against")
+    y = centred * math.sqrt((1 - shrinkage) / dof)  # (1 - s) cov = y^T y
+    y = y[(y != 0).any(dim=1)]  # a picture equal to its class mean adds nothing
+    if len(y) == 0 or shrinkage == 1:
+        basis, weights = torch.zeros(0, z.shape[1], dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+    else:
+        try:
+            _, sv, vh = torch.linalg.svd(y, full_matrices=False)
+            e = sv * sv
+            keep = e > 1e-9 * float(e.max())
+            basis, weights = vh[keep], 1 / (e[keep] + floor) - 1 / floor
+        except torch.linalg.LinAlgError as err:
+            log.warning("the SVD of the training features did not converge (%s); using the Cholesky form", err)
+            basis, weights = _woodbury_basis(y, floor)
+    return {"means": means.float(), "basis": basis.contiguous().float(), "weights": weights.float(),
+            "floor": torch.tensor([floor], dtype=torch.float32)}
+
+
+def _woodbury_basis(y: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(basis, weights) with (floor I + y^T y)^-1 = I / floor + basis^T diag(weights) basis, by Woodbury.
+
+    (floor I + y^T y)^-1 = I / floor - y^T (floor I_n + y y^T)^-1 y / floor; the n x n matrix in the middle
+    has every eigenvalue >= floor > 0, so its Cholesky factor L always exists (a direct method: no
+    iteration to fail), and basis = L^-1 y, every weight -1 / floor.
+    """
+    gram = y @ y.T + floor * torch.eye(len(y), dtype=y.dtype)
+    chol = torch.linalg.cholesky(gram)
+    basis = torch.linalg.solve_triangular(chol, y, upper=False)
+    return basis, torch.full((len(y),), -1 / floor, dtype=y.dtype)
 
 
 def card_entry(det: Detector, file: str | None = None) -> dict:

@@ -13,7 +13,6 @@ judges by the softmax threshold alone (logged once).
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import warnings
@@ -25,6 +24,7 @@ from PIL import Image
 
 from whatsthat.errors import WhatsthatError
 from whatsthat.images import load_image
+from whatsthat.modelfiles import ModelFiles
 from whatsthat.verdict import DEFAULT_THRESHOLD, Verdict, decide
 
 NOT_SURE = "not sure"
@@ -144,19 +144,12 @@ def verdict(ranked: Sequence[tuple[str, float]], threshold: float) -> str:
 
 
 def card_path_for(model_path: str | Path) -> Path:
-    p = Path(model_path)
-    return p.with_name(p.stem + ".card.json")
+    return ModelFiles(model_path).card
 
 
 def read_card(model_path: str | Path) -> dict:
     """The model card beside `model_path`, or {} when there is none."""
-    path = card_path_for(model_path)
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise WhatsthatError(f"model card {path} is unreadable: {e}") from e
+    return ModelFiles(model_path).read_card()
 
 
 def load_classifier(path: str | Path = "export.pkl") -> Classifier:
@@ -188,10 +181,8 @@ def load_classifier(path: str | Path = "export.pkl") -> Classifier:
 
 
 def write_card(model_path: str | Path, card: dict) -> Path:
-    """(Re)write the model card beside `model_path`."""
-    path = card_path_for(model_path)
-    path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    return path
+    """(Re)write the model card beside `model_path`, atomically."""
+    return ModelFiles(model_path).write_card(card)
 
 
 def fit_not_sure(model_path: str | Path, data: str | Path, *, method: str | None = None, layer: str | None = None,

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
-import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -20,14 +18,16 @@ from fastai.callback.core import Callback
 from fastai.learner import Learner, Recorder
 from torch import nn
 
+from whatsthat.artifact import write_artifact
 from whatsthat.cached import Cache, epoch_name, fit_cached, snapshot
 from whatsthat.cached import evaluate as cached_logits
 from whatsthat.cpu import big_buffers_on_heap, channels_last, forward_only_valid
 from whatsthat.errors import WhatsthatError
+from whatsthat.modelfiles import ModelFiles, StagedExport, atomic_path, check_writable
 from whatsthat.ood import fit_and_save
-from whatsthat.predict import DEFAULT_THRESHOLD, card_path_for
 from whatsthat.progress import epoch_line
 from whatsthat.quality import Quality, majority_baseline, quality_from_report
+from whatsthat.verdict import DEFAULT_THRESHOLD
 
 
 @dataclass
@@ -233,7 +233,7 @@ def train(
     from fastai.torch_core import set_seed
     from fastai.vision.learner import create_head, vision_learner
 
-    from whatsthat.data import check_dataset, get_dataset_images, leave_out_unreadable, make_dataloaders
+    from whatsthat.data import check_dataset, dataset_notes, get_dataset_images, leave_out_unreadable, make_dataloaders
     from whatsthat.models import ensure_torchvision_weights, get_arch
 
     echo = echo or (lambda s: print(s, file=sys.stderr))
@@ -256,7 +256,9 @@ def train(
         raise WhatsthatError(f"threshold must be between 0 and 1, not {threshold}")
     spec = get_arch(arch)
     counts = check_dataset(data)
-    ensure_folder(out)  # before the slow work, not when export.pkl is written
+    for note in dataset_notes(data):
+        echo(note)
+    check_writable(ensure_folder(out))  # before the slow work, not when export.pkl is written
     files = list(get_dataset_images(data))  # the data this model sees: its card's fingerprint
     # a broken file would otherwise stop training with a traceback from inside the DataLoader
     _, unreadable = leave_out_unreadable(files, data, echo)
@@ -290,58 +292,68 @@ def train(
                                    lr=base_lr, seed=seed,
                                    freeze_bn=freeze_bn, micro_bs=micro, callbacks=callbacks, bar=bar, echo=echo)
         train_seconds = time.time() - t0
-        metrics = evaluate(learn, cache)
-        # out-of-class statistics beside export.pkl, their calibration in the card (whatsthat.ood; README "Not sure")
-        not_sure = fit_and_save(learn, out / "export.pkl", cache=cache, echo=echo)
-        del cache
+        card = {
+            "name": " / ".join(map(str, dls.vocab)),  # what it tells apart, e.g. "black / grizzly / teddy"
+            "classes": list(dls.vocab),
+            "arch": arch,
+            "pretrained": pretrained,
+            "image_size": size,
+            "threshold": threshold,
+            "training": {
+                "epochs": epochs,
+                "freeze_epochs": freeze_epochs,
+                "batch_size": dls.bs,
+                "micro_batch_size": micro,  # 0: none
+                "head_epochs": head_epochs,
+                "top_epochs": top_epochs,
+                "mirrors": mirrors,
+                "lr": base_lr,
+                "seed": seed,
+                "valid_pct": valid_pct,
+                "split": "hash of file name (stable across cleaning rounds)",
+                "seconds": round(train_seconds, 1),
+                "freeze_bn": freeze_bn,
+                "best_stage": keep.where,  # the epoch whose weights were exported (lowest validation loss)
+                "history": history,
+            },
+            "dataset": {
+                "path": str(data),
+                "n_images": len(files) - len(unreadable),
+                "unreadable": unreadable,  # left out of training (whatsthat.data.unreadable_images)
+                "n_train": len(dls.train_ds),
+                "n_valid": len(dls.valid_ds),
+                "per_class": counts,
+                "sha256": dataset_fingerprint(files, data),
+            },
+            "versions": library_versions(),
+            "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        # The epochs are the run's expensive part and cannot be redone: the learner is written first, and
+        # each step after it is optional. One that fails is named in the card with the command that adds
+        # it later, and the model is exported without it. The whole set replaces the old one only at the
+        # end (StagedExport): an interrupted run leaves the previous export.* exactly as it was.
+        with StagedExport(ModelFiles(out / "export.pkl")) as staged:
+            write_learner(learn, staged.files.model)
+            after = AfterEpochs(card, staged.files.model, out / "export.pkl", data, echo)
+            card["metrics"] = after.step("metrics", lambda: evaluate(learn, cache), "whatsthat interpret")
+            if card["metrics"] is not None:
+                after.step("quality", lambda: add_quality(card, dls, keep.where), "whatsthat interpret")
+            # out-of-class statistics beside export.pkl, their calibration in the card (whatsthat.ood; docs/not-sure.md)
+            card["not_sure"] = after.step("not_sure", lambda: fit_and_save(learn, staged.files.model, cache=cache,
+                                                                           echo=echo), "whatsthat not-sure fit")
+            cache = None  # the cached activations are done with: freed before the artifact is written
+            # the model process's torch-only copy (whatsthat.artifact)
+            after.step("serving_artifact", lambda: write_artifact(learn, staged.files.model, card), "whatsthat artifact")
+            staged.files.write_card(card)
+            staged.commit()
+    model_path = (out / "export.pkl").resolve()
+    if card.get("metrics"):
+        echo(f"validation error {card['metrics']['error_rate']:.3f} (accuracy {card['metrics']['accuracy']:.3f}) after "
+             f"{train_seconds:.0f}s; wrote {model_path} and {ModelFiles(model_path).card.name}")
+    else:
+        echo(f"trained in {train_seconds:.0f}s; wrote {model_path} and {ModelFiles(model_path).card.name}")
 
-    metrics["baseline"] = majority_baseline(label_counts(dls.train_ds.items), label_counts(dls.valid_ds.items))
-    quality = quality_from_report(metrics, metrics["baseline"], keep.where)
-    metrics["accuracy_ci95"] = [round(quality.low, 4), round(quality.high, 4)]
-    card = {
-        "name": " / ".join(map(str, dls.vocab)),  # what it tells apart, e.g. "black / grizzly / teddy"
-        "classes": list(dls.vocab),
-        "arch": arch,
-        "pretrained": pretrained,
-        "image_size": size,
-        "threshold": threshold,
-        "metrics": metrics,
-        "training": {
-            "epochs": epochs,
-            "freeze_epochs": freeze_epochs,
-            "batch_size": dls.bs,
-            "micro_batch_size": micro,  # 0: none
-            "head_epochs": head_epochs,
-            "top_epochs": top_epochs,
-            "mirrors": mirrors,
-            "lr": base_lr,
-            "seed": seed,
-            "valid_pct": valid_pct,
-            "split": "hash of file name (stable across cleaning rounds)",
-            "seconds": round(train_seconds, 1),
-            "freeze_bn": freeze_bn,
-            "best_stage": keep.where,  # the epoch whose weights were exported (lowest validation loss)
-            "history": history,
-        },
-        "quality": {"level": quality.level, "deployable": quality.deployable, "verdict": quality.verdict()},
-        "dataset": {
-            "path": str(data),
-            "n_images": len(files) - len(unreadable),
-            "unreadable": unreadable,  # left out of training (whatsthat.data.unreadable_images)
-            "n_train": len(dls.train_ds),
-            "n_valid": len(dls.valid_ds),
-            "per_class": counts,
-            "sha256": dataset_fingerprint(files, data),
-        },
-        "versions": library_versions(),
-        "trained_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-    card["not_sure"] = not_sure
-    model_path = export(learn, out / "export.pkl", card)
-    echo(f"validation error {metrics['error_rate']:.3f} (accuracy {metrics['accuracy']:.3f}) after "
-         f"{train_seconds:.0f}s; wrote {model_path} and {card_path_for(model_path).name}")
-
-    return TrainResult(learn, model_path, card_path_for(model_path), card, history)
+    return TrainResult(learn, model_path, ModelFiles(model_path).card, card, history)
 
 
 def fit_stages(learn: Learner, recorder: EpochHistory, *, pretrained: bool, head_epochs: int, top_epochs: int,
@@ -455,22 +467,56 @@ def classification_report(preds: list[int], targets: list[int], vocab: list[str]
     }
 
 
-def export(learn: Learner, model_path: str | Path, card: dict) -> Path:
-    """Write the learner and its card atomically: a crash never leaves a half-written export.pkl."""
-    model_path = Path(model_path).resolve()
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=model_path.parent, prefix=".export-", suffix=".pkl")
-    os.close(fd)
+def write_learner(learn: Learner, model_path: str | Path) -> Path:
+    """Write the learner to `model_path` atomically; a full or read-only disk is one clear line."""
+    model_path = Path(model_path)
     try:
-        learn.export(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a web server may run as another user
-        os.replace(tmp, model_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    card_path = card_path_for(model_path)
-    card_path.write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
-    from whatsthat.artifact import write_beside_export  # the model process's torch-only copy (whatsthat.artifact)
-
-    write_beside_export(learn, model_path, card)
+        with atomic_path(model_path) as tmp:
+            learn.export(tmp)
+    except OSError as e:
+        raise WhatsthatError(f"could not write the trained model to {model_path.parent}: {e.strerror or e}"
+                             + (" (the disk is full)" if e.errno == errno.ENOSPC else "")
+                             + "; the previous export there is unchanged") from None
     return model_path
+
+
+def add_quality(card: dict, dls: object, best_stage: str | None) -> None:
+    """The majority baseline, the accuracy's interval and the deploy verdict (whatsthat.quality) into `card`."""
+    metrics = card["metrics"]
+    metrics["baseline"] = majority_baseline(label_counts(dls.train_ds.items), label_counts(dls.valid_ds.items))
+    quality = quality_from_report(metrics, metrics["baseline"], best_stage)
+    metrics["accuracy_ci95"] = [round(quality.low, 4), round(quality.high, 4)]
+    card["quality"] = {"level": quality.level, "deployable": quality.deployable, "verdict": quality.verdict()}
+
+
+class AfterEpochs:
+    """Runs the optional steps after training; a step that fails is recorded, said once, and skipped.
+
+    `card["missing"][step]` = {"why": ..., "command": ...} for each, so the card says what the model
+    lacks and how to add it, and the CLI and the notebook print one line for it.
+    """
+
+    def __init__(self, card: dict, staged_model: Path, final_model: Path, data: Path,
+                 echo: Callable[[str], None]) -> None:
+        self.card, self.staged, self.final, self.data, self.echo = card, staged_model, final_model, data, echo
+
+    def step(self, name: str, fn: Callable[[], object], command: str) -> object:
+        try:
+            return fn()
+        except Exception as e:  # any failure here must not cost the trained model
+            why = str(e) if isinstance(e, WhatsthatError) else f"{type(e).__name__}: {e}"
+            why = why.replace(str(self.staged.parent), str(self.final.parent))
+            full = {"whatsthat not-sure fit": f"whatsthat not-sure fit {self.final} {self.data}",
+                    "whatsthat artifact": f"whatsthat artifact {self.final}",
+                    "whatsthat interpret": f"whatsthat interpret {self.data} --model {self.final}"}[command]
+            self.card.setdefault("missing", {})[name] = {"why": why, "command": full}
+            self.echo(f"{MISSING_WHAT[name]}: {why}. The model is exported without it; add it later: {full}")
+            return None
+
+
+MISSING_WHAT = {
+    "metrics": "no validation metrics",
+    "quality": "no deploy verdict",
+    "not_sure": "no 'not sure' detector, so 'not sure' uses only the softmax rule",
+    "serving_artifact": "no torch-only serving artifact (the model process will load export.pkl with fastai)",
+}
