@@ -25,7 +25,7 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 install: $(VENV)/.installed
 
 # Rebuilt when the serving lock or the package changes (whatsthat is installed non-editable, as on a dyno).
-$(SERVE_VENV)/.installed: requirements.txt pyproject.toml $(wildcard whatsthat/*.py)
+$(SERVE_VENV)/.installed: requirements.txt pyproject.toml $(wildcard whatsthat/*.py whatsthat/*/*.py)
 	$(PYTHON) tools/lock.py serve $(SERVE_VENV)
 	touch $@
 

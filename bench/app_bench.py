@@ -49,14 +49,14 @@ from pathlib import Path
 import psutil
 from common import ROOT, machine, median, require_bears, table
 
-from whatsthat.serve import voila_command
+from whatsthat.web.serve import voila_command
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 START_TIMEOUT = 300
 PAGE_TIMEOUT_MS = 300_000
-MODEL_LOADED = "whatsthat.app: model "  # logged by each kernel once it can classify
+MODEL_LOADED = "whatsthat.web.app: model "  # logged by each kernel once it can classify
 MODEL_READY = "ready ("  # the model process's "model process N ready (artifact, ...)" line
 # lesson 2's VBox with no callbacks and no whatsthat: what a Voila page costs here before any of our code
 BARE_NOTEBOOK = {
@@ -130,15 +130,15 @@ def cmdline(p: psutil.Process) -> str:
 
 def kind_of(p: psutil.Process) -> str:
     line = cmdline(p)
-    if "ipykernel_launcher" in line or "whatsthat.pagekernel" in line:
+    if "ipykernel_launcher" in line or "whatsthat.web.pagekernel" in line:
         return "kernel"
-    if "whatsthat.kernelfactory" in line:  # the factory, or a kernel it forked (which shares its command line)
+    if "whatsthat.web.kernelfactory" in line:  # the factory, or a kernel it forked (which shares its command line)
         try:
             parent = p.parent()
         except psutil.NoSuchProcess:
             parent = None
-        return "kernel" if parent is not None and "whatsthat.kernelfactory" in cmdline(parent) else "factory"
-    if "whatsthat.modelserver" in line:
+        return "kernel" if parent is not None and "whatsthat.web.kernelfactory" in cmdline(parent) else "factory"
+    if "whatsthat.web.modelprocess" in line:
         return "model"
     return "server"
 

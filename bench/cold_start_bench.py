@@ -3,7 +3,7 @@
     WHATSTHAT_SERVE_VENV=.venv-serve .venv/bin/python bench/cold_start_bench.py [--runs 3] [--baseline REF]
 
 A page kernel builds the page from the card beside the model when the card names the classes
-(whatsthat.app.RemoteClassifier), so at a cold start the page renders while the model process is still
+(whatsthat.web.app.RemoteClassifier), so at a cold start the page renders while the model process is still
 importing torch. Without classes in the card the kernel asks the model process for them first, as
 every kernel did before: the page then waits for the model process. Both set-ups run here, the same
 code and the same model files (the second with a copy of the card that names no classes, so the model

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from common import ROOT, table
 
-from whatsthat.deploy import torch_pruned
+from whatsthat.web.deploy import torch_pruned
 
 CUDA_ONLY = re.compile(r"^(nvidia-|triton$|cuda-)")  # pulled by the CUDA torch build only
 
@@ -86,7 +86,7 @@ def ignored(f: str, patterns: list[str]) -> bool:
 def measure(requirements: Path, torch_wheel: str, patterns: list[str], prune: bool = True) -> tuple[list[list], int, int, int]:
     """(rows, raw bytes, compressed bytes, number of distributions) of one slug.
 
-    `prune`: leave out what bin/post_compile deletes from torch on the dyno (whatsthat.deploy.prune_torch).
+    `prune`: leave out what bin/post_compile deletes from torch on the dyno (whatsthat.web.deploy.prune_torch).
     """
     dists = closure(requirement_names(requirements))
     rows = []

@@ -20,8 +20,8 @@ import time
 from common import machine, median, table
 from PIL import Image, ImageDraw
 
-from whatsthat.gather import gather
-from whatsthat.search import SearchResult
+from whatsthat.dataset.gather import gather
+from whatsthat.dataset.search import SearchResult
 
 
 def make_images(n: int) -> list[bytes]:

@@ -35,7 +35,7 @@ HOLDOUT = 0.2
 
 def held_out(data: Path, seed: int) -> tuple[list[Path], list[Path]]:
     """(train, test) files: a seeded fifth of every class as test, the rest to train on."""
-    from whatsthat.data import get_dataset_images
+    from whatsthat.training.data import get_dataset_images
 
     by_class: dict[str, list[Path]] = {}
     for f in sorted(get_dataset_images(data)):
@@ -51,7 +51,7 @@ def held_out(data: Path, seed: int) -> tuple[list[Path], list[Path]]:
 
 
 def run_once(data: Path, seed: int, label: str, train_args: list[str]) -> dict:
-    from whatsthat.predict import load_classifier
+    from whatsthat.training.classifier import load_classifier
 
     train, test = held_out(data, seed)
     whatsthat = Path(sys.executable).parent / "whatsthat"
@@ -77,7 +77,7 @@ def run_once(data: Path, seed: int, label: str, train_args: list[str]) -> dict:
 
 
 def main() -> None:
-    from whatsthat.quality import wilson_interval
+    from whatsthat.model.quality import wilson_interval
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", nargs="+", help="dataset folder names (default: all but none/)")

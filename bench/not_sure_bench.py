@@ -3,7 +3,7 @@
     python bench/not_sure_bench.py [--methods knn-pooled,msp-0.6,...] [--verbose]
 
 For the shipped bears model and for models trained here on faces-web, insects and farm (once, cached),
-the out-of-class detectors of `whatsthat.ood` are fitted on each model's training pictures, calibrated
+the out-of-class detectors of `whatsthat.model.detector` are fitted on each model's training pictures, calibrated
 on its held-out pictures exactly as `whatsthat train` does, and measured on:
 
 - none: ../shared/datasets/none (491 everyday photos of ImageNet classes, none of them in-class);
@@ -14,7 +14,7 @@ on its held-out pictures exactly as `whatsthat train` does, and measured on:
 - right when sure: accuracy on the held-out pictures the final verdict is sure about;
 - AUROC of the detector's score, held-out in-class pictures against none + other domains.
 
-"Not sure" is the final verdict (whatsthat.verdict.decide): out of class *or* ambiguous (top probability
+"Not sure" is the final verdict (whatsthat.model.verdict.decide): out of class *or* ambiguous (top probability
 below the card's 0.6). Features are cached per model under $WHATSTHAT_BENCH_CACHE
 (default /tmp/whatsthat-bench/not-sure); nothing from ../shared is written into the repository.
 """
@@ -30,8 +30,9 @@ from pathlib import Path
 import torch
 from common import ROOT, machine, table
 
-from whatsthat import ood
-from whatsthat.verdict import DEFAULT_THRESHOLD
+from whatsthat.model import detector as ood
+from whatsthat.model.verdict import DEFAULT_THRESHOLD
+from whatsthat.training.notsure import split_items
 
 SHARED = Path(os.environ.get("WHATSTHAT_SHARED", ROOT.parent / "shared" / "datasets"))
 CACHE = Path(os.environ.get("WHATSTHAT_BENCH_CACHE", "/tmp/whatsthat-bench/not-sure"))
@@ -51,7 +52,7 @@ CANDIDATES = {
     "knn5-penultimate": ("knn", "penultimate", 5),
     "maha-pooled": ("mahalanobis", "pooled", 0),
     "maha-penultimate": ("mahalanobis", "penultimate", 0),
-    # the pretrained top's features (whatsthat.ood, "pretrained"): what `whatsthat train` fits when its top
+    # the pretrained top's features (whatsthat.model.detector, "pretrained"): what `whatsthat train` fits when its top
     # stage changed the body's top; for a model whose top did not train they are the pooled ones
     "knn1-pretrained": ("knn", "pretrained", 1),
     "maha-pretrained": ("mahalanobis", "pretrained", 0),
@@ -66,8 +67,8 @@ HEADERS = ["model (train+valid)", "method", "none: not sure", "other domains: no
 
 def bears_data() -> Path:
     """The shipped model's exact training data: the shared bears, imported and cleaned as the README says."""
-    from whatsthat.clean import apply_decisions, load_decisions
-    from whatsthat.gather import import_folder
+    from whatsthat.cleaning.journal import apply_decisions, load_decisions
+    from whatsthat.dataset.gather import import_folder
 
     data = CACHE / "bears-data"
     if not (data / "black").is_dir():
@@ -82,7 +83,7 @@ def model_for(domain: str, arch: str) -> tuple[Path, Path]:
         return ROOT / "export.pkl", bears_data()
     model = CACHE / "models" / f"{domain}-{arch}" / "export.pkl"
     if not model.is_file():
-        from whatsthat.train import train
+        from whatsthat.training.train import train
 
         print(f"training a {arch} model on {domain} (once; cached in {model.parent})", file=sys.stderr, flush=True)
         train(SHARED / domain, model.parent, arch=arch, echo=lambda s: None)
@@ -200,8 +201,8 @@ def main() -> None:
     args = ap.parse_args()
     if not SHARED.is_dir():
         sys.exit(f"bench needs the shared datasets at {SHARED} (set WHATSTHAT_SHARED)")
-    from whatsthat.data import get_dataset_images
-    from whatsthat.predict import load_classifier
+    from whatsthat.training.classifier import load_classifier
+    from whatsthat.training.data import get_dataset_images
 
     methods = args.methods.split(",")
     rows = []
@@ -211,7 +212,7 @@ def main() -> None:
         model, data = model_for(domain, args.arch)
         clf = load_classifier(model)
         files = list(get_dataset_images(data))
-        train_files, valid_files = ood.split_items(files, clf.card)
+        train_files, valid_files = split_items(files, clf.card)
         train, valid = features(clf, f"{domain}-train", train_files), features(clf, f"{domain}-valid", valid_files)
         outs = {"none": features(clf, "none", list(get_dataset_images(SHARED / "none")))}
         others = [d for d in DOMAINS if d != domain and d != SHIFTED.get(domain)]

@@ -6,7 +6,7 @@ The app bench's warm page (page.goto -> Classify enabled) has a target of 1.5 s.
 where the time goes: nearly all of it in Chromium fetching and running Voila's JavaScript, on the same
 2 cores as the server. This bench measures the floor under that: Voila serving a notebook with the same
 four widgets (FileUpload, Classify, Output, Label) and nothing of whatsthat, started with the same
-flags (whatsthat.serve.voila_command: preheated pool of 1, the page kernel), against `whatsthat serve`
+flags (whatsthat.web.serve.voila_command: preheated pool of 1, the page kernel), against `whatsthat serve`
 with the shipped model. The two alternate, each run a fresh server; every page a fresh browser context
 (an empty cache, as for a new visitor) once the server and its kernels are idle.
 """

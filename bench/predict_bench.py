@@ -4,7 +4,7 @@
 
 Compares whatsthat's Classifier (fast path) with fastai's Learner.predict on the same images, and
 measures what the out-of-class detector adds (the same Classifier with its detector set aside): for a
-model whose top trained, that includes the pretrained top it runs (whatsthat.ood, "pretrained").
+model whose top trained, that includes the pretrained top it runs (whatsthat.model.detector, "pretrained").
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 
 from common import ROOT, machine, median, percentile, require_bears, table
 
-from whatsthat.predict import load_classifier
+from whatsthat.training.classifier import load_classifier
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import pytest
 
 def is_kernel_factory(p: psutil.Process) -> bool:
     try:
-        return "whatsthat.kernelfactory" in " ".join(p.cmdline())
+        return "whatsthat.web.kernelfactory" in " ".join(p.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 
@@ -29,7 +29,7 @@ def is_kernel_factory(p: psutil.Process) -> bool:
 def is_kernel(p: psutil.Process) -> bool:
     """A kernel started as a process of its own, or forked by the kernel factory (which shares its command line)."""
     try:
-        if any(k in " ".join(p.cmdline()) for k in ("ipykernel_launcher", "whatsthat.pagekernel")):
+        if any(k in " ".join(p.cmdline()) for k in ("ipykernel_launcher", "whatsthat.web.pagekernel")):
             return True
         parent = p.parent()
         return is_kernel_factory(p) and parent is not None and is_kernel_factory(parent)
@@ -106,7 +106,7 @@ def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -
 
 def is_model_process(p: psutil.Process) -> bool:
     try:
-        return "whatsthat.modelserver" in " ".join(p.cmdline())
+        return "whatsthat.web.modelprocess" in " ".join(p.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
 

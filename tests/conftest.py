@@ -119,7 +119,7 @@ def tiny_training(tmp_path_factory):
 
     Session-scoped fixtures are set up outside the per-test isolated home, so it isolates its own.
     """
-    from whatsthat.train import train
+    from whatsthat.training.train import train
 
     root = tmp_path_factory.mktemp("tiny")
     data = root / "data"

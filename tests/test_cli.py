@@ -131,8 +131,8 @@ def test_train_defaults_to_the_measured_offline_backbone():
     import inspect
 
     from whatsthat.cli import build_parser
-    from whatsthat.models import ARCHS
-    from whatsthat.train import train
+    from whatsthat.training.backbones import ARCHS
+    from whatsthat.training.train import train
 
     parser = build_parser()
     args = parser.parse_args(["train", "data"])

@@ -56,8 +56,8 @@ _positive_float = _checked(float, lambda v: v > 0, "a positive number")
 
 
 def cmd_gather(args: argparse.Namespace) -> int:
-    from whatsthat.config import load_categories, parse_category_args
-    from whatsthat.gather import gather
+    from whatsthat.dataset.config import load_categories, parse_category_args
+    from whatsthat.dataset.gather import gather
 
     if args.config and args.categories:
         raise WhatsthatError("give categories either on the command line or with --config, not both")
@@ -77,7 +77,7 @@ def cmd_gather(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from whatsthat.gather import import_folder
+    from whatsthat.dataset.gather import import_folder
 
     summary = import_folder(args.src, args.out, max_side=args.max_side, progress=not args.quiet)
     print(summary.table())
@@ -85,7 +85,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from whatsthat.train import train
+    from whatsthat.training.train import train
 
     result = train(
         args.data, args.out, arch=args.arch, pretrained=not args.no_pretrained, epochs=args.epochs,
@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_interpret(args: argparse.Namespace) -> int:
-    from whatsthat.interpret import interpret
+    from whatsthat.cleaning.interpret import interpret
 
     result = interpret(args.model, args.data, args.out, top=args.top, split=args.split)
     print(result.table())
@@ -116,7 +116,7 @@ def cmd_interpret(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from whatsthat.images import ImageError
-    from whatsthat.predict import load_classifier
+    from whatsthat.training.classifier import load_classifier
 
     clf = load_classifier(args.model)
     if clf.detector is None:
@@ -150,19 +150,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_not_sure(args: argparse.Namespace) -> int:
-    from whatsthat.predict import card_path_for, fit_not_sure
+    from whatsthat.model.files import ModelFiles
+    from whatsthat.training.notsure import fit_not_sure
 
     entry = fit_not_sure(args.model, args.data, method=args.method, layer=args.layer, k=args.k,
                          in_class_rate=args.rate, echo=lambda s: print(s, file=sys.stderr))
     cal = entry["calibration"]
     print(f"{args.model}: 'not sure' by {entry['method']} ({entry['layer']} features), threshold {entry['threshold']:.4f}, "
           f"{cal['valid_flagged']:.1%} of {cal['n_valid']} held-out pictures above it; wrote {entry['file']} "
-          f"and updated {card_path_for(args.model).name}")
+          f"and updated {ModelFiles(args.model).card.name}")
     return 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from whatsthat.clean import apply_decisions, load_decisions
+    from whatsthat.cleaning.journal import apply_decisions, load_decisions
 
     report = apply_decisions(args.data, load_decisions(args.apply), dry_run=args.dry_run)
     print(report.summary())
@@ -170,14 +171,14 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_undo(args: argparse.Namespace) -> int:
-    from whatsthat.clean import undo
+    from whatsthat.cleaning.journal import undo
 
     print(undo(args.data, batch=args.batch).summary())
     return 0
 
 
 def cmd_trash(args: argparse.Namespace) -> int:
-    from whatsthat.clean import empty_trash, trash_list
+    from whatsthat.cleaning.journal import empty_trash, trash_list
 
     if args.action == "list":
         if args.older_than is not None or args.yes:
@@ -196,7 +197,7 @@ def cmd_trash(args: argparse.Namespace) -> int:
 
 
 def cmd_journal(args: argparse.Namespace) -> int:
-    from whatsthat.clean import batches, dataset_root, journal
+    from whatsthat.cleaning.journal import batches, dataset_root, journal
 
     dataset_root(args.data)  # a missing folder is an error, not "no cleaning batches"
     if args.json:
@@ -214,7 +215,7 @@ def cmd_journal(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from whatsthat.serve import serve
+    from whatsthat.web.serve import serve
 
     voila_args = args.voila_args[1:] if args.voila_args[:1] == ["--"] else args.voila_args
     return serve(args.model, port=args.port, host=args.host, notebook=args.notebook, examples=args.examples,
@@ -223,7 +224,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_artifact(args: argparse.Namespace) -> int:
-    from whatsthat.artifact import artifact_from_export
+    from whatsthat.training.classifier import artifact_from_export
 
     for path in artifact_from_export(args.model):
         print(f"wrote {path}")
@@ -231,7 +232,7 @@ def cmd_artifact(args: argparse.Namespace) -> int:
 
 
 def cmd_deploy_check(args: argparse.Namespace) -> int:
-    from whatsthat.deploy import check_deploy
+    from whatsthat.web.deploy import check_deploy
 
     problems = check_deploy(args.root, model=args.model)
     for p in problems:

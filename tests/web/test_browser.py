@@ -1,0 +1,421 @@
+"""The real thing: `whatsthat serve` (model process + Voila, as the Procfile runs it) driven by headless Chromium.
+
+The server runs from $WHATSTHAT_SERVE_VENV (the CPU-only serving venv: no fastai, no torchvision) when
+that is set, else from this venv. Uses the shipped model with a real bear photo when both exist, else
+the tiny model with a generated picture. Skipped without /usr/bin/chromium, except under CI=true,
+where that is a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+from browser_support import (
+    free_port,
+    http_status,
+    kernels_of,
+    loads_torch,
+    model_processes_of,
+    pss_mb,
+    serve_command,
+    stop_server,
+)
+from conftest import ROOT, SHARED_BEARS, draw_image, image_bytes, isolated_env
+from model_fixture import SHIPPED_MODEL, tiny_model  # noqa: F401  (pytest fixture)
+
+pytestmark = pytest.mark.browser
+
+CULL_IDLE = 30  # short, so the culling test can watch a kernel go
+CULL_INTERVAL = 5
+START_TIMEOUT = 180
+EVIL_NAME = '<img src=x onerror="alert(1)">.jpg'
+KERNEL_PSS_LIMIT_MB = 80  # issue 11: a visitor's kernel is at most 80 MB PSS and loads no torch
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    model: Path
+    photo: tuple[str, bytes]  # (name, bytes) of a picture to classify
+    expected: str  # what the model says about it in-process: the label or "not sure"
+    timings: dict = field(default_factory=dict)
+
+    def kernels(self) -> list[psutil.Process]:
+        return kernels_of(self.proc)
+
+    def model_process(self, timeout: float = 120) -> psutil.Process:
+        """The running model process (waits while the supervisor restarts it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [p for p in model_processes_of(self.proc) if p.status() != psutil.STATUS_ZOMBIE]
+            if len(found) == 1:
+                return found[0]
+            assert time.monotonic() < deadline, f"model processes: {found}\n{self.log_text()[-3000:]}"
+            time.sleep(0.1)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def model_and_photo(request) -> tuple[Path, tuple[str, bytes], str]:
+    """The shipped model and a real grizzly when available, else the tiny model and a generated picture.
+
+    The expected answer is what the serving code says in-process (the same predictor, out-of-class
+    score and verdict.decide as the model process and the page), so the page must agree with it exactly.
+    """
+    from whatsthat.model.verdict import decide
+    from whatsthat.web.app import NOT_SURE
+    from whatsthat.web.modelprocess import classify_files, load_predictor
+
+    if SHIPPED_MODEL.is_file() and (SHARED_BEARS / "grizzly").is_dir():
+        path = sorted((SHARED_BEARS / "grizzly").glob("*.jpg"))[0]
+        model, photo = SHIPPED_MODEL, (path.name, path.read_bytes())
+    else:
+        model, photo = request.getfixturevalue("tiny_model"), ("red.jpg", image_bytes(draw_image("red", 96)))
+    predictor = load_predictor(model)
+    [r] = classify_files(predictor, [photo], 32)
+    card = {**predictor.card, "threshold": predictor.threshold}
+    answer = decide(r["ranked"], card, r["ood_score"])
+    return model, photo, answer.label if answer.kind == "sure" and answer.label else NOT_SURE
+
+
+@contextlib.contextmanager
+def running_server(model_and_photo, tmp: Path, cull_idle: int, cull_interval: int) -> Iterator[Server]:
+    """`whatsthat serve` on a free local port, every Jupyter/home dir in tmp; all its processes stopped after."""
+    model, photo, expected = model_and_photo
+    home = tmp / "home"
+    env = {**os.environ, **isolated_env(home)}
+    env.pop("WHATSTHAT_EXAMPLES", None)
+    port = free_port()
+    cmd = serve_command(model, port, tmp, cull_idle=cull_idle, cull_interval=cull_interval)
+    log = tmp / "voila.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    srv = Server(f"http://127.0.0.1:{port}", proc, log, model, photo, expected)
+    started: set[int] = set()
+    try:
+        started |= {p.pid for p in model_processes_of(proc)}
+        t0 = time.monotonic()
+        while http_status(srv.url + "/voila/static/voila.js") != 200:
+            if proc.poll() is not None:
+                pytest.fail(f"voila exited with {proc.returncode}:\n{srv.log_text()}")
+            if time.monotonic() - t0 > START_TIMEOUT:
+                pytest.fail(f"voila did not answer in {START_TIMEOUT}s:\n{srv.log_text()}")
+            time.sleep(0.25)
+        srv.timings["server_ready_s"] = time.monotonic() - t0
+        # preheating: a pooled kernel starts with the server...
+        while "Kernel pool of app.ipynb is filled" not in srv.log_text():
+            if time.monotonic() - t0 > START_TIMEOUT:
+                pytest.fail(f"the kernel pool was not filled in {START_TIMEOUT}s:\n{srv.log_text()}")
+            time.sleep(0.25)
+        # ...and wait until that kernel has run the notebook, so page_load_s is what a visitor gets
+        while "whatsthat.web.app: model " not in srv.log_text():
+            if time.monotonic() - t0 > START_TIMEOUT:
+                pytest.fail(f"the preheated kernel did not load the model in {START_TIMEOUT}s:\n{srv.log_text()}")
+            time.sleep(0.25)
+        srv.timings["model_loaded_in_pool_s"] = time.monotonic() - t0
+        yield srv
+    finally:
+        started |= {p.pid for p in srv.kernels()} | {p.pid for p in model_processes_of(proc)}
+        stop_server(proc, started)
+        print(f"\nserver timings: {json.dumps({k: round(v, 2) for k, v in srv.timings.items()})}")
+
+
+@pytest.fixture(scope="module")
+def server(chromium, model_and_photo, tmp_path_factory):
+    """The server most tests share: culling after CULL_IDLE seconds, so the culling test can watch it."""
+    with running_server(model_and_photo, tmp_path_factory.mktemp("voila"), CULL_IDLE, CULL_INTERVAL) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def busy_server(chromium, model_and_photo, tmp_path_factory):
+    """A server for many visitors at once, with the default culling: opening ten pages takes longer than CULL_IDLE."""
+    with running_server(model_and_photo, tmp_path_factory.mktemp("voila-busy"), 600, 60) as srv:
+        yield srv
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh visitor: opens the app and waits for the widgets; fails on any JavaScript dialog (XSS)."""
+    context = browser.new_context()
+    pg = context.new_page()
+    dialogs: list[str] = []
+    pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    t0 = time.monotonic()
+    pg.goto(server.url + "/", wait_until="domcontentloaded", timeout=120_000)
+    try:
+        pg.get_by_role("button", name="Classify").wait_for(timeout=120_000)
+    except Exception as e:  # the server's log says why a page never became interactive
+        pytest.fail(f"no Classify button: {e}\npage: {pg.content()[-2000:]}\nserver log: {server.log_text()[-8000:]}")
+    server.timings.setdefault("page_load_s", time.monotonic() - t0)
+    try:
+        yield pg
+    finally:
+        context.close()
+    assert dialogs == [], f"a JavaScript dialog opened: {dialogs}"
+
+
+def upload(page, *files: tuple[str, bytes] | Path) -> None:
+    """Choose files in the upload widget: (name, bytes) pairs, or paths (much faster for big files)."""
+    from playwright.sync_api import expect
+
+    # the app empties the upload after each Classify: a new "(n)" below is this upload, not the last one
+    expect(page.locator(".widget-upload")).to_have_text(re.compile(r"^\s*Upload( \(0\))?\s*$"), timeout=30_000)
+    with page.expect_file_chooser() as chooser:
+        page.click(".widget-upload")
+    chooser.value.set_files(
+        [f if isinstance(f, Path) else {"name": f[0], "mimeType": "image/jpeg", "buffer": f[1]} for f in files]
+    )
+    # the button counts the files once the browser has read them; the value is sent before the click
+    page.locator(".widget-upload").filter(has_text=f"({len(files)})").wait_for(timeout=60_000)
+
+
+def classify(page, expect_prefix: str, timeout_ms: int = 120_000) -> str:
+    page.get_by_role("button", name="Classify").click()
+    label = page.locator(".widget-label").filter(has_text=expect_prefix)
+    label.wait_for(timeout=timeout_ms)
+    return label.inner_text()
+
+
+def test_page_shows_the_app_without_source(page):
+    body = page.content()
+    assert "app_or_message" not in body and "WHATSTHAT_MODEL" not in body  # strip_sources
+    assert "Traceback" not in body
+    assert page.get_by_text("What's that?").count() >= 1
+    assert page.locator(".whatsthat-card").inner_text().startswith("Knows")
+
+
+def test_page_assets_are_sent_compressed(browser, server):
+    """Every visitor's fresh browser fetches ~5 MB of Voila's JavaScript: it must travel gzipped."""
+    context = browser.new_context()
+    try:
+        pg = context.new_page()
+        sent: list[tuple[str, str | None, int]] = []  # (url, content-encoding, bytes on the wire)
+        pg.on("requestfinished", lambda r: sent.append(
+            (r.url, (r.response().headers.get("content-encoding") if r.response() else None), r.sizes()["responseBodySize"])))
+        pg.goto(server.url + "/", wait_until="load", timeout=120_000)
+        pg.get_by_role("button", name="Classify").wait_for(timeout=120_000)
+    finally:
+        context.close()
+    scripts = [s for s in sent if s[0].split("?")[0].endswith(".js") and s[2] > 4096]
+    assert len(scripts) >= 5, sent
+    assert all(enc == "gzip" for _, enc, _ in scripts), [s for s in scripts if s[1] != "gzip"][:5]
+
+
+def test_upload_classify_and_recover_from_a_bad_file(page, server):
+    # nothing uploaded yet
+    assert classify(page, "Nothing to classify").startswith("Nothing to classify yet")
+
+    name, data = server.photo
+    upload(page, (name, data))
+    t0 = time.monotonic()
+    text = classify(page, "Prediction:")
+    server.timings.setdefault("click_to_prediction_s", time.monotonic() - t0)
+    assert text.startswith(f"Prediction: {server.expected}"), text
+    assert page.locator(".whatsthat-result img").count() == 1
+    assert page.locator(".whatsthat-bar").count() >= 2
+
+    # a text file pretending to be a JPEG: a friendly message, no traceback
+    upload(page, ("notes.jpg", b"these are my notes, not a photo\n" * 5))
+    text = classify(page, "Could not classify")
+    assert text.startswith("Could not classify notes.jpg: this is not an image file (JPEG, PNG, "), text
+    assert "Traceback" not in page.content()
+
+    # ...and the page keeps working
+    upload(page, (name, data))
+    t0 = time.monotonic()
+    classify(page, "Prediction:")
+    server.timings["click_to_prediction_warm_s"] = time.monotonic() - t0
+
+    # the rejection went to the server log, for the operator
+    deadline = time.monotonic() + 10
+    while "upload 'notes.jpg' rejected (not-image" not in server.log_text():
+        assert time.monotonic() < deadline, server.log_text()[-3000:]
+        time.sleep(0.2)
+
+
+def test_several_files_and_html_in_a_file_name(page, server):
+    name, data = server.photo
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"/>'
+    upload(page, (EVIL_NAME, data), ("drawing.svg", svg), ("blank.jpg", b""))
+    text = classify(page, "3 images:")
+    assert EVIL_NAME in text  # shown as text in the Label...
+    results = page.locator(".whatsthat-result")
+    assert results.count() == 3
+    assert EVIL_NAME in results.nth(0).inner_text()  # ...and in the result card, escaped, not parsed
+    assert page.locator('img[src="x"]').count() == 0
+    assert "SVG drawings are not supported" in results.nth(1).inner_text()
+    assert "empty" in results.nth(2).inner_text()
+
+
+def test_big_uploads_do_not_break_the_page(page, tmp_path):
+    """Over tornado's default 10 MiB websocket message the connection would drop and the page die."""
+    from PIL import Image
+
+    noise = Image.frombytes("RGB", (1900, 1900), os.urandom(1900 * 1900 * 3))
+    noise.save(tmp_path / "big.png", compress_level=1)
+    assert (tmp_path / "big.png").stat().st_size > 10 * 2**20
+    upload(page, tmp_path / "big.png")
+    classify(page, "Prediction:")
+    from whatsthat.images import MAX_BYTES
+
+    size = MAX_BYTES + 5 * 2**20  # over the byte cap, under the 64 MiB websocket message
+    (tmp_path / "huge.jpg").write_bytes(b"\xff\xd8\xff" + bytes(size - 3))
+    upload(page, tmp_path / "huge.jpg")
+    expected = f"file is {size / 2**20:.1f} MB; the limit is {MAX_BYTES / 2**20:.1f} MB"  # binary MB
+    assert expected in classify(page, "Could not classify huge.jpg")
+    upload(page, ("small.jpg", image_bytes(draw_image("red", 64))))
+    classify(page, "Prediction:")
+
+
+def test_exif_rotated_and_animated_uploads(page):
+    from PIL import Image
+
+    wide = Image.new("RGB", (120, 60), (200, 30, 30))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    frames = [Image.new("RGB", (64, 64), c) for c in ((200, 30, 30), (30, 30, 200))]
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    upload(page, ("phone.jpg", image_bytes(wide, "JPEG", exif=exif)), ("anim.gif", buf.getvalue()))
+    classify(page, "2 images:")
+    box = page.locator(".whatsthat-result img").first.bounding_box()
+    assert box and box["height"] > box["width"]  # upright: EXIF orientation applied
+    assert page.locator(".whatsthat-result img").count() == 2
+
+
+def test_kernels_are_thin_and_the_model_lives_once(page, server):
+    """Every visitor's kernel stays under KERNEL_PSS_LIMIT_MB and has no torch; only the model process has it."""
+    classify(page, "Nothing to classify")
+    kernels = server.kernels()
+    assert len(kernels) >= 2, "expected this visitor's kernel plus a preheated one"
+    for k in kernels:
+        assert not loads_torch(k), f"kernel {k.pid} loaded torch"
+        assert pss_mb(k) <= KERNEL_PSS_LIMIT_MB, f"kernel {k.pid}: {pss_mb(k):.0f} MB PSS"
+    model = server.model_process()
+    assert loads_torch(model)
+    server.timings["kernel_pss_mb_max"] = max(pss_mb(k) for k in kernels)
+    server.timings["model_process_pss_mb"] = pss_mb(model)
+
+
+def test_model_process_killed_mid_request(page, server):
+    """The visitor whose request was in flight gets the friendly message; the next click works (restarted)."""
+    name, data = server.photo
+    model = server.model_process()
+    upload(page, (name, data))
+    model.send_signal(signal.SIGSTOP)  # the request goes out and waits: the process dies holding it
+    try:
+        page.get_by_role("button", name="Classify").click()
+        page.locator(".widget-label").filter(has_text="Classifying").wait_for(timeout=30_000)
+        time.sleep(1.0)  # the kernel has sent the bytes and waits for the answer
+    finally:
+        model.send_signal(signal.SIGKILL)
+    label = page.locator(".widget-label").filter(has_text="Could not classify")
+    label.wait_for(timeout=60_000)
+    assert "the classifier stopped while working on this photo" in label.inner_text()
+    assert "Traceback" not in page.content()
+    assert not page.get_by_role("button", name="Classify").is_disabled()
+    upload(page, (name, data))
+    assert classify(page, "Prediction:").startswith(f"Prediction: {server.expected}")
+    assert server.model_process().pid != model.pid
+    assert re.search(rf"model process {model.pid} exited with -9", server.log_text())
+
+
+def test_ten_visitors_classify_at_once(browser, busy_server):
+    server = busy_server
+    name, data = server.photo
+    contexts = [browser.new_context() for _ in range(10)]
+    try:
+        pages = [c.new_page() for c in contexts]
+        for pg in pages:
+            pg.goto(server.url + "/", wait_until="domcontentloaded", timeout=120_000)
+        for i, pg in enumerate(pages):
+            try:
+                pg.get_by_role("button", name="Classify").wait_for(timeout=180_000)
+            except Exception:
+                print(f"page {i}:", pg.content()[-3000:], server.log_text()[-6000:])
+                raise
+            upload(pg, (name, data))
+        t0 = time.monotonic()
+        for pg in pages:  # ten clicks within a moment: the model process gets ten concurrent requests
+            pg.get_by_role("button", name="Classify").click()
+        for pg in pages:
+            label = pg.locator(".widget-label").filter(has_text="Prediction:")
+            label.wait_for(timeout=120_000)
+            assert label.inner_text().startswith(f"Prediction: {server.expected}")
+        server.timings["ten_concurrent_classifications_s"] = time.monotonic() - t0
+    finally:
+        for c in contexts:
+            c.close()
+
+
+def _skip_unless_decodable(data: bytes, what: str) -> None:
+    """Until images.load_image decodes this kind of photo (HEIC, huge JPEGs), the page cannot either."""
+    from whatsthat.images import ImageError, load_image
+
+    try:
+        load_image(data)
+    except ImageError as e:
+        pytest.skip(f"whatsthat.images.load_image refuses {what} ({e.reason}: {e}); enable once images.py supports it")
+
+
+def test_heic_phone_photo(page, server):
+    pillow_heif = pytest.importorskip("pillow_heif", reason="pillow-heif writes the HEIC test photo")
+    from PIL import Image
+
+    pillow_heif.register_heif_opener()
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(server.photo[1])).convert("RGB").save(buf, format="HEIF", quality=90)
+    data = buf.getvalue()
+    _skip_unless_decodable(data, "HEIC")
+    upload(page, ("IMG_0001.HEIC", data))
+    text = classify(page, "Prediction:")
+    assert text.startswith("Prediction: ")
+    assert page.locator(".whatsthat-result img").count() == 1
+
+
+def test_hundred_megapixel_jpeg(page, server, tmp_path):
+    from PIL import Image
+
+    photo = Image.open(io.BytesIO(server.photo[1])).convert("RGB")
+    big = photo.resize((12_000, 8_400), Image.Resampling.BILINEAR)  # 100.8 MP, a 200 MP-class phone's output
+    path = tmp_path / "huge.jpg"
+    big.save(path, quality=80)
+    del big
+    _skip_unless_decodable(path.read_bytes(), "a 100-megapixel JPEG")
+    upload(page, path)
+    t0 = time.monotonic()
+    text = classify(page, "Prediction:", timeout_ms=180_000)
+    server.timings["click_to_prediction_100mp_s"] = time.monotonic() - t0
+    assert text.startswith("Prediction: ")
+    box = page.locator(".whatsthat-result img").first.bounding_box()
+    assert box and box["width"] <= 192  # the thumbnail the model process made, not the photo
+
+
+def test_kernel_idle_culling(page, server):
+    """This visitor's kernel is culled after CULL_IDLE seconds idle, even with the tab still open."""
+    classify(page, "Nothing to classify")  # this page's kernel is alive and was just busy
+    kernel_id = re.findall(r"Connecting to kernel ([0-9a-f-]{36})", server.log_text())[-1]
+    t0 = time.monotonic()
+    culled = re.compile(rf"Culling 'idle' kernel 'python3' \({kernel_id}\) with 1 connections")
+    while not culled.search(server.log_text()):
+        assert time.monotonic() - t0 < CULL_IDLE + 4 * CULL_INTERVAL + 30, server.log_text()[-3000:]
+        time.sleep(1)
+    server.timings["culled_after_idle_s"] = time.monotonic() - t0
+    assert f"Culling kernels with idle durations > {CULL_IDLE} seconds" in server.log_text()

@@ -1,0 +1,396 @@
+"""The notebook cleaner: the pictures the model finds hardest, one page at a time, marked and applied safely.
+
+`Cleaner(learn, "data")` shows the pictures of one category and split (Train/Valid), worst loss first.
+Each picture is one unit: the thumbnail, its dropdown (<Keep>, <Delete> or another label) and a caption
+with the model's prediction, its confidence and the pending decision. The units sit side by side in one
+strip that scrolls horizontally, so a caption always moves with its picture, and a marked unit gets a
+coloured border. Decisions survive switching views and pages, are listed under the strip, and reach the
+disk only through the engine (`whatsthat.cleaning.journal.apply_decisions`, `undo`), which journals every move.
+This module depends on the engine; the engine never imports it.
+
+Why the strip is drawn here rather than by fastai's ``ImageClassifierCleaner`` as it is: fastai's
+``ImagesCleaner`` draws each thumbnail by ``display()``-ing a PIL image into an ``Output`` widget, and its
+carousel is a ``flex-flow: row`` box whose units are ``flex: 0 0 auto``, as wide as their max-content. Two
+things go wrong with that:
+
+* In Voila every unit was 1,000,000 px wide and only the first picture could be seen. Voila's lab
+  template styles each output area as a table (``.jp-OutputArea-child {display: table; table-layout:
+  fixed; width: 100%}``); a table with a percentage width has no max-content width of its own, and
+  Chromium gives it its table size limit, 1,000,000 px, which the ``flex: 0 0 auto`` unit then takes on.
+* A caption appended to fastai's unit is an ``ipywidgets.Label``: it never wraps (``white-space: nowrap``,
+  a longer text is cut with an ellipsis), it is exactly as wide as the picture above it, and nothing marks
+  where one unit ends and the next begins. In JupyterLab a page of captions read as one line of text
+  under the pictures, clipped at the strip's right edge, and which caption belonged to which picture
+  could only be guessed.
+
+So `Thumbnails` draws each picture as an ``ipywidgets.Image`` (JPEG bytes: no output area, no ``display``
+call, no table CSS) in a fixed-width, bordered unit whose HTML caption wraps inside it. Everything else is
+still fastai's ``ImageClassifierCleaner``: its category and Train/Valid dropdowns, the per-picture losses it
+computes (``iwis``), and the ``ImagesCleaner`` interface (``fns``, ``set_fns``, ``values``, ``delete``,
+``change``) that `Thumbnails` subclasses; the dropdown stays each unit's second child, where fastai reads it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import html
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from fastai.vision.widgets import ImageClassifierCleaner, ImagesCleaner
+from ipywidgets import HTML, Box, Button, Dropdown, HBox, Label, Layout, Output, Text, VBox
+from ipywidgets import Image as ImageWidget
+from PIL import Image
+
+from whatsthat.cleaning.journal import (
+    DELETE,
+    KEEP,
+    ApplyReport,
+    Decision,
+    StaleDecisionError,
+    UndoReport,
+    apply_decisions,
+    dataset_root,
+    file_sha256,
+    relative_path,
+    save_decisions,
+    undo,
+)
+from whatsthat.errors import WhatsthatError
+from whatsthat.images import ImageError, encode_jpeg, load_image
+
+# A unit is never narrower than this, so its dropdown and a wrapped caption fit under a portrait picture.
+MIN_UNIT_WIDTH = 150
+THUMB_QUALITY = 85  # JPEG thumbnails: a page of 30 is a few hundred KB over the kernel's websocket
+BORDER = {"keep": "#d0d0d0", "delete": "#d9534f", "relabel": "#f0ad4e"}
+MARK_TEXT = {"delete": "✗ delete (to the trash)", "relabel": "→ move to {label}"}
+
+
+def _require_display() -> None:
+    """The cleaner is drawn by a Jupyter frontend; outside IPython (plain python) say what to do instead."""
+    if not callable(getattr(builtins, "display", None)):  # IPython puts display() in builtins
+        raise WhatsthatError(
+            "the cleaner is a Jupyter widget and IPython's display() is not available here: open train.ipynb in "
+            "Jupyter (or VS Code/Colab), or apply a decisions file with `whatsthat clean DATA --apply decisions.json`"
+        )
+
+
+class Thumbnails(ImagesCleaner):
+    """fastai's ImagesCleaner drawn as units (picture, dropdown, caption) in one horizontally scrolling strip."""
+
+    def __init__(self, opts: Sequence[str] = (), height: int = 128, width: int = 256, max_n: int = 30):
+        super().__init__(tuple(opts), height=height, width=width, max_n=max_n)
+        # align_items: each unit keeps its own height; overflow: the strip scrolls sideways, not the page
+        self.widget = Box([], layout=Layout(display="flex", flex_flow="row nowrap", align_items="flex-start",
+                                            overflow="auto hidden", width="100%", padding="2px 0 6px 0"))  # fmt: skip
+        self.widget.add_class("whatsthat-strip")
+
+    def set_fns(self, fns: Iterable[str | Path]) -> None:
+        """Draw one unit per file (at most max_n): its thumbnail, a dropdown, and an empty caption."""
+        self.fns = list(fns)[: self.max_n]
+        self.widget.children = [self._unit(Path(f)) for f in self.fns]
+
+    def _unit(self, path: Path) -> VBox:
+        problem = None
+        try:
+            im = load_image(path)
+        except ImageError as e:  # shown on the unit; the file can still be marked for deletion
+            im, problem = Image.new("RGB", (self.height, self.height), (200, 200, 200)), f"cannot show {path.name}: {e}"
+        im.thumbnail((self.width, self.height))  # fits inside width x height, never enlarges (as fastai's to_thumb)
+        picture = ImageWidget(value=encode_jpeg(im, THUMB_QUALITY), format="jpeg",
+                              layout=Layout(width=f"{im.width}px", height=f"{im.height}px"))  # fmt: skip
+        picture.add_class("whatsthat-picture")
+        if problem:
+            picture.tooltip = problem
+        dropdown = Dropdown(options=self.opts, layout=Layout(width="100%"))
+        caption = HTML(layout=Layout(width="100%"))
+        caption.add_class("whatsthat-caption")
+        unit = VBox([picture, dropdown, caption],  # the dropdown at index 1: fastai's values() reads it there
+                    layout=Layout(width=f"{max(im.width, MIN_UNIT_WIDTH) + 10}px", flex="0 0 auto",
+                                  margin="0 8px 0 0", padding="2px", align_items="center"))  # fmt: skip
+        unit.add_class("whatsthat-thumb")
+        self.mark(unit, "keep")
+        return unit
+
+    @staticmethod
+    def mark(unit: VBox, action: str, caption: str | None = None) -> None:
+        """Show a unit's decision (keep, delete, relabel): its border colour and CSS class, and its caption."""
+        unit.layout.border = f"3px solid {BORDER[action]}"
+        for name in BORDER:
+            unit.remove_class(f"whatsthat-{name}")
+        unit.add_class(f"whatsthat-{action}")
+        if caption is not None:
+            unit.children[2].value = caption
+
+
+def _learner_files(learn) -> list[Path]:
+    """Absolute paths of every image in the learner's training and validation sets."""
+    return [Path(os.path.abspath(p)) for dl in (learn.dls.train, learn.dls.valid) for p in dl.dataset.items]
+
+
+def _dataset_root_of(files: list[Path]) -> Path:
+    """The folder whose label folders hold every one of `files`."""
+    if not files:
+        raise WhatsthatError("this learner has no training images (loaded from export.pkl?): the cleaner needs the "
+                             "live learner from training, e.g. Cleaner(train(...).learn, 'data')")
+    roots = {p.parent.parent for p in files}
+    if len(roots) != 1:
+        raise WhatsthatError(f"the learner's images are not all in one <root>/<label>/ layout ({len(roots)} roots); "
+                             "pass the dataset folder: Cleaner(learn, root)")
+    return roots.pop()
+
+
+class Cleaner:
+    """fastai's ImageClassifierCleaner, with decisions that survive switching views, paging, predictions, and Apply.
+
+    Each thumbnail's dropdown is bound to its file (and the sha256 seen when it was shown) the
+    moment the unit is drawn, so a decision can never be applied to another view's file at the same
+    index. Nothing changes on disk until `apply` (or the Apply button).
+    """
+
+    def __init__(self, learn, root: str | Path | None = None, *, page_size: int = 30, height: int = 128,
+                 width: int = 256, predictions: bool = True):  # fmt: skip
+        _require_display()
+        if page_size < 1:
+            raise WhatsthatError(f"page_size must be 1 or more, not {page_size}")
+        files = _learner_files(learn)
+        self.root = dataset_root(root if root is not None else _dataset_root_of(files))
+        outside = [p for p in files if not p.is_relative_to(self.root)]
+        if outside:
+            raise WhatsthatError(f"{outside[0]} (and {len(outside) - 1} more) are not in {self.root}: "
+                                 "pass the dataset folder the learner was trained on")
+        self.learn = learn
+        self.page_size, self.page, self.predictions = page_size, 0, predictions
+        self.pending: dict[str, Decision] = {}
+        self.refused: list[str] = []
+        self.last_report: ApplyReport | UndoReport | None = None
+        self._preds: dict[str, tuple[str, float]] = {}
+
+        # max_n=0: fastai computes the losses and its view dropdowns but draws no thumbnails; ours replace them
+        self.icc = ImageClassifierCleaner(learn, max_n=0, height=height, width=width)
+        self.icc.iw = self.icc.default = Thumbnails(learn.dls.vocab, height, width, page_size)
+        self.icc.widget = VBox([self.icc.dd_cats, self.icc.dd_ds, self.icc.iw.widget])
+        # fastai's (path, target, loss) per image, made absolute so a later chdir cannot confuse
+        # them; we show only those still on disk (see refresh)
+        self._all_info = tuple([(Path(os.path.abspath(p)), t, loss) for p, t, loss in info] for info in self.icc.iwis)
+        self.icc.iwis = self._all_info
+
+        self._prev = Button(description="◀ previous", layout=Layout(width="auto"))
+        self._next = Button(description="next ▶", layout=Layout(width="auto"))
+        self._page_label = Label()
+        self._prev.on_click(lambda _: self.show_page(self.page - 1))
+        self._next.on_click(lambda _: self.show_page(self.page + 1))
+        self._summary = HTML()
+        self._summary.add_class("whatsthat-pending")
+        self._apply_button = Button(description="Apply", button_style="warning", icon="check",
+                                    layout=Layout(width="auto"))  # fmt: skip
+        self._undo_button = Button(description="Undo last apply", icon="undo", layout=Layout(width="auto"))
+        self._forget_button = Button(description="Forget decisions", layout=Layout(width="auto"))
+        self._save_button = Button(description="Save decisions to", icon="save", layout=Layout(width="auto"))
+        self._save_path = Text(value=str(Path("cleaning-decisions.json").resolve()), layout=Layout(width="40em"))
+        self._apply_button.on_click(lambda _: self._guarded(self.apply))
+        self._undo_button.on_click(lambda _: self._guarded(self.undo))
+        self._forget_button.on_click(lambda _: self._guarded(self.forget))
+        self._save_button.on_click(lambda _: self._guarded(
+            lambda: f"saved {len(self.pending)} decision(s) to {self.save(self._save_path.value)}"))
+        self.messages = Output()
+        self.widget = VBox([
+            HBox([self.icc.dd_cats, self.icc.dd_ds]),
+            self.icc.iw.widget,
+            HBox([self._prev, self._page_label, self._next]),
+            self._summary,
+            HBox([self._apply_button, self._undo_button, self._forget_button]),
+            HBox([self._save_button, self._save_path]),
+            self.messages,
+        ])  # fmt: skip
+        self.widget.add_class("whatsthat-cleaner")
+
+        # fastai redraws the thumbnails (new dropdowns) on every view change: hook each new set
+        self.icc.iw.widget.observe(self._on_view, names="children")
+        self.icc.dd_cats.observe(self._on_select, names="value")
+        self.icc.dd_ds.observe(self._on_select, names="value")
+        self.show_page(0)
+
+    # -- what a user sees and does --
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    @property
+    def dropdowns(self) -> list:
+        """The per-image dropdowns of the current view, in thumbnail order."""
+        return [box.children[1] for box in self.icc.iw.widget.children]
+
+    @property
+    def files(self) -> list[str]:
+        """The files of the current view, root-relative, in thumbnail order."""
+        return [relative_path(self.root, os.path.abspath(f)) for f in self.icc.iw.fns]
+
+    def select(self, category: str | None = None, split: str | None = None) -> None:
+        """Switch the view as the two dropdowns do: a category, and "Train" or "Valid"."""
+        if split is not None:
+            self.icc.dd_ds.value = split
+        if category is not None:
+            self.icc.dd_cats.value = category
+
+    def view_files(self) -> list[Path]:
+        """Every file of the selected category and split, worst loss first (all pages)."""
+        info = [o for o in self.icc.iwis[self.icc.dd_ds.index] if o[1] == self.icc.dd_cats.value]
+        return [o[0] for o in sorted(info, key=lambda o: float(o[2]), reverse=True)]
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-len(self.view_files()) // self.page_size))
+
+    def show_page(self, page: int) -> None:
+        """Show page `page` (0-based, clamped) of the current category and split."""
+        self.page = min(max(page, 0), self.pages - 1)
+        start = self.page * self.page_size
+        self.icc.iw.set_fns(self.view_files()[start : start + self.page_size])
+        self._update_pager()
+
+    def decisions(self) -> list[Decision]:
+        """Pending decisions from every view seen so far."""
+        return list(self.pending.values())
+
+    def apply(self) -> ApplyReport:
+        """Apply the pending decisions as one batch; they stay pending if the batch is refused."""
+        try:
+            report = apply_decisions(self.root, self.decisions())
+        except StaleDecisionError as e:
+            self.refused = e.paths
+            self._update_summary()
+            raise
+        self.pending.clear()
+        self.refused = []
+        self.last_report = report
+        self.refresh()
+        return report
+
+    def undo(self) -> UndoReport:
+        """Undo the latest applied batch and show its files again."""
+        report = undo(self.root)
+        self.last_report = report
+        self.refresh()
+        return report
+
+    def forget(self, paths: Iterable[str] | None = None) -> None:
+        """Drop pending decisions (all, or those for `paths`) and reset their dropdowns to <Keep>."""
+        paths = list(self.pending) if paths is None else [relative_path(self.root, p) for p in paths]
+        for p in paths:
+            self.pending.pop(p, None)
+        self.refused = [p for p in self.refused if p in self.pending]
+        for rel, dd in zip(self.files, self.dropdowns, strict=True):
+            if rel in paths:
+                dd.value = KEEP
+        self._update_summary()
+
+    def save(self, path: str | Path) -> Path:
+        """Write the pending decisions to a JSON/CSV file for `whatsthat clean DATA --apply FILE`."""
+        return save_decisions(path, self.decisions(), root=self.root)
+
+    def refresh(self) -> None:
+        """Show only the images still where the learner saw them, then redraw the current page."""
+        self.icc.iwis = tuple([o for o in info if o[0].is_file()] for info in self._all_info)
+        self.show_page(self.page)
+
+    # -- widget plumbing --
+
+    def _guarded(self, fn) -> None:
+        # button callbacks: a user-fixable problem is shown in the widget, not lost in a log
+        self.messages.clear_output()
+        with self.messages:
+            try:
+                out = fn()
+            except WhatsthatError as e:
+                print(f"error: {e}")
+                return
+            if out is not None:
+                print(out)
+
+    def _on_select(self, change: dict | None = None) -> None:
+        self.page = 0  # fastai has already drawn the first page of the new view
+        self._update_pager()
+
+    def _on_view(self, change: dict | None = None) -> None:
+        fns = [Path(os.path.abspath(f)) for f in self.icc.iw.fns]
+        units = list(self.icc.iw.widget.children)
+        if len(fns) != len(units):  # set_fns sets fns, then children: a mismatch means another writer
+            raise WhatsthatError(f"cleaner view out of step ({len(fns)} files, {len(units)} thumbnails)")
+        if self.predictions:
+            self._predict(fns)
+        for f, unit in zip(fns, units, strict=True):
+            rel = relative_path(self.root, f)
+            sha = file_sha256(f)  # what the user is looking at now; apply refuses other bytes
+            dd = unit.children[1]
+            if rel in self.pending:
+                dd.value = _dropdown_value(self.pending[rel])
+            dd.observe(lambda change, rel=rel, sha=sha, unit=unit: self._on_pick(rel, sha, change["new"], unit),
+                       names="value")  # fmt: skip
+            self._show_decision(rel, unit)
+        self._update_summary()
+
+    def _on_pick(self, rel: str, sha: str, value: str, unit) -> None:
+        if value == KEEP or value == rel.split("/")[0]:
+            self.pending.pop(rel, None)
+        else:
+            self.pending[rel] = Decision.from_value(rel, value, sha256=sha)
+        self._show_decision(rel, unit)
+        self._update_summary()
+
+    def _show_decision(self, rel: str, unit) -> None:
+        """The unit's caption (prediction, pending decision, file name) and border colour."""
+        current, name = rel.split("/")
+        lines = []
+        if rel in self._preds:
+            label, p = self._preds[rel]
+            not_current = "" if label == current else f' <b style="white-space:nowrap">(not {html.escape(current)})</b>'
+            lines.append(f"predicted {html.escape(label)} {p:.0%}{not_current}")
+        d = self.pending.get(rel)
+        action = d.action if d else "keep"
+        if d:
+            text = MARK_TEXT[action].format(label=d.label)
+            lines.append(f'<b style="color:{BORDER[action]}">{html.escape(text)}</b>')
+        lines.append(f'<span style="color:#777;font-size:85%;word-break:break-all">{html.escape(name)}</span>')
+        # the first line stays bare text (callers read "predicted ..."); later lines set a line height
+        # of their own, as ipywidgets' HTML is spaced for one line of 28 px
+        Thumbnails.mark(unit, action, lines[0] + "".join(f'<div style="line-height:1.3">{x}</div>' for x in lines[1:]))
+
+    def _predict(self, files: list[Path]) -> None:
+        todo = [f for f in files if relative_path(self.root, f) not in self._preds]
+        if not todo:
+            return
+        import fastai.callback.progress  # noqa: F401  (adds Learner.no_bar)
+
+        dl = self.learn.dls.test_dl(todo)
+        with self.learn.no_bar(), self.learn.no_logging():
+            probs, _ = self.learn.get_preds(dl=dl)
+        vocab = [str(v) for v in self.learn.dls.vocab]
+        for f, row in zip(todo, probs.tolist(), strict=True):
+            best = max(range(len(row)), key=row.__getitem__)
+            self._preds[relative_path(self.root, f)] = (vocab[best], row[best])
+
+    def _update_pager(self) -> None:
+        n = len(self.view_files())
+        self._page_label.value = f"page {self.page + 1} of {self.pages} ({n} images, worst loss first)"
+        self._prev.disabled = self.page == 0
+        self._next.disabled = self.page >= self.pages - 1
+
+    def _update_summary(self) -> None:
+        ds = self.decisions()
+        self._apply_button.description = f"Apply {len(ds)} decision(s)"
+        self._apply_button.disabled = not ds
+        if not ds:
+            self._summary.value = "<i>No pending decisions. Mark images as &lt;Delete&gt; or pick their right label.</i>"
+            return
+        items = "".join(f"<li>{'⚠ ' if d.path in self.refused else ''}{html.escape(d.describe())}</li>"
+                        for d in ds[:50])  # fmt: skip
+        more = f"<li>... and {len(ds) - 50} more</li>" if len(ds) > 50 else ""
+        self._summary.value = f"<b>{len(ds)} pending decision(s)</b> (kept when you switch views):<ul>{items}{more}</ul>"
+
+
+def _dropdown_value(d: Decision) -> str:
+    return {"keep": KEEP, "delete": DELETE}.get(d.action) or str(d.label)

@@ -1,0 +1,547 @@
+"""The web page: upload photos, click Classify, see what the model thinks (fastai lesson 2's layout).
+
+Everything here is plain Python over ipywidgets, so the rules and callbacks are tested without a
+browser; `app.ipynb` builds the lesson-2 VBox from the widgets and callbacks made here, and Voila
+turns it into a page.
+
+This module runs in every visitor's kernel, so it imports neither torch nor fastai nor numpy. Under
+`whatsthat serve` (and the Binder start script) the model lives in one model process per server
+(`whatsthat.web.modelprocess`), reached over `whatsthat.web.protocol`: the kernel sends the upload bytes and
+gets back ranked labels, an out-of-class score and a small thumbnail per file. Where no model process
+runs (plain Jupyter, a Binder without the start script), `load_classifier` loads the model in the
+kernel itself with the very same decoding code, and logs that it does.
+
+Visitors' uploads are untrusted: each goes through `images.load_image` (byte cap, decompression-bomb
+guard, full decode, EXIF orientation, first animation frame, RGB), every name or message put into
+HTML is escaped, and no exception reaches the page as a traceback: the callback boundary shows a
+friendly message and logs the details to the server's stderr.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import logging
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import ipywidgets as widgets
+
+from whatsthat.errors import WhatsthatError
+from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
+from whatsthat.model.files import ModelFiles
+from whatsthat.model.quality import card_quality  # pure Python: the page states the card's honest numbers
+from whatsthat.model.verdict import DEFAULT_THRESHOLD, NOT_SURE, decide
+from whatsthat.web.protocol import ModelClient, ModelLost, ModelUnavailable
+
+log = logging.getLogger("whatsthat.web.app")
+
+TITLE = "What's that?"
+DESCRIPTION = "Upload one or more photos and click <b>Classify</b>: the model says which of its classes each one shows."
+MAX_FILES = 12  # per click: bounds the CPU one visitor can take from a shared kernel server
+THUMB_SIDE = 192
+EXAMPLE_SIDE = 96
+MAX_EXAMPLES = 6
+EXAMPLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}
+NOTHING_UPLOADED = "Nothing to classify yet: upload a photo first (or try an example)."
+GENERIC_FAILURE = "Sorry, something went wrong while classifying. Please try again or use another photo."
+MODEL_LOST = "the classifier stopped while working on this photo and is restarting: please try again in a moment"
+MODEL_UNAVAILABLE = "the classifier is not reachable right now (it may be restarting): please try again in a moment"
+
+
+class ClassifierLike(Protocol):
+    """What the app needs: classes, card, threshold, and either `classify_files` (the model process,
+    `RemoteClassifier`) or `predict_many` over decoded pictures (in-process: `modelserver.Predictor`,
+    `predict.Classifier`, a stub in tests), which `modelserver.classify_files` wraps."""
+
+    classes: list[str]
+    card: dict
+    threshold: float
+
+
+class RemoteClassifier:
+    """The model process as the page sees it: `classify_files` sends the bytes, never decodes them here.
+
+    `card`: the model card read beside the model file. When it names the classes, the page is built from
+    it at once, and the kernel says hello to the model process in a thread of its own (the connection is
+    then open before the first click, as when the page waited for it). At a cold start the kernel, and so
+    the page, is ready while the model process is still importing torch, instead of after it (README,
+    Performance: cold start); a click before the model is ready waits for it. Without such a card the
+    kernel asks the model process for its classes and card first, waiting while it starts. Either way the
+    classes come from the same files: the model process reads this very card.
+    """
+
+    def __init__(self, client: ModelClient, card: dict | None = None) -> None:
+        self.from_card = bool(card and card.get("classes"))
+        if self.from_card:
+            info = {"classes": card["classes"], "card": card, "threshold": card.get("threshold", DEFAULT_THRESHOLD),
+                    "backend": "not asked yet", "pid": None}  # fmt: skip
+        else:
+            info = client.load_info()  # waits while the model process starts (cold start) or restarts
+        self.client = client
+        self.classes: list[str] = [str(c) for c in info.get("classes") or []]
+        self.card: dict = info.get("card") or {}
+        self.threshold: float = float(info.get("threshold", 0.6))
+        self.backend: str = str(info.get("backend", "?"))
+        self.pid = info.get("pid")
+        if self.from_card:
+            threading.Thread(target=self._hello, daemon=True, name="model-hello").start()
+
+    def _hello(self) -> None:
+        """Connect and ask "info" (the client's lock makes a click wait for this, never race it)."""
+        try:
+            info = self.client.load_info()
+        except WhatsthatError as e:  # ModelUnavailable, ModelLost: the next click tries again
+            log.warning("the model process did not answer this kernel's hello: %s", e)
+            return
+        self.backend, self.pid = str(info.get("backend", "?")), info.get("pid")
+        log.info("model process %s (%s) answered this kernel", self.pid, self.backend)
+
+    def classify_files(self, files: Sequence[tuple[str, bytes]], thumb_side: int) -> list[dict]:
+        return self.client.classify_files(files, thumb_side)
+
+
+@dataclass
+class FileResult:
+    """One uploaded file: its prediction (ranked labels) or why it could not be classified."""
+
+    name: str
+    ranked: list[tuple[str, float]] = field(default_factory=list)
+    verdict: str = ""  # the top label, NOT_SURE, or "" when there is an error
+    kind: str = ""  # verdict.decide's kind: "sure", "ambiguous" or "out_of_class"
+    message: str = ""  # verdict.decide's sentence for the visitor
+    ood_score: float | None = None  # the model process's out-of-class score, when the model has a detector
+    error: str = ""  # friendly message for the visitor
+    reason: str = ""  # short stable code (ImageError.reason, "error")
+    thumbnail: bytes = b""  # small JPEG of the image as the model saw it (upright, RGB)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+def uploaded_files(value: Iterable[Any]) -> list[tuple[str, bytes]]:
+    """(name, bytes) pairs from an ipywidgets 8 `FileUpload.value` (a tuple of dicts with memoryview content)."""
+    files = []
+    for item in value:
+        content = item.get("content", b"")
+        data = content.tobytes() if isinstance(content, memoryview) else bytes(content)
+        files.append((str(item.get("name") or "upload"), data))
+    return files
+
+
+def describe(result: FileResult) -> str:
+    """One line of plain text for a result, e.g. 'bear.jpg: grizzly (97.3%)'."""
+    if not result.ok:
+        return f"{result.name}: {result.error}"
+    label, prob = result.ranked[0]
+    if result.verdict == NOT_SURE:
+        return f"{result.name}: {NOT_SURE}{_why(result)}{_best_guess(result, f'{label}, {prob:.1%}')}"
+    return f"{result.name}: {label} ({prob:.1%})"
+
+
+def _why(result: FileResult) -> str:
+    """': between grizzly (55%) and black (45%)' from verdict.decide's sentence, or '' without one."""
+    reason = result.message.split(":", 1)[1].strip() if result.message.lower().startswith("not sure:") else ""
+    return f": {reason}" if reason else ""
+
+
+def _best_guess(result: FileResult, guess: str) -> str:
+    # "between grizzly (55%) and black (45%)" names the guess already; "doesn't look like ..." does not
+    return "" if result.kind == "ambiguous" and _why(result) else f" (best guess {guess})"
+
+
+def summary(results: Sequence[FileResult]) -> str:
+    """The Label's text: top prediction and probability for one image, one short part per image for several."""
+    if not results:
+        return NOTHING_UPLOADED
+    if len(results) == 1:
+        r = results[0]
+        if not r.ok:
+            return f"Could not classify {r.name}: {r.error}"
+        label, prob = r.ranked[0]
+        if r.verdict == NOT_SURE:
+            return f"Prediction: {NOT_SURE}{_why(r)}{_best_guess(r, label)}; Probability: {prob:.4f}"
+        return f"Prediction: {label}; Probability: {prob:.4f}"
+    return f"{len(results)} images: " + " | ".join(describe(r) for r in results)
+
+
+def _data_uri(jpeg: bytes) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
+def bars_html(ranked: Sequence[tuple[str, float]], top: str) -> str:
+    """Every class with its probability as a horizontal bar, highest first (labels escaped)."""
+    rows = []
+    for label, prob in ranked:
+        pct = max(0.0, min(100.0, prob * 100))
+        colour = "#2e7d32" if label == top else "#90a4ae"
+        rows.append(
+            '<div class="whatsthat-bar" style="display:flex;align-items:center;gap:6px;margin:2px 0">'
+            f'<span style="width:9em;overflow:hidden;text-overflow:ellipsis">{html.escape(label)}</span>'
+            '<span style="display:inline-block;width:160px;height:12px;background:#eceff1">'
+            f'<span style="display:block;width:{pct:.1f}%;height:100%;background:{colour}"></span></span>'
+            f'<span style="width:4em;text-align:right">{pct:.1f}%</span></div>'
+        )
+    return "".join(rows)
+
+
+def result_html(result: FileResult) -> str:
+    """A result card: thumbnail, escaped file name, verdict and ranked bars, or the friendly error."""
+    name = html.escape(result.name)
+    if not result.ok:
+        return (
+            '<div class="whatsthat-result whatsthat-error" style="margin:6px 0;color:#b71c1c">'
+            f"<b>{name}</b>: {html.escape(result.error)}</div>"
+        )
+    label, prob = result.ranked[0]
+    if result.verdict == NOT_SURE:
+        head = f"<b>{NOT_SURE}</b>{html.escape(_why(result) + _best_guess(result, f'{label}, {prob:.1%}'))}"
+    else:
+        head = f"<b>{html.escape(label)}</b> ({prob:.1%})"
+    img = (
+        f'<img src="{_data_uri(result.thumbnail)}" alt="{name}" style="max-width:{THUMB_SIDE}px;max-height:{THUMB_SIDE}px">'
+        if result.thumbnail
+        else ""
+    )
+    return (
+        '<div class="whatsthat-result" style="display:flex;gap:12px;align-items:flex-start;margin:6px 0">'
+        f'{img}<div><div class="whatsthat-name">{name}</div>'
+        f'<div class="whatsthat-verdict">{head}</div>{bars_html(result.ranked, result.verdict)}</div></div>'
+    )
+
+
+def _bundle(result: FileResult) -> dict:
+    """A display_data output for the Output widget (set directly: no kernel or IPython shell needed)."""
+    return {
+        "output_type": "display_data",
+        "data": {"text/html": result_html(result), "text/plain": describe(result)},
+        "metadata": {},
+    }
+
+
+def _accuracy_fact(card: dict) -> str | None:
+    """The accuracy as the page states it: with its 95% interval, the number of validation pictures
+    and the majority-class baseline when the card has them (whatsthat.model.quality), so 92 pictures never
+    read as a bare "100.0%"; only the bare number for an old card without per-class supports."""
+    metrics = card.get("metrics") or {}
+    if metrics.get("per_class") and isinstance(metrics.get("accuracy"), (int, float)):
+        try:
+            quality = card_quality(card)
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("the model card's metrics are incomplete (%s); showing the bare accuracy", err)
+        else:
+            return f"{quality.accuracy_line()}; {quality.baseline_line()}"
+    accuracy = metrics.get("accuracy")
+    if accuracy is None and metrics.get("error_rate") is not None:
+        accuracy = 1 - float(metrics["error_rate"])
+    if isinstance(accuracy, (int, float)):
+        return f"accuracy {float(accuracy):.1%} on held-out photos (the card gives no count or interval)"
+    return None
+
+
+def model_card_html(card: dict, classes: Sequence[str], threshold: float) -> str:
+    """A short, escaped summary of the model card: classes, honest accuracy, training set, when/what."""
+    parts = [f"Knows {len(classes)} classes: <b>{html.escape(', '.join(classes))}</b>."]
+    dataset = card.get("dataset") or {}
+    facts = []
+    accuracy = _accuracy_fact(card)
+    if accuracy:
+        facts.append(html.escape(accuracy))
+    if isinstance(dataset.get("n_images"), int):
+        facts.append(f"trained on {dataset['n_images']} images")
+    if card.get("arch"):
+        facts.append(f"model {html.escape(str(card['arch']))}")
+    if card.get("trained_at"):
+        facts.append(f"trained {html.escape(str(card['trained_at'])[:10])}")
+    if facts:
+        sentence = " · ".join(facts)
+        parts.append(sentence[0].upper() + sentence[1:] + ".")
+    if card.get("not_sure"):
+        parts.append(f"Says &ldquo;{NOT_SURE}&rdquo; when a photo looks like none of these classes, and "
+                     f"names two classes when no class reaches {threshold:.0%}.")
+    else:
+        parts.append(f"Says &ldquo;{NOT_SURE}&rdquo; when no class reaches {threshold:.0%}.")
+    return '<div class="whatsthat-card" style="color:#555;font-size:90%">' + " ".join(parts) + "</div>"
+
+
+def find_examples(folder: str | Path | None, limit: int = MAX_EXAMPLES) -> list[Path]:
+    """Up to `limit` image files (by suffix, sorted by name) in `folder`; [] when it is None or absent."""
+    if folder is None:
+        return []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in EXAMPLE_SUFFIXES)
+    return found[:limit]
+
+
+def _server_log_handler() -> logging.Handler:
+    """A handler writing to the server's stderr.
+
+    In a Jupyter kernel sys.stderr is forwarded to the browser; its fileno() is a copy of the
+    kernel process's real stderr, which is the Voila server's terminal (or the Heroku log).
+    """
+    stream = sys.stderr
+    if type(stream).__module__.startswith("ipykernel"):
+        try:
+            stream = open(stream.fileno(), "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+        except (OSError, ValueError):  # no fd copy (capture_fd_output off): fd 2 is still the real stderr
+            stream = sys.__stderr__
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.set_name("whatsthat-server-stderr")
+    return handler
+
+
+def _ensure_server_logging() -> None:
+    # Only inside a kernel: elsewhere (tests, scripts) the caller's logging setup applies, and
+    # without one Python's last-resort handler still prints warnings and errors to stderr.
+    if not type(sys.stderr).__module__.startswith("ipykernel"):
+        return
+    if any(h.get_name() == "whatsthat-server-stderr" for h in log.handlers):
+        return
+    log.addHandler(_server_log_handler())
+    log.setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def _warnings_to_log(during: str) -> Iterator[None]:
+    # Voila shows a cell's stderr on the page: library warnings (torch, fastai) belong in the server log
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for text in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught):  # once each, in order
+        log.info("warning while %s: %s", during, text)
+
+
+class App:
+    """The widget page around one classifier. `widget` is what the notebook displays."""
+
+    def __init__(
+        self,
+        classifier: ClassifierLike,
+        examples: Sequence[str | Path] | str | Path | None = None,
+        *,
+        title: str = TITLE,
+        description: str = DESCRIPTION,
+        max_files: int = MAX_FILES,
+        connect: bool = True,
+    ) -> None:
+        """`connect=False` leaves the Classify button unconnected, for a notebook that wires it itself."""
+        self.classifier = classifier
+        self.max_files = max_files
+        self.results: list[FileResult] = []
+        paths = find_examples(examples) if isinstance(examples, (str, Path)) else [Path(p) for p in examples or []]
+        self.example_paths: list[Path] = paths
+
+        # title/description are the operator's own text (trusted HTML); everything else is escaped
+        self.title = widgets.HTML(f"<h2>{title}</h2>")
+        self.description = widgets.HTML(f"<p>{description}</p>")
+        self.card = widgets.HTML(
+            model_card_html(getattr(classifier, "card", None) or {}, list(classifier.classes), classifier.threshold)
+        )
+        self.upload = widgets.FileUpload(accept="image/*", multiple=True, description="Upload")
+        self.classify_button = widgets.Button(description="Classify", button_style="primary", icon="search")
+        self.output = widgets.Output()
+        self.label = widgets.Label()
+        if connect:
+            self.classify_button.on_click(self.on_classify)
+
+        self.example_buttons: list[widgets.Button] = []
+        example_items = []
+        for path in self.example_paths:
+            button = widgets.Button(description=path.stem[:20], tooltip=f"Classify the example {path.name}")
+            button.on_click(lambda _b, p=path: self.on_example(p))
+            self.example_buttons.append(button)
+            example_items.append(widgets.VBox([self._example_thumbnail(path), button]))
+        self.examples_box = widgets.VBox(
+            [widgets.HTML("<b>No photo at hand? Try an example:</b>"), widgets.HBox(example_items)]
+            if example_items
+            else []
+        )
+        self.widget = widgets.VBox(
+            [
+                self.title,
+                self.description,
+                self.card,
+                widgets.HBox([self.upload, self.classify_button]),
+                self.output,
+                self.label,
+                self.examples_box,
+            ]
+        )
+
+    @staticmethod
+    def _example_thumbnail(path: Path) -> widgets.Widget:
+        try:
+            im = resize_max(load_image(path), EXAMPLE_SIDE)
+        except ImageError as e:
+            log.warning("example %s is not usable: %s", path, e)
+            return widgets.HTML(f"<i>{html.escape(path.name)}</i>")
+        return widgets.Image(value=encode_jpeg(im, quality=80), format="jpeg")
+
+    # -- callbacks: the boundary where every exception becomes a friendly message plus a log entry --
+
+    def on_classify(self, _button: widgets.Button | None = None) -> None:
+        """Classify whatever is in the upload widget (the Classify button's callback), then empty it."""
+        try:
+            self._guarded(lambda: uploaded_files(self.upload.value))
+        finally:
+            # the results stay on the page; the upload's bytes (up to 64 MiB) leave the kernel, and the
+            # button's "(n)" counter resets, so a new selection is visibly a new upload
+            if self.upload.value:
+                self.upload.value = ()
+
+    def on_example(self, path: str | Path) -> None:
+        """Classify one of the example images (an example button's callback)."""
+        path = Path(path)
+        self._guarded(lambda: [(path.name, path.read_bytes())])
+
+    def _guarded(self, get_files: Callable[[], list[tuple[str, bytes]]]) -> None:
+        self.classify_button.disabled = True
+        try:
+            files = get_files()
+            if not files:
+                self.results = []
+                self.output.outputs = ()
+                self.label.value = NOTHING_UPLOADED
+                return
+            self.label.value = f"Classifying {len(files)} image{'s' if len(files) != 1 else ''}..."
+            self.show(self.classify(files))
+        except Exception:  # the callback boundary: never a traceback on the page, always a log entry
+            log.exception("classification failed")
+            self.results = []
+            self.output.outputs = ()
+            self.label.value = GENERIC_FAILURE
+        finally:
+            self.classify_button.disabled = False
+
+    def classify(self, files: Sequence[tuple[str, bytes]]) -> list[FileResult]:
+        """Classify (name, bytes) pairs; a bad file gets a friendly error, the others still run."""
+        batch = list(files[: self.max_files])
+        try:
+            with _warnings_to_log("predicting"):
+                raw = self._classify_files(batch)
+        except (ModelLost, ModelUnavailable) as e:
+            log.warning("model process: %s", e)
+            message = MODEL_LOST if isinstance(e, ModelLost) else MODEL_UNAVAILABLE
+            raw = [{"name": name, "error": message, "reason": "model-unavailable"} for name, _ in batch]
+        except WhatsthatError as e:
+            log.warning("prediction refused: %s", e)
+            raw = [{"name": name, "error": str(e), "reason": "error"} for name, _ in batch]
+        results = []
+        for r in raw:
+            result = FileResult(name=str(r["name"]), error=r.get("error") or "", reason=r.get("reason") or "",
+                                thumbnail=r.get("thumbnail") or b"")  # fmt: skip
+            if result.ok:
+                result.ranked = [(str(label), float(prob)) for label, prob in r["ranked"]]
+                answer = decide(result.ranked, self._verdict_card(), r.get("ood_score"))
+                result.kind, result.message, result.ood_score = answer.kind, answer.message, answer.ood_score
+                result.verdict = answer.label if answer.kind == "sure" and answer.label else NOT_SURE
+            results.append(result)
+        if len(files) > self.max_files:
+            results.append(
+                FileResult(
+                    name=f"{len(files) - self.max_files} more file(s)",
+                    error=f"not classified: at most {self.max_files} images per click",
+                    reason="too-many-files",
+                )
+            )
+        return results
+
+    def _verdict_card(self) -> dict:
+        # what verdict.decide reads: the softmax threshold, the classes, the detector's threshold (card["not_sure"])
+        card = getattr(self.classifier, "card", None) or {}
+        return {**card, "threshold": self.classifier.threshold, "classes": card.get("classes") or list(self.classifier.classes)}
+
+    def _classify_files(self, files: list[tuple[str, bytes]]) -> list[dict]:
+        remote = getattr(self.classifier, "classify_files", None)
+        if remote is not None:
+            return remote(files, THUMB_SIDE)
+        from whatsthat.web.modelprocess import classify_files  # in-process: decode and predict in this kernel
+
+        return classify_files(self.classifier, files, THUMB_SIDE)
+
+    def show(self, results: list[FileResult]) -> None:
+        """Put results on the page: a card per file in the Output, the summary in the Label."""
+        self.results = results
+        self.output.outputs = tuple(_bundle(r) for r in results)
+        self.label.value = summary(results)
+
+
+def build_app(
+    classifier: ClassifierLike, examples: Sequence[str | Path] | str | Path | None = None, **kwargs: Any
+) -> App:
+    """The app for `classifier`; `examples` is a folder of example images or a list of image paths."""
+    _ensure_server_logging()
+    return App(classifier, examples, **kwargs)
+
+
+def unavailable_message(detail: str = "") -> widgets.HTML:
+    """The page shown instead of the app when the model cannot be loaded (escaped, no traceback)."""
+    extra = f"<p style='color:#555'>{html.escape(detail)}</p>" if detail else ""
+    return widgets.HTML(
+        "<h2>What's that?</h2><p><b>Sorry, the classifier is not available right now.</b> "
+        "The model could not be loaded; the server log has the details.</p>" + extra
+    )
+
+
+def load_classifier(model: str | Path = "export.pkl") -> ClassifierLike:
+    """The model process when this kernel was given its channel, else the model loaded in this kernel.
+
+    The channel (socket and key) comes from the environment `whatsthat serve` or the Binder start
+    script set; without it (plain Jupyter, Binder without the start script) the kernel loads the
+    model itself: the artifact with torch, or export.pkl with fastai.
+    """
+    client = ModelClient.from_env()
+    if client is not None:
+        try:
+            card = ModelFiles(model).read_card()
+        except WhatsthatError as e:  # the model process reads it too, and will say more; ask it instead
+            log.warning("%s; asking the model process for its classes", e)
+            card = None
+        classifier = RemoteClassifier(client, card)
+        if classifier.from_card:
+            log.info("model %s served by the model process (page built from its card, not waiting for the process)", model)
+        else:
+            log.info("model %s served by the model process %s (%s)", model, classifier.pid, classifier.backend)
+        return classifier
+    log.info("no model process for this kernel (%s is unset): loading %s in the kernel itself", "WHATSTHAT_MODEL_SOCKET", model)
+    from whatsthat.web.modelprocess import load_predictor  # imported here: torch loads only on this path
+
+    return load_predictor(model)
+
+
+def app_or_message(
+    model: str | Path = "export.pkl", examples: Sequence[str | Path] | str | Path | None = None
+) -> widgets.Widget:
+    """Load `model` and return the app's widget, or a friendly message widget if that fails (logged)."""
+    app = app_or_none(model, examples)
+    return app.widget if isinstance(app, App) else app
+
+
+def app_or_none(
+    model: str | Path = "export.pkl", examples: Sequence[str | Path] | str | Path | None = None, **kwargs: Any
+) -> App | widgets.HTML:
+    """The App (its widgets and callbacks, for the notebook to lay out), or the friendly message widget."""
+    _ensure_server_logging()
+    try:
+        t0 = time.monotonic()
+        with _warnings_to_log("loading the model"):
+            classifier = load_classifier(model)
+        log.info("model %s loaded in %.1fs: classes %s", model, time.monotonic() - t0, classifier.classes)
+        return build_app(classifier, examples, **kwargs)
+    except WhatsthatError as e:
+        log.error("cannot start the app: %s", e)
+        return unavailable_message(str(e))
+    except Exception:  # the notebook's boundary: visitors get a message, the log gets the traceback
+        log.exception("cannot start the app with model %s", model)
+        return unavailable_message()

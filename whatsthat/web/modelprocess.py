@@ -1,0 +1,484 @@
+"""The one model process per server, and the supervisor that keeps it running.
+
+Voila starts a kernel per page view; if each loaded torch and the model, a 512 MB dyno would be full
+before the second visitor. So the model lives here, once: visitors' kernels (`whatsthat.web.app`) send
+upload bytes over the local channel of `whatsthat.web.protocol`, and this process decodes them
+(`images.load_image`: byte cap, bomb guard, HEIC, draft-mode downscaling of huge JPEGs), classifies
+them, and answers ranked probabilities, an out-of-class score and a small JPEG thumbnail per file,
+so a kernel never holds a decoded 100-megapixel picture.
+
+- Model: the torch-only artifact (`whatsthat.model.artifact`) when it is beside export.pkl; otherwise (a
+  bare export.pkl from the course) export.pkl itself through fastai, when fastai is installed, with a
+  log line saying so.
+- Concurrency: one thread per connected kernel decodes its uploads in parallel (Pillow releases the
+  GIL while decoding); forward passes take turns under one lock, one picture at a time, because on a
+  small CPU batch 1 is the fastest per picture (bench/predict_bench.py) and two concurrent passes
+  would only fight over the same cores.
+- Failures: a bad upload is an error for that file only; an exception in one request is logged and
+  answered as a refusal on that connection; the other kernels' connections never notice.
+- Supervision: `Supervisor` (used by `whatsthat serve` and the Binder start script) runs this module
+  as a child process and restarts it when it exits, with a growing delay if it keeps failing.
+
+Heavy imports (torch, the model code) happen in `load_predictor`, so `whatsthat.web.app` can use
+`classify_files` in-process (the fallback where no model process runs) without loading more than it must.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Connection, Listener
+from pathlib import Path
+from typing import Any
+
+from whatsthat.errors import WhatsthatError
+from whatsthat.model.files import ModelFiles
+from whatsthat.model.verdict import DEFAULT_THRESHOLD, rank
+from whatsthat.web.protocol import (
+    ENV_AUTHKEY,
+    ENV_SOCKET,
+    ModelClient,
+    ModelLost,
+    ModelUnavailable,
+    recv_message,
+    send_message,
+)
+from whatsthat.web.restarter import Restarter, child_key
+
+log = logging.getLogger("whatsthat.web.modelprocess")
+
+MAX_FILES = 12  # per request; the page sends at most this many per click
+LOAD_FAILED = 3  # exit code: the model could not be loaded (the supervisor waits longer before retrying)
+
+Ranked = list[tuple[str, float]]
+
+
+@dataclass
+class Predictor:
+    """A loaded model: `score(images)` -> [(ranked, ood_score or None)], one per picture."""
+
+    classes: list[str]
+    card: dict
+    threshold: float
+    backend: str  # "artifact" or "fastai"
+    _score: Callable[[Sequence[Any]], list[tuple[Ranked, float | None]]]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def score(self, images: Sequence[Any]) -> list[tuple[Ranked, float | None]]:
+        out: list[tuple[Ranked, float | None]] = []
+        for im in images:  # batch 1, in turns: see the module docstring
+            with self.lock:
+                out.extend(self._score([im]))
+        return out
+
+    def predict_many(self, images: Sequence[Any]) -> list[Ranked]:
+        return [ranked for ranked, _ in self.score(images)]
+
+
+def load_predictor(model_path: str | Path) -> Predictor:
+    """The artifact beside `model_path` when there is one, else export.pkl through fastai (logged)."""
+    model_path = Path(model_path)
+    card = ModelFiles(model_path).read_card()
+    threshold = float(card.get("threshold", DEFAULT_THRESHOLD))
+    predictor = _artifact_predictor(model_path, card, threshold) if ModelFiles(model_path).has_artifact() else _fastai_predictor(model_path)
+    # one pass on a blank picture: oneDNN picks its kernels now, not on the first visitor's click
+    from PIL import Image
+
+    predictor.score([Image.new("RGB", (64, 64))])
+    return predictor
+
+
+def _fastai_predictor(model_path: Path) -> Predictor:
+    if not model_path.is_file():
+        raise WhatsthatError(f"model file not found: {model_path} (train one with `whatsthat train`)")
+    try:
+        import fastai  # noqa: F401  (only to tell a missing fastai from a broken export)
+    except ImportError:
+        raise WhatsthatError(
+            f"{model_path} has no serving artifact beside it, and fastai (needed to load export.pkl itself) is not "
+            f"installed here: run `whatsthat artifact {model_path}` where fastai is, and deploy the files it writes"
+        ) from None
+    log.warning("no serving artifact beside %s: loading export.pkl with fastai (more memory, slower start); "
+                "`whatsthat artifact %s` writes the torch-only one", model_path, model_path)  # fmt: skip
+    from whatsthat.training.classifier import load_classifier
+
+    clf = load_classifier(model_path)
+
+    def score(images: Sequence[Any]) -> list[tuple[Ranked, float | None]]:
+        # with the out-of-class score when export.ood.safetensors is beside export.pkl, as for the artifact
+        return clf.score_many(list(images))
+
+    return Predictor(clf.classes, clf.card, clf.threshold, "fastai", score)
+
+
+def _artifact_predictor(model_path: Path, card: dict, threshold: float) -> Predictor:
+    import torch
+
+    from whatsthat.model import detector as ood
+    from whatsthat.model.artifact import load_serving_model
+
+    sm = load_serving_model(model_path)
+    detector = ood.load_detector(model_path, sm.model)
+    layer = detector.layer if detector is not None else ood.DEFAULT_LAYER
+    pretrained = detector.pretrained if detector is not None else None
+
+    def score(images: Sequence[Any]) -> list[tuple[Ranked, float | None]]:
+        with torch.inference_mode():
+            features, logits = ood.split_forward(sm.model, sm.batch(images), layer, pretrained)
+            probs = torch.softmax(logits, dim=1).tolist()
+            scores = detector.score(features, logits) if detector is not None else [None] * len(probs)
+        return [(rank(sm.classes, row), s) for row, s in zip(probs, scores, strict=True)]
+
+    card = {**card, "classes": card.get("classes") or sm.classes}
+    return Predictor(sm.classes, card, threshold, "artifact", score)
+
+
+
+def classify_files(predictor: Any, files: Sequence[tuple[str, bytes]], thumb_side: int) -> list[dict]:
+    """Decode, thumbnail and classify (name, bytes) pairs; a bad file gets an error, the others still run.
+
+    `predictor` has `score(images)` (ranked, ood_score) or just `predict_many(images)` (ranked). Each
+    result: name, ranked, ood_score, error, reason, thumbnail (JPEG bytes, b"" when there is none).
+    """
+    # imported here: the supervisor (`whatsthat serve`'s own process) imports this module and never decodes
+    from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
+
+    results: list[dict] = []
+    good: list[tuple[dict, Any]] = []
+    for name, data in files:
+        result: dict = {"name": name, "ranked": [], "ood_score": None, "error": "", "reason": "", "thumbnail": b""}
+        results.append(result)
+        try:
+            im = load_image(data)
+        except ImageError as e:
+            log.warning("upload %r rejected (%s, %d bytes): %s", name, e.reason, len(data), e)
+            result["error"], result["reason"] = str(e), e.reason
+            continue
+        result["thumbnail"] = encode_jpeg(resize_max(im, thumb_side), quality=80)
+        good.append((result, im))
+    if not good:
+        return results
+    images = [im for _, im in good]
+    try:
+        if hasattr(predictor, "score"):
+            scored = predictor.score(images)
+        else:
+            scored = [(ranked, None) for ranked in predictor.predict_many(images)]
+    except WhatsthatError as e:
+        log.warning("prediction refused: %s", e)
+        for result, _ in good:
+            result["error"], result["reason"] = str(e), "error"
+        return results
+    for (result, _), (ranked, ood_score) in zip(good, scored, strict=True):
+        result["ranked"] = [(str(label), float(p)) for label, p in ranked]
+        result["ood_score"] = None if ood_score is None else float(ood_score)
+    return results
+
+
+# -- the process: a listener, a thread per kernel --
+
+
+class _Trimmer:
+    """Hands freed heap back to the system when the last request in flight is answered.
+
+    glibc keeps memory that decoding and forward passes free inside its arenas, so the process only
+    grows: measured with the bench's photo, 10 s of visitors left it ~10-25 MB above its idle size.
+    `malloc_trim(0)` returns those pages; it runs after the answer is sent, so no visitor waits for it,
+    and only when no other request is being served. Absent outside glibc (musl, macOS): then a no-op.
+    """
+
+    def __init__(self) -> None:
+        self._busy = 0
+        self._lock = threading.Lock()
+        try:
+            trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            trim = None
+        if trim is not None:
+            trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+        self._trim = trim
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        with self._lock:
+            self._busy += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy -= 1
+                idle = self._busy == 0
+            if idle:
+                self.trim()
+
+    def trim(self) -> None:
+        if self._trim is not None:
+            self._trim(0)
+
+
+_trimmer = _Trimmer()
+
+
+def _handle(predictor: Predictor, header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
+    op = header.get("op")
+    if op == "info":
+        return {"ok": True, "classes": predictor.classes, "card": predictor.card, "threshold": predictor.threshold,
+                "backend": predictor.backend, "pid": os.getpid()}, []  # fmt: skip
+    if op == "classify":
+        names = header.get("names")
+        if not isinstance(names, list) or len(names) != len(blobs):
+            return {"ok": False, "error": "malformed request: one name per file expected"}, []
+        if len(blobs) > MAX_FILES:
+            return {"ok": False, "error": f"at most {MAX_FILES} images per request"}, []
+        side = header.get("thumb_side", 192)
+        side = side if isinstance(side, int) and 16 <= side <= 1024 else 192
+        results = classify_files(predictor, list(zip(map(str, names), blobs, strict=True)), side)
+        thumbs: list[bytes] = []
+        for r in results:
+            jpeg = r.pop("thumbnail")
+            r["thumbnail"] = len(thumbs) if jpeg else -1
+            if jpeg:
+                thumbs.append(jpeg)
+        return {"ok": True, "results": results}, thumbs
+    return {"ok": False, "error": f"unknown request {op!r}"}, []
+
+
+def _serve_connection(predictor: Predictor, conn: Connection, peer: int) -> None:
+    with conn:
+        while True:
+            try:
+                header, blobs = recv_message(conn)
+            except (EOFError, OSError):  # the kernel went away (culled, closed): normal end
+                return
+            except WhatsthatError as e:
+                log.warning("connection %d: %s; closing it", peer, e)
+                return
+            t0 = time.monotonic()
+            # "info" is every kernel's hello and the supervisor's health check every 30 s: not news in the log
+            level = logging.DEBUG if header.get("op") == "info" else logging.INFO
+            log.log(level, "request %s from connection %d: %d file(s)", header.get("op"), peer, len(blobs))
+            with _trimmer.request():
+                try:
+                    reply, out = _handle(predictor, header, blobs)
+                except Exception:  # one request's failure must not end the process or other visitors' requests
+                    log.exception("request %s from connection %d failed", header.get("op"), peer)
+                    reply, out = {"ok": False, "error": "the classifier failed on this request"}, []
+                del blobs  # the uploads are freed before the trim, not after
+                try:
+                    send_message(conn, reply, out)
+                except OSError as e:
+                    log.info("connection %d closed before its answer: %s", peer, e)
+                    return
+                del reply, out
+            log.log(level, "answered %s for connection %d in %.3fs", header.get("op"), peer, time.monotonic() - t0)
+
+
+def serve_forever(predictor: Predictor, socket_path: str | Path, authkey: bytes,
+                  ready: Callable[[], None] | None = None) -> None:  # fmt: skip
+    """Accept kernels on the Unix socket until the process is stopped (a thread per connection)."""
+    socket_path = str(socket_path)
+    with contextlib.suppress(FileNotFoundError):  # a predecessor's socket file; binding needs the name free
+        os.unlink(socket_path)
+    old = os.umask(0o177)  # the socket file itself is owner-only, on top of the private directory
+    try:
+        listener = Listener(socket_path, family="AF_UNIX", authkey=authkey)
+    finally:
+        os.umask(old)
+    log.info("model process %d ready (%s, classes %s) on %s", os.getpid(), predictor.backend, predictor.classes,
+             socket_path)  # fmt: skip
+    if ready is not None:
+        ready()
+    peer = 0
+    with listener:
+        while True:
+            try:
+                conn = listener.accept()
+            except (AuthenticationError, EOFError, ConnectionResetError) as e:
+                log.warning("refused a connection: %s", e)
+                continue
+            peer += 1
+            threading.Thread(target=_serve_connection, args=(predictor, conn, peer), daemon=True,
+                             name=f"kernel-{peer}").start()  # fmt: skip
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")  # fmt: skip
+
+
+def model_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m whatsthat.web.modelprocess --model M --socket S` (authkey in $WHATSTHAT_MODEL_AUTHKEY)."""
+    ap = argparse.ArgumentParser(prog="python -m whatsthat.web.modelprocess", description="the model process")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--socket", required=True)
+    args = ap.parse_args(argv)
+    _setup_logging()
+    authkey = child_key(ENV_AUTHKEY, min_bytes=16)
+    if authkey is None:
+        log.error("%s must hold the channel's key (hex, 16 bytes or more)", ENV_AUTHKEY)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    t0 = time.monotonic()
+    try:
+        predictor = load_predictor(args.model)
+    except WhatsthatError as e:
+        log.error("cannot load the model: %s", e)
+        return LOAD_FAILED
+    log.info("model %s loaded in %.1fs", args.model, time.monotonic() - t0)
+    _trimmer.trim()  # what loading and the warm-up pass freed
+    serve_forever(predictor, args.socket, authkey)
+    return 0
+
+
+# -- supervision --
+
+
+PROBE_INTERVAL = 30.0  # s between health checks of a running model process
+PROBE_TIMEOUT = 10.0  # s a healthy process needs, at most, to answer "info" (its own thread, no model lock)
+PROBE_FAILURES = 2  # failed checks in a row before a hung process is killed (and so restarted)
+
+
+class Supervisor(Restarter):
+    """Runs the model process and restarts it when it exits or hangs; `env()` is what kernels need to reach it.
+
+    The socket lives in a fresh private directory (0700); the authkey is random per supervisor and
+    reaches the model process and the kernels only through their environment. A process that is alive
+    but answers nothing (deadlocked, stopped) would otherwise stay forever, every visitor getting
+    "unavailable": a probe asks it for "info" every `probe_interval` seconds once it has bound its socket, and
+    after `probe_failures` unanswered probes in a row kills it, so the watcher restarts it.
+    """
+
+    name = "model process"
+    socket_var, key_var = ENV_SOCKET, ENV_AUTHKEY
+
+    def __init__(self, model: str | Path, *, python: str | None = None, stderr: Any = None,
+                 min_delay: float = 0.5, max_delay: float = 30.0, probe_interval: float = PROBE_INTERVAL,
+                 probe_timeout: float = PROBE_TIMEOUT, probe_failures: int = PROBE_FAILURES) -> None:  # fmt: skip
+        super().__init__(python=python, stderr=stderr, min_delay=min_delay, max_delay=max_delay,
+                         dir_prefix="whatsthat-model-", socket_name="model.sock")  # fmt: skip
+        self.probe_interval, self.probe_timeout, self.probe_failures = probe_interval, probe_timeout, probe_failures
+        self.model = Path(model).resolve()
+
+    def command(self) -> list[str]:
+        return [self.python, "-m", "whatsthat.web.modelprocess", "--model", str(self.model), "--socket", str(self.socket)]
+
+    def child_env(self) -> dict[str, str]:
+        # glibc gives each thread that allocates its own malloc arena and keeps freed memory there: with a
+        # thread per kernel, ten visitors grew the process from 281 to 539 MB PSS; two arenas kept it at 348
+        return {"MALLOC_ARENA_MAX": "2", **super().child_env()}
+
+    def why(self, returncode: int) -> str:
+        return "could not load the model" if returncode == LOAD_FAILED else f"exited with {returncode}"
+
+    def start(self) -> Supervisor:
+        super().start()
+        threading.Thread(target=self._probe, daemon=True, name="model-probe").start()
+        return self
+
+    def _answers(self, pid: int) -> bool:
+        """Whether process `pid` completes a handshake and answers "info" within the probe timeout."""
+        client = ModelClient(str(self.socket), self.authkey, connect_wait=self.probe_timeout,
+                             request_timeout=self.probe_timeout, handshake_timeout=self.probe_timeout)  # fmt: skip
+        try:
+            client.load_info()
+        except (ModelLost, ModelUnavailable) as e:
+            log.warning("model process %d did not answer a health check: %s", pid, e)
+            return False
+        finally:
+            client.close()
+        return True
+
+    def _listening(self) -> bool:
+        """Whether the current process has bound its socket: a process still loading has not, and the
+        file may still be its dead predecessor's (each process replaces it when it binds)."""
+        try:
+            return self.socket.stat().st_mtime >= self._spawned_at
+        except FileNotFoundError:
+            return False
+
+    def _probe(self) -> None:
+        failures, pid = 0, None
+        while not self._stop.wait(self.probe_interval):
+            proc = self.proc
+            if proc is None or proc.poll() is not None or not self._listening():
+                continue
+            if proc.pid != pid:  # a new process: its count starts afresh
+                failures, pid = 0, proc.pid
+            failures = 0 if self._answers(proc.pid) else failures + 1
+            if failures >= self.probe_failures and not self._stop.is_set() and proc.poll() is None:
+                log.warning("model process %d is hung (%d health checks unanswered): killing it to restart it",
+                            proc.pid, failures)  # fmt: skip
+                proc.kill()
+                failures = 0
+
+
+def run_with_model(model: str | Path, argv: Sequence[str], *, cwd: str | Path | None = None,
+                   env: dict[str, str] | None = None) -> int:  # fmt: skip
+    """Run `argv` (Voila, or Jupyter on Binder) beside a supervised model process; returns its exit code.
+
+    The child gets the channel's environment, so every kernel it starts can reach the model. SIGTERM
+    and Ctrl-C are passed on to the child (Voila shuts its kernels down); the model process stops after it.
+    """
+    with Supervisor(model) as sup:
+        child = subprocess.Popen(list(argv), cwd=cwd, env={**(env if env is not None else os.environ), **sup.env()})
+
+        def forward(signum: int, _frame: object) -> None:
+            sup.stop_restarting()
+            if child.poll() is None:
+                child.send_signal(signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
+        try:
+            while True:
+                try:
+                    return child.wait()
+                except KeyboardInterrupt:
+                    forward(signal.SIGINT, None)
+                    try:
+                        return child.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        child.kill()
+                        return child.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def run_main(argv: Sequence[str]) -> int:
+    """`python -m whatsthat.web.modelprocess run --model M -- COMMAND...` (the Binder start script's way in)."""
+    ap = argparse.ArgumentParser(prog="python -m whatsthat.web.modelprocess run",
+                                 description="run COMMAND with a supervised model process beside it")  # fmt: skip
+    ap.add_argument("--model", default=os.environ.get("WHATSTHAT_MODEL", "export.pkl"))
+    ap.add_argument("command", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        ap.error("give the command to run after --")
+    _setup_logging()
+    if not ModelFiles(args.model).exists():
+        log.error("model %s not found: running %s without a model process (kernels load the model themselves)",
+                  args.model, command[0])  # fmt: skip
+        os.execvp(command[0], command)
+    return run_with_model(args.model, command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        return run_main(argv[1:])
+    return model_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

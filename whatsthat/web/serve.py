@@ -1,0 +1,299 @@
+"""Serve the app notebook with Voila, beside one supervised model process: one place for the flags.
+
+`serve()` starts the model process (`whatsthat.web.modelprocess.Supervisor`: torch and the model, once
+per server) and runs Voila in its own process; Voila starts one thin kernel per page view (widgets
+only: it sends uploads to the model process). The kernels reach the model through environment
+variables Voila passes on.
+
+- kernel culling is always on: a kernel idle for `cull_idle_timeout` seconds is shut down, even
+  with a tab still open (`cull_connected`), because closed phones and crashed tabs never say goodbye;
+- preheating keeps `pool_size` kernels that have already run the notebook, so a visitor waits for
+  neither Python nor ipywidgets to start;
+- sources are stripped and tracebacks are never sent to visitors;
+- the kernels are `whatsthat.web.pagekernel` (ipykernel without its debugger, 8 MB less per visitor):
+  `serve()` writes a `python3` kernelspec that starts it into a private dir put first on JUPYTER_PATH,
+  so the notebook keeps its ordinary kernelspec for Jupyter and Binder;
+- the kernels are forked from one process that has imported them (`whatsthat.web.kernelfactory`): a
+  new page's kernel starts without importing anything, and kernels share the imported modules' memory.
+
+`whatsthat serve` calls `serve()`, and the Procfile is `procfile_line()`, which runs `whatsthat serve`
+itself, so Heroku gets the same supervisor and flags as a local run (tests keep them in sync).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from whatsthat.errors import WhatsthatError
+from whatsthat.model.files import ModelFiles
+from whatsthat.web.kernelfactory import PROVISIONER as KERNEL_PROVISIONER
+from whatsthat.web.kernelfactory import KernelFactory
+from whatsthat.web.kernelfactory import unsupported as kernel_factory_unsupported
+from whatsthat.web.modelprocess import Supervisor
+from whatsthat.web.pagekernel import mark_not_importable
+
+DEFAULT_PORT = 8866
+CULL_IDLE_TIMEOUT = 600  # seconds; a visitor thinking for 10 minutes reloads the page, a leak lasts forever
+CULL_INTERVAL = 60
+POOL_SIZE = 1  # one warm kernel: the next visitor gets a page at once; a thin kernel costs ~60 MB
+# One upload (all its files) travels in one websocket message. Tornado's default limit, 10 MiB, is
+# smaller than many phone photos, and a bigger message drops the connection: the page stops working.
+# 64 MiB lets several photos through and lets images.load_image refuse the oversized ones politely.
+MAX_UPLOAD_MB = 64
+REPO_NOTEBOOK = Path(__file__).resolve().parents[2] / "app.ipynb"
+# Optional modules the server stack would import without needing them. Every Jupyter server start
+# imports jsonschema's format checkers (jupyter_events validates its events with them), and jsonschema
+# imports the backend of each format it finds installed. rfc3987_syntax, which jupyter-events' own
+# requirements (`jsonschema[format-nongpl]`) install, compiles ~35 Earley grammars when imported:
+# 2.8 of the 4.0 s that importing Voila took on the reference machine, on every cold start (README,
+# "Performance"; jupyter-server/jupyter_server#1559). It checks only the "iri" and "iri-reference"
+# formats, which no Jupyter, Voila or whatsthat schema uses (tests/test_deploy.py checks the
+# installed schemas), and jsonschema already treats it as optional: when it cannot be imported,
+# those two formats go unchecked. A None in sys.modules is the import system's documented way to
+# say "not importable"; nothing of the module or of jsonschema is changed.
+UNNEEDED_OPTIONAL_MODULES = ("rfc3987_syntax",)
+
+
+def tornado_settings(max_upload_mb: int = MAX_UPLOAD_MB) -> dict[str, Any]:
+    """Tornado settings for the web server, Voila's own or (on Binder) Jupyter Server's.
+
+    - `websocket_max_message_size`: one upload travels in one websocket message (see MAX_UPLOAD_MB);
+    - `compress_response`: gzip the ~5 MB of JavaScript every new visitor fetches. Jupyter Server
+      honours it; Voila applies these settings after tornado has read this one, so `whatsthat serve`
+      runs `whatsthat.web.voilaapp.PageVoila`, which passes them to tornado's constructor.
+    """
+    return {"websocket_max_message_size": int(max_upload_mb) * 2**20, "compress_response": True}
+
+
+def voila_settings(
+    notebook: str | Path = "app.ipynb",
+    port: int | str = DEFAULT_PORT,
+    host: str = "127.0.0.1",
+    model: str | Path | None = None,
+    *,
+    examples: str | Path | None = None,
+    cull_idle_timeout: int = CULL_IDLE_TIMEOUT,
+    cull_interval: int = CULL_INTERVAL,
+    cull_connected: bool = True,
+    preheat: bool = True,
+    pool_size: int = POOL_SIZE,
+    max_upload_mb: int = MAX_UPLOAD_MB,
+    kernel_path: str | Path | None = None,
+    extra_args: Sequence[str] = (),
+) -> tuple[dict[str, str], list[str]]:
+    """(environment, Voila's arguments) that serve `notebook`: the one place for the flags.
+
+    `port` may be a string such as "$PORT" (for a Procfile). The model and examples reach the kernel
+    through the environment, which Voila passes on to every kernel it starts.
+    """
+    if cull_idle_timeout <= 0 or cull_interval <= 0:
+        raise WhatsthatError("kernel culling must stay on: cull_idle_timeout and cull_interval must be positive")
+    if preheat and pool_size < 1:
+        raise WhatsthatError("preheating needs a pool size of at least 1 (or turn preheating off)")
+    env = {"MPLBACKEND": "Agg"}  # no GUI backend on a server; kernels inherit it
+    if kernel_path is not None:  # found before the user's, the venv's and ipykernel's own python3 spec
+        env["JUPYTER_PATH"] = os.pathsep.join([str(kernel_path), *filter(None, [os.environ.get("JUPYTER_PATH")])])
+    if model is not None:
+        env["WHATSTHAT_MODEL"] = str(model)
+    if examples is not None:
+        env["WHATSTHAT_EXAMPLES"] = str(examples)
+    args = [
+        f"--port={port}",
+        f"--Voila.ip={host}",
+        "--no-browser",
+        "--strip_sources=True",
+        "--show_tracebacks=False",
+        f"--MappingKernelManager.cull_idle_timeout={int(cull_idle_timeout)}",
+        f"--MappingKernelManager.cull_interval={int(cull_interval)}",
+        f"--MappingKernelManager.cull_connected={cull_connected}",
+        # culling that spares a kernel Voila just handed from its pool to a page still loading
+        "--VoilaConfiguration.multi_kernel_manager_class=whatsthat.web.kernelpool.PageKernelManager",
+        # a Python literal, which traitlets evaluates (key=value pairs would reach tornado as strings,
+        # and JSON's `true` is not a Python literal)
+        "--Voila.tornado_settings=" + repr(tornado_settings(max_upload_mb)),
+    ]
+    if preheat:
+        args += ["--preheat_kernel=True", f"--pool_size={int(pool_size)}"]
+    return env, [*args, *extra_args, str(notebook)]
+
+
+def voila_command(
+    notebook: str | Path = "app.ipynb",
+    port: int | str = DEFAULT_PORT,
+    host: str = "127.0.0.1",
+    model: str | Path | None = None,
+    *,
+    voila: Sequence[str] | None = None,
+    **settings: Any,
+) -> list[str]:
+    """`voila_settings` as one command line: `env MPLBACKEND=Agg [WHATSTHAT_MODEL=...] voila ... NOTEBOOK`.
+
+    For running Voila as a program of its own (the benchmark's "before", docs); `voila` is the program
+    (default: this interpreter's `python -m voila`). `whatsthat serve` runs Voila in-process instead.
+    """
+    env, args = voila_settings(notebook, port, host, model, **settings)
+    program = list(voila) if voila is not None else [sys.executable, "-m", "voila"]
+    return ["env", *(f"{k}={v}" for k, v in env.items()), *program, *args]
+
+
+def write_page_kernelspec(root: str | Path, python: str | None = None, *, forked: bool = False) -> Path:
+    """Write `root/kernels/python3/kernel.json` starting `whatsthat.web.pagekernel`; returns `root` (for JUPYTER_PATH).
+
+    Named `python3` because that is the kernel app.ipynb asks for; Voila's kernel manager takes the
+    first `python3` it finds on JUPYTER_PATH. `forked`: kernels are forked by the kernel factory
+    (`whatsthat.web.kernelfactory`), which runs the same module; its provisioner falls back to this
+    command when the factory is not there.
+    """
+    spec_dir = Path(root) / "kernels" / "python3"
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    metadata: dict[str, Any] = {"debugger": False}
+    if forked:
+        metadata["kernel_provisioner"] = {"provisioner_name": KERNEL_PROVISIONER}
+    spec = {
+        "argv": [python or sys.executable, "-m", "whatsthat.web.pagekernel", "-f", "{connection_file}"],
+        "display_name": "Python 3 (whatsthat page, no debugger)",
+        "language": "python",
+        "metadata": metadata,
+    }
+    (spec_dir / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
+    return Path(root)
+
+
+def provisioner_registered(name: str = KERNEL_PROVISIONER) -> bool:
+    """Whether Jupyter can find the kernel provisioner `name` (an entry point of an installed package)."""
+    return any(e.name == name for e in entry_points(group="jupyter_client.kernel_provisioners"))
+
+
+def procfile_line(notebook: str = "app.ipynb", model: str = "export.pkl") -> str:
+    """The Procfile's web process: `whatsthat serve` on Heroku's $PORT and all interfaces.
+
+    Running `whatsthat serve` (not Voila itself) gives the dyno the same model process, supervisor
+    and Voila flags as a local run.
+    """
+    # shlex.quote would quote $PORT and stop the shell from expanding it
+    return f"web: whatsthat serve --host=0.0.0.0 --port=$PORT --model={shlex.quote(model)} --notebook={shlex.quote(notebook)}"
+
+
+def model_exists(model: str | Path) -> bool:
+    """export.pkl itself, or the serving artifact written beside it (a deploy may ship only that)."""
+    return ModelFiles(model).exists()
+
+
+def find_notebook(notebook: str | Path | None = None) -> Path:
+    """`notebook`, else ./app.ipynb, else the checkout's app.ipynb; a clear error when none exists."""
+    candidates = [Path(notebook)] if notebook is not None else [Path("app.ipynb"), REPO_NOTEBOOK]
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    raise WhatsthatError(
+        f"app notebook not found: {candidates[0]} (run from the whatsthat checkout or pass --notebook)"
+    )
+
+
+def serve(
+    model: str | Path = "export.pkl",
+    *,
+    port: int = DEFAULT_PORT,
+    host: str = "127.0.0.1",
+    notebook: str | Path | None = None,
+    examples: str | Path | None = None,
+    cull_idle_timeout: int = CULL_IDLE_TIMEOUT,
+    cull_interval: int = CULL_INTERVAL,
+    preheat: bool = True,
+    pool_size: int = POOL_SIZE,
+    kernel_factory: bool = True,
+    voila_args: Sequence[str] = (),
+    echo: Callable[[str], None] | None = None,
+) -> int:
+    """Run the model process and Voila on `notebook` until interrupted; returns Voila's exit code.
+
+    The model path is made absolute (the kernel runs in the notebook's folder). A missing model
+    or notebook raises WhatsthatError before anything starts. `kernel_factory=False` starts each
+    kernel as a process of its own instead of forking it (see `whatsthat.web.kernelfactory`).
+    """
+    nb = find_notebook(notebook)
+    model_path = Path(model).resolve()
+    if not model_exists(model_path):
+        raise WhatsthatError(f"model file not found: {model_path} (train one with `whatsthat train`, or pass --model)")
+    examples_path = Path(examples).resolve() if examples is not None else None
+    echo = echo or (lambda s: print(s, file=sys.stderr))
+    if kernel_factory and not provisioner_registered():
+        # Jupyter would refuse to start any kernel whose spec names a provisioner it cannot find
+        echo(f"kernel factory off: the {KERNEL_PROVISIONER!r} kernel provisioner is not registered in this "
+             "environment (whatsthat runs from source, not installed: `pip install .` registers it)")  # fmt: skip
+        kernel_factory = False
+    if kernel_factory and (why := kernel_factory_unsupported()):
+        echo(f"kernel factory off: {why}; each kernel starts as a process of its own")
+        kernel_factory = False
+    shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+    with tempfile.TemporaryDirectory(prefix="whatsthat-kernels-") as kernels:
+        env, args = voila_settings(
+            nb.name,
+            port,
+            host,
+            model_path,
+            examples=examples_path,
+            cull_idle_timeout=cull_idle_timeout,
+            cull_interval=cull_interval,
+            preheat=preheat,
+            pool_size=pool_size,
+            kernel_path=write_page_kernelspec(kernels, forked=kernel_factory),
+            extra_args=voila_args,
+        )
+        echo(f"serving {nb} with {model_path} at http://{shown}:{port}/ (Ctrl-C stops)")
+        # the kernel's cwd is the notebook's folder, as in Voila; the model process runs beside Voila
+        return run_voila_beside_model(model_path, env, args, cwd=nb.parent, kernel_factory=kernel_factory)
+
+
+def skip_unneeded_imports(names: Sequence[str] = UNNEEDED_OPTIONAL_MODULES) -> list[str]:
+    """Mark `names` not importable in this process, unless already imported; returns those marked.
+
+    For the server process only, before it imports Voila (see UNNEEDED_OPTIONAL_MODULES for why).
+    """
+    return mark_not_importable(names)
+
+
+def run_voila_beside_model(model: Path, env: dict[str, str], args: Sequence[str], *, cwd: Path,
+                           kernel_factory: bool = True) -> int:  # fmt: skip
+    """Voila in this process, with the supervised model process (and the kernel factory) beside it;
+    returns when Voila stops.
+
+    In-process rather than as a child: a supervisor process of its own costs a Python interpreter
+    (12 MB PSS measured) on a 512 MB dyno, for what a thread does. Voila handles SIGTERM (Heroku's
+    stop) and Ctrl-C itself: it stops its loop and shuts its kernels down; the model process and the
+    factory stop after.
+    """
+    # The model process and the factory start first: they import torch and ipykernel while this
+    # process imports Voila, instead of after it.
+    with Supervisor(model) as sup, (KernelFactory() if kernel_factory else contextlib.nullcontext()) as factory:
+        skip_unneeded_imports()
+        from whatsthat.web.voilaapp import PageVoila  # the server stack: imported only to serve
+
+        # Voila passes its environment on to every kernel (the factory's provisioner leaves its own out)
+        os.environ.update({**env, **sup.env(), **(factory.env() if factory is not None else {})})
+        os.chdir(cwd)
+        app = PageVoila.instance()
+        app.initialize(list(args))
+        voila_stop = signal.getsignal(signal.SIGTERM)  # installed by initialize: stops the loop
+
+        def stop(signum: int, frame: Any) -> None:
+            sup.stop_restarting()  # Heroku signals every process of the dyno at once: nothing restarts now
+            if factory is not None:
+                factory.stop_restarting()
+            if callable(voila_stop):
+                voila_stop(signum, frame)
+
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, stop)
+        app.start()
+    return 0
