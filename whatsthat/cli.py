@@ -16,6 +16,7 @@ from pathlib import Path
 
 from whatsthat import __version__
 from whatsthat.errors import WhatsthatError
+from whatsthat.model.verdict import DEFAULT_THRESHOLD
 
 EXAMPLES = """\
 examples:
@@ -307,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=42, help="seed of the split and the training run (default 42)")
     t.add_argument("--lr", type=_positive_float, help="base learning rate (default 2e-3)")
     t.add_argument("--workers", type=_count, default=0, help="data loader worker processes (default 0)")
-    t.add_argument("--threshold", type=_fraction, default=0.6, help='"not sure" below this probability (default 0.6)')
+    t.add_argument("--threshold", type=_fraction, default=DEFAULT_THRESHOLD,
+                   help=f'"not sure" below this probability (default {DEFAULT_THRESHOLD})')
     t.add_argument("--no-pretrained", action="store_true", help="start from random weights (for tests)")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars with time left (default: on a terminal; plain lines in a log)")

@@ -41,6 +41,7 @@ class Verdict:
     ranked: tuple[tuple[str, float], ...]  # (label, probability), highest first
     message: str  # one sentence for a visitor
     ood_score: float | None = None  # the detector's score, when there was one
+    reason: str = ""  # why not sure, e.g. "between grizzly (55%) and black (45%)"; "" when sure
 
     @property
     def not_sure(self) -> bool:
@@ -83,12 +84,11 @@ def decide(ranked: Sequence[tuple[str, float]], card: dict | None = None, ood_sc
     ranked = tuple((str(label), float(p)) for label, p in ranked)
     classes = [str(c) for c in card.get("classes") or [label for label, _ in sorted(ranked)]]
     if not ranked:
-        return Verdict("out_of_class", None, ranked, "Not sure: nothing to compare this picture with", ood_score)
+        return _not_sure("out_of_class", ranked, "nothing to compare this picture with", ood_score)
     limit = ood_threshold(card)
     if limit is not None and ood_score is not None:
         if ood_score > limit:
-            return Verdict("out_of_class", None, ranked,
-                           f"Not sure: this doesn't look like {join_or(classes)}", ood_score)
+            return _not_sure("out_of_class", ranked, f"this doesn't look like {join_or(classes)}", ood_score)
     else:
         key = str(card.get("name") or classes)
         if key not in _noted_fallback:
@@ -100,11 +100,15 @@ def decide(ranked: Sequence[tuple[str, float]], card: dict | None = None, ood_sc
     if p < float(card.get("threshold", DEFAULT_THRESHOLD)):
         if len(ranked) > 1:
             second, q = ranked[1]
-            text = f"Not sure: between {_pretty(top)} ({_pct(p)}) and {_pretty(second)} ({_pct(q)})"
+            why = f"between {_pretty(top)} ({_pct(p)}) and {_pretty(second)} ({_pct(q)})"
         else:
-            text = f"Not sure: maybe {_pretty(top)} ({_pct(p)})"
-        return Verdict("ambiguous", None, ranked, text, ood_score)
+            why = f"maybe {_pretty(top)} ({_pct(p)})"
+        return _not_sure("ambiguous", ranked, why, ood_score)
     return Verdict("sure", top, ranked, f"{_pretty(top)} ({_pct(p)})", ood_score)
+
+
+def _not_sure(kind: str, ranked: tuple[tuple[str, float], ...], reason: str, ood_score: float | None) -> Verdict:
+    return Verdict(kind, None, ranked, f"Not sure: {reason}", ood_score, reason)
 
 
 def rank(classes: Sequence[str], probabilities: Sequence[float]) -> list[tuple[str, float]]:

@@ -39,14 +39,12 @@ from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
 from whatsthat.model.files import ModelFiles
 from whatsthat.model.quality import card_quality  # pure Python: the page states the card's honest numbers
 from whatsthat.model.verdict import DEFAULT_THRESHOLD, NOT_SURE, decide
-from whatsthat.web.protocol import ModelClient, ModelLost, ModelUnavailable
+from whatsthat.web.protocol import MAX_FILES, THUMB_SIDE, ModelClient, ModelLost, ModelUnavailable
 
 log = logging.getLogger("whatsthat.web.app")
 
 TITLE = "What's that?"
 DESCRIPTION = "Upload one or more photos and click <b>Classify</b>: the model says which of its classes each one shows."
-MAX_FILES = 12  # per click: bounds the CPU one visitor can take from a shared kernel server
-THUMB_SIDE = 192
 EXAMPLE_SIDE = 96
 MAX_EXAMPLES = 6
 EXAMPLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}
@@ -88,7 +86,7 @@ class RemoteClassifier:
         self.client = client
         self.classes: list[str] = [str(c) for c in info.get("classes") or []]
         self.card: dict = info.get("card") or {}
-        self.threshold: float = float(info.get("threshold", 0.6))
+        self.threshold: float = float(info.get("threshold", DEFAULT_THRESHOLD))
         self.backend: str = str(info.get("backend", "?"))
         self.pid = info.get("pid")
         if self.from_card:
@@ -117,6 +115,7 @@ class FileResult:
     verdict: str = ""  # the top label, NOT_SURE, or "" when there is an error
     kind: str = ""  # verdict.decide's kind: "sure", "ambiguous" or "out_of_class"
     message: str = ""  # verdict.decide's sentence for the visitor
+    why: str = ""  # verdict.decide's reason for "not sure" ("between grizzly (55%) and black (45%)")
     ood_score: float | None = None  # the model process's out-of-class score, when the model has a detector
     error: str = ""  # friendly message for the visitor
     reason: str = ""  # short stable code (ImageError.reason, "error")
@@ -148,9 +147,8 @@ def describe(result: FileResult) -> str:
 
 
 def _why(result: FileResult) -> str:
-    """': between grizzly (55%) and black (45%)' from verdict.decide's sentence, or '' without one."""
-    reason = result.message.split(":", 1)[1].strip() if result.message.lower().startswith("not sure:") else ""
-    return f": {reason}" if reason else ""
+    """': between grizzly (55%) and black (45%)', or '' without a reason."""
+    return f": {result.why}" if result.why else ""
 
 
 def _best_guess(result: FileResult, guess: str) -> str:
@@ -445,6 +443,7 @@ class App:
                 result.ranked = [(str(label), float(prob)) for label, prob in r["ranked"]]
                 answer = decide(result.ranked, self._verdict_card(), r.get("ood_score"))
                 result.kind, result.message, result.ood_score = answer.kind, answer.message, answer.ood_score
+                result.why = answer.reason
                 result.verdict = answer.label if answer.kind == "sure" and answer.label else NOT_SURE
             results.append(result)
         if len(files) > self.max_files:

@@ -31,7 +31,6 @@ import ctypes
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -48,6 +47,8 @@ from whatsthat.model.verdict import DEFAULT_THRESHOLD, rank
 from whatsthat.web.protocol import (
     ENV_AUTHKEY,
     ENV_SOCKET,
+    MAX_FILES,
+    THUMB_SIDE,
     ModelClient,
     ModelLost,
     ModelUnavailable,
@@ -58,7 +59,6 @@ from whatsthat.web.restarter import Restarter, child_key
 
 log = logging.getLogger("whatsthat.web.modelprocess")
 
-MAX_FILES = 12  # per request; the page sends at most this many per click
 LOAD_FAILED = 3  # exit code: the model could not be loaded (the supervisor waits longer before retrying)
 
 Ranked = list[tuple[str, float]]
@@ -241,8 +241,8 @@ def _handle(predictor: Predictor, header: dict, blobs: list[bytes]) -> tuple[dic
             return {"ok": False, "error": "malformed request: one name per file expected"}, []
         if len(blobs) > MAX_FILES:
             return {"ok": False, "error": f"at most {MAX_FILES} images per request"}, []
-        side = header.get("thumb_side", 192)
-        side = side if isinstance(side, int) and 16 <= side <= 1024 else 192
+        side = header.get("thumb_side", THUMB_SIDE)
+        side = side if isinstance(side, int) and 16 <= side <= 1024 else THUMB_SIDE
         results = classify_files(predictor, list(zip(map(str, names), blobs, strict=True)), side)
         thumbs: list[bytes] = []
         for r in results:
@@ -312,7 +312,7 @@ def serve_forever(predictor: Predictor, socket_path: str | Path, authkey: bytes,
                              name=f"kernel-{peer}").start()  # fmt: skip
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")  # fmt: skip
 
@@ -323,7 +323,7 @@ def model_main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--model", required=True)
     ap.add_argument("--socket", required=True)
     args = ap.parse_args(argv)
-    _setup_logging()
+    setup_logging()
     authkey = child_key(ENV_AUTHKEY, min_bytes=16)
     if authkey is None:
         log.error("%s must hold the channel's key (hex, 16 bytes or more)", ENV_AUTHKEY)
@@ -423,61 +423,8 @@ class Supervisor(Restarter):
                 failures = 0
 
 
-def run_with_model(model: str | Path, argv: Sequence[str], *, cwd: str | Path | None = None,
-                   env: dict[str, str] | None = None) -> int:  # fmt: skip
-    """Run `argv` (Voila, or Jupyter on Binder) beside a supervised model process; returns its exit code.
-
-    The child gets the channel's environment, so every kernel it starts can reach the model. SIGTERM
-    and Ctrl-C are passed on to the child (Voila shuts its kernels down); the model process stops after it.
-    """
-    with Supervisor(model) as sup:
-        child = subprocess.Popen(list(argv), cwd=cwd, env={**(env if env is not None else os.environ), **sup.env()})
-
-        def forward(signum: int, _frame: object) -> None:
-            sup.stop_restarting()
-            if child.poll() is None:
-                child.send_signal(signum)
-
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGHUP)}
-        try:
-            while True:
-                try:
-                    return child.wait()
-                except KeyboardInterrupt:
-                    forward(signal.SIGINT, None)
-                    try:
-                        return child.wait(timeout=15)
-                    except subprocess.TimeoutExpired:
-                        child.kill()
-                        return child.wait()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-
-
-def run_main(argv: Sequence[str]) -> int:
-    """`python -m whatsthat.web.modelprocess run --model M -- COMMAND...` (the Binder start script's way in)."""
-    ap = argparse.ArgumentParser(prog="python -m whatsthat.web.modelprocess run",
-                                 description="run COMMAND with a supervised model process beside it")  # fmt: skip
-    ap.add_argument("--model", default=os.environ.get("WHATSTHAT_MODEL", "export.pkl"))
-    ap.add_argument("command", nargs=argparse.REMAINDER)
-    args = ap.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not command:
-        ap.error("give the command to run after --")
-    _setup_logging()
-    if not ModelFiles(args.model).exists():
-        log.error("model %s not found: running %s without a model process (kernels load the model themselves)",
-                  args.model, command[0])  # fmt: skip
-        os.execvp(command[0], command)
-    return run_with_model(args.model, command)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["run"]:
-        return run_main(argv[1:])
-    return model_main(argv)
+    return model_main(list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

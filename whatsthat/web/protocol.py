@@ -33,6 +33,8 @@ from whatsthat.errors import WhatsthatError
 ENV_SOCKET = "WHATSTHAT_MODEL_SOCKET"
 ENV_AUTHKEY = "WHATSTHAT_MODEL_AUTHKEY"  # hex
 MAX_HEADER = 1 << 20
+MAX_FILES = 12  # images per click and per request: bounds the CPU one visitor can take from a shared server
+THUMB_SIDE = 192  # px, the longer side of the thumbnail sent back with each answer
 MAX_BLOB = 80 << 20  # above the 64 MiB websocket limit: whatever reached the kernel fits
 CONNECT_WAIT = 90.0  # s a kernel waits for the model process: a cold start loads torch and the model
 REQUEST_TIMEOUT = 120.0  # s for one click's images (12 at most, some of them 100-megapixel photos)

@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -39,8 +41,10 @@ from whatsthat.model.files import ModelFiles
 from whatsthat.web.kernelfactory import PROVISIONER as KERNEL_PROVISIONER
 from whatsthat.web.kernelfactory import KernelFactory
 from whatsthat.web.kernelfactory import unsupported as kernel_factory_unsupported
-from whatsthat.web.modelprocess import Supervisor
+from whatsthat.web.modelprocess import Supervisor, setup_logging
 from whatsthat.web.pagekernel import mark_not_importable
+
+log = logging.getLogger("whatsthat.web.serve")
 
 DEFAULT_PORT = 8866
 CULL_IDLE_TIMEOUT = 600  # seconds; a visitor thinking for 10 minutes reloads the page, a leak lasts forever
@@ -263,37 +267,113 @@ def skip_unneeded_imports(names: Sequence[str] = UNNEEDED_OPTIONAL_MODULES) -> l
     return mark_not_importable(names)
 
 
+@contextlib.contextmanager
+def beside_model(model: Path, kernel_factory: bool = False) -> Iterator[tuple[dict[str, str], Callable[[], None]]]:
+    """The supervised model process (and the kernel factory) for as long as the page runs.
+
+    Yields the environment the page's server passes on to its kernels (the channel to the model
+    process, the factory's socket), and `stop_restarting`, for the stop signal: Heroku signals every
+    process of the dyno at once, so nothing may restart then. Both ways of serving the page use it:
+    `whatsthat serve` (Heroku, local: Voila in this process) and `run_beside_model` (Binder: Jupyter
+    as a child).
+    """
+    with Supervisor(model) as sup, (KernelFactory() if kernel_factory else contextlib.nullcontext()) as factory:
+
+        def stop_restarting() -> None:
+            sup.stop_restarting()
+            if factory is not None:
+                factory.stop_restarting()
+
+        yield {**sup.env(), **(factory.env() if factory is not None else {})}, stop_restarting
+
+
+def on_stop_signals(handler: Callable[[int, Any], None]) -> dict[int, Any]:
+    """Call `handler` on SIGTERM (Heroku's stop) and SIGHUP; returns the handlers it replaced."""
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
 def run_voila_beside_model(model: Path, env: dict[str, str], args: Sequence[str], *, cwd: Path,
                            kernel_factory: bool = True) -> int:  # fmt: skip
-    """Voila in this process, with the supervised model process (and the kernel factory) beside it;
-    returns when Voila stops.
+    """Voila in this process, beside the model process (and the kernel factory); returns when Voila stops.
 
     In-process rather than as a child: a supervisor process of its own costs a Python interpreter
-    (12 MB PSS measured) on a 512 MB dyno, for what a thread does. Voila handles SIGTERM (Heroku's
-    stop) and Ctrl-C itself: it stops its loop and shuts its kernels down; the model process and the
-    factory stop after.
+    (docs/serving.md) on a 512 MB dyno, for what a thread does. Voila handles SIGTERM and Ctrl-C
+    itself: it stops its loop and shuts its kernels down; the model process and the factory stop after.
     """
     # The model process and the factory start first: they import torch and ipykernel while this
     # process imports Voila, instead of after it.
-    with Supervisor(model) as sup, (KernelFactory() if kernel_factory else contextlib.nullcontext()) as factory:
+    with beside_model(model, kernel_factory) as (side_env, stop_restarting):
         skip_unneeded_imports()
         from whatsthat.web.voilaapp import PageVoila  # the server stack: imported only to serve
 
         # Voila passes its environment on to every kernel (the factory's provisioner leaves its own out)
-        os.environ.update({**env, **sup.env(), **(factory.env() if factory is not None else {})})
+        os.environ.update({**env, **side_env})
         os.chdir(cwd)
         app = PageVoila.instance()
         app.initialize(list(args))
         voila_stop = signal.getsignal(signal.SIGTERM)  # installed by initialize: stops the loop
 
         def stop(signum: int, frame: Any) -> None:
-            sup.stop_restarting()  # Heroku signals every process of the dyno at once: nothing restarts now
-            if factory is not None:
-                factory.stop_restarting()
+            stop_restarting()
             if callable(voila_stop):
                 voila_stop(signum, frame)
 
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, stop)
+        on_stop_signals(stop)
         app.start()
     return 0
+
+
+def run_beside_model(model: str | Path, argv: Sequence[str], *, cwd: str | Path | None = None,
+                     env: dict[str, str] | None = None) -> int:  # fmt: skip
+    """Run `argv` (Jupyter on Binder) as a child beside the model process; returns its exit code.
+
+    The child gets the channel's environment, so every kernel it starts can reach the model. SIGTERM
+    and Ctrl-C are passed on to the child (its kernels shut down); the model process stops after it.
+    """
+    with beside_model(Path(model)) as (side_env, stop_restarting):
+        child = subprocess.Popen(list(argv), cwd=cwd, env={**(env if env is not None else os.environ), **side_env})
+
+        def forward(signum: int, _frame: object) -> None:
+            stop_restarting()
+            if child.poll() is None:
+                child.send_signal(signum)
+
+        previous = on_stop_signals(forward)
+        try:
+            while True:
+                try:
+                    return child.wait()
+                except KeyboardInterrupt:
+                    forward(signal.SIGINT, None)
+                    try:
+                        return child.wait(timeout=15)
+                    except subprocess.TimeoutExpired:
+                        child.kill()
+                        return child.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    """`python -m whatsthat.web.serve --model M -- COMMAND...`: the Binder start script's way in."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m whatsthat.web.serve",
+                                 description="run COMMAND with a supervised model process beside it")  # fmt: skip
+    ap.add_argument("--model", default=os.environ.get("WHATSTHAT_MODEL", "export.pkl"))
+    ap.add_argument("command", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        ap.error("give the command to run after --")
+    setup_logging()
+    if not ModelFiles(args.model).exists():
+        log.error("model %s not found: running %s without a model process (kernels load the model themselves)",
+                  args.model, command[0])  # fmt: skip
+        os.execvp(command[0], command)
+    return run_beside_model(args.model, command)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main())
