@@ -1,8 +1,9 @@
 # Two commands set everything up (each idempotent, each creates .venv on first use):
-#   make app    install, then serve the shipped model as a web page (Voila) on http://localhost:8866
-#   make test   install, then lint and run the whole test suite (incl. slow and browser tests)
+#   make app    install the serving environment (.venv-serve), then serve the shipped model as a web page
+#               (Voila) on http://localhost:8866
+#   make test   install both environments, then lint and run the whole test suite (incl. slow and browser tests)
 # Versions come from one place: requirements/dev.lock (this venv) and requirements.txt (the dyno),
-# both written by `make lock` from requirements/*.in. See "Versions and the lock" in the README.
+# both written by `make lock` from requirements/*.in. See docs/development.md, "Versions and the lock".
 VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
@@ -31,8 +32,10 @@ $(SERVE_VENV)/.installed: requirements.txt pyproject.toml $(wildcard whatsthat/*
 
 serve-env: $(SERVE_VENV)/.installed
 
-app: install
-	$(VENV)/bin/whatsthat serve --port $(PORT)
+# The page needs only the serving environment (CPU torch, no fastai: about 1 GB, not the 6.6 GB of .venv):
+# the shipped model is served exactly as a dyno serves it.
+app: serve-env
+	$(SERVE_VENV)/bin/whatsthat serve --port $(PORT)
 
 lint: install
 	$(VENV)/bin/ruff check .
