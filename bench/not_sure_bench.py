@@ -66,7 +66,7 @@ HEADERS = ["model (train+valid)", "method", "none: not sure", "other domains: no
 
 
 def bears_data() -> Path:
-    """The shipped model's exact training data: the shared bears, imported and cleaned as the README says."""
+    """The shipped model's exact training data: the shared bears, imported and cleaned as docs/training.md says."""
     from whatsthat.cleaning.journal import apply_decisions, load_decisions
     from whatsthat.dataset.gather import import_folder
 

@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "in DATA/manifest.csv. Re-running only fetches what is new.")
     g.add_argument("categories", nargs="*", metavar="LABEL=QUERY",
                    help='a category: grizzly="grizzly bear" (repeat a label to add queries), or a bare "teddy bear"')
-    g.add_argument("--config", type=Path, help="categories TOML file (see README)")
+    g.add_argument("--config", type=Path, help="categories TOML file (see docs/training.md)")
     g.add_argument("--out", type=Path, default=Path("data"), help="dataset folder (default: data)")
     g.add_argument("--per-query", type=_positive_int, help="images to ask for per query (default 100)")
     g.add_argument("--max-side", type=_positive_int, help="resize so the longer side is at most this (default 400)")
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     ns.add_argument("model", type=Path, help="exported model, e.g. export.pkl")
     ns.add_argument("data", type=Path, help="the dataset folder the model was trained on")
     ns.add_argument("--method", choices=["knn", "mahalanobis", "energy", "max_logit", "msp"],
-                    help="detector (default: the benchmark's choice, see README)")
+                    help="detector (default: the benchmark's choice, see docs/not-sure.md)")
     ns.add_argument("--layer", choices=["pretrained", "pooled", "penultimate"],
                     help="features the detector reads (default: the pretrained top's where training changed the "
                          "top and the lower layers are still the pretrained ones, as `train` chooses; else pooled)")

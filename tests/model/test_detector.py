@@ -268,11 +268,11 @@ def test_tiny_model_flags_noise(tiny_model):  # noqa: F811
 
 @pytest.mark.slow
 def test_shipped_model_flags_noise_and_flat_colours(shipped_model):  # noqa: F811
-    """With the statistics shipped beside export.pkl (`whatsthat not-sure fit`, see README "Not sure")."""
+    """With the statistics shipped beside export.pkl (`whatsthat not-sure fit`, see docs/not-sure.md)."""
     from whatsthat.training.classifier import load_classifier
 
     if not ood.stats_path_for(shipped_model).is_file():
-        pytest.skip(f"{ood.stats_path_for(shipped_model).name} is absent: run `whatsthat not-sure fit` (README)")
+        pytest.skip(f"{ood.stats_path_for(shipped_model).name} is absent: run `whatsthat not-sure fit` (docs/not-sure.md)")
     clf = load_classifier(shipped_model)
     assert clf.detector is not None, "the shipped statistics do not belong to the shipped export.pkl"
     assert [v.kind for v in clf.judge_many(noise_and_flat())] == ["out_of_class"] * 12

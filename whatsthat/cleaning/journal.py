@@ -1,6 +1,6 @@
 """Clean a dataset safely: apply delete/relabel decisions reversibly, journal them, undo them.
 
-Rules (see the README, "Maintaining the model"):
+Rules (see docs/cleaning.md):
 
 * Nothing is ever unlinked here except by `empty_trash`. A deletion moves the file to
   ``<root>/.trash/<batch>/<label>/<name>``; a relabel moves it to ``<root>/<new label>/<name>``.

@@ -4,7 +4,7 @@ A softmax over three bear classes must give its whole mass to some bear, so a ca
 "teddy (100%)". The detector scores how far a picture's features lie from the training pictures'
 features; above a threshold calibrated on held-out in-class pictures, the answer is "not sure: this
 doesn't look like any of the classes" (``whatsthat.model.verdict``). The method was chosen by measurement
-(``bench/not_sure_bench.py``; README, "Not sure").
+(``bench/not_sure_bench.py``; docs/not-sure.md).
 
 Methods (``Detector.method``; every score is "higher = more out of class"):
 
@@ -23,9 +23,7 @@ space, ``pretrained`` the same as the *pretrained* body computes it (``Pretraine
 
 Why ``pretrained``, the default whenever training changed the body's top (``whatsthat.training.cached``, the top
 stage): adapting the top to the classes also teaches it to ignore what the classes do not need, and
-that is what tells a bee from a beetle. Measured with the 10-epoch top stage (README, "Not sure"):
-the insects model flagged 75.8% of ``none`` on its own ``pooled`` features and 91.6% on the pretrained
-top's, faces-web 90.0% and 94.3%. The lower layers never train in that recipe, so their activations
+that is what tells a bee from a beetle (measured: docs/performance.md, "Not sure"). The lower layers never train in that recipe, so their activations
 are shared: the pretrained top runs on them beside the trained one, about a quarter of a forward
 pass more, and its weights are stored in the statistics file (the serving environment has no ImageNet
 weights of its own).
@@ -74,7 +72,7 @@ TOP_PREFIX = "top."  # the pretrained top's weights in the statistics file
 LOGIT_METHODS = ("energy", "max_logit", "msp")
 META_KEY = "whatsthat_ood"
 FORMAT_VERSION = 1
-# the defaults the benchmark chose (see README "Not sure")
+# the defaults the benchmark chose (docs/not-sure.md, "Why Mahalanobis")
 DEFAULT_METHOD = "mahalanobis"
 DEFAULT_LAYER = "pooled"
 DEFAULT_K = 5

@@ -180,8 +180,8 @@ def fit_cached(learn: Learner, *, head_epochs: int, top_epochs: int, size: int, 
     # the top stage's training set: every picture, then (with mirrors) every picture's mirror. The mirrors
     # are a pass of their own over train_dl after the others: starting to iterate a DataLoader draws a
     # seed from torch's global generator, which the head's dropout uses next, so folding the mirrors into
-    # the first pass (one decode per picture) changes the trained model (faces-fer seed 1: 78.7% instead
-    # of the README's 79.9%). This order is part of what the README measured.
+    # the first pass (one decode per picture) changes the trained model. This order is part of what
+    # docs/training-experiments.md measured.
     at_top, yt_top = (torch.cat([at, activations(train_dl, flip=True)[0]]), torch.cat([yt, yt])) if mirrors else (at, yt)
     t_feats = progress.close()
 

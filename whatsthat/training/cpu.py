@@ -10,9 +10,8 @@ than in the convolutions.
 
 `big_buffers_on_heap` sets the mmap threshold to glibc's ceiling and the trim threshold to 1 GiB,
 so the same memory is reused batch after batch; afterwards it puts back the values glibc's sliding
-threshold settles at and hands the kept memory back to the system. Measured on the same machine,
-with channels_last: one unfrozen epoch on 631 faces took 46 s, against 99 s without either (README,
-"Why it is fast on a CPU").
+threshold settles at and hands the kept memory back to the system: about twice as fast on 2 cores,
+with channels_last (the runs: docs/training.md, "Why it is fast on a CPU").
 
 `channels_last`: oneDNN's convolutions are faster in NHWC layout on a CPU; the serving path already
 runs the model that way (whatsthat.training.classifier). Training runs in it too, and the model goes back to

@@ -391,7 +391,7 @@ def micro_batches(learn: Learner, size: int) -> Iterator[list[Callback]]:
     Yields the callbacks for the fit (fastai's GradientAccumulation: gradients summed over the
     micro-batches, scaled as one batch's mean, one optimiser step per `bs` pictures). Why: on a CPU
     a backward pass over 16 pictures takes ~40 ms per picture against ~60 at 32, as its activation
-    buffers fit the heap that whatsthat.training.cpu keeps (README, "Why it is fast on a CPU", has the runs).
+    buffers fit the heap that whatsthat.training.cpu keeps (docs/training.md, "Why it is fast on a CPU").
     The head's own BatchNorm layers see 16 pictures a batch instead of 32. `size` 0, or one that
     is not smaller than the batch, changes nothing.
     """

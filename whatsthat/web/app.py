@@ -70,8 +70,8 @@ class RemoteClassifier:
     `card`: the model card read beside the model file. When it names the classes, the page is built from
     it at once, and the kernel says hello to the model process in a thread of its own (the connection is
     then open before the first click, as when the page waited for it). At a cold start the kernel, and so
-    the page, is ready while the model process is still importing torch, instead of after it (README,
-    Performance: cold start); a click before the model is ready waits for it. Without such a card the
+    the page, is ready while the model process is still importing torch, instead of after it
+    (docs/serving.md); a click before the model is ready waits for it. Without such a card the
     kernel asks the model process for its classes and card first, waiting while it starts. Either way the
     classes come from the same files: the model process reads this very card.
     """

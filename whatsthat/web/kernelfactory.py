@@ -2,16 +2,14 @@
 
 Voila starts a kernel per page view, and a kernel started as a new Python process spends about a
 second of CPU importing ipykernel, IPython, zmq, ipywidgets and whatsthat.web.app before it can answer,
-and holds its own copy of those modules: 34 MB PSS, on a dyno of 512 MB.
+and holds its own copy of those modules, on a dyno of 512 MB (docs/serving.md has the figures).
 
 So `whatsthat serve` starts one factory process. It imports those modules once, and then forks each
 new kernel from itself, the zygote of Android and gunicorn's `--preload`. A forked kernel starts with
 every module already imported, and shares the pages they occupy with the factory and with the other
-kernels until it writes to them. Measured in the serving venv, 4 kernels that had run the page's
-imports and built its widgets took 34 MB PSS each when started as processes of their own, and 20 MB
-each when forked, plus 22 MB for the factory (README, "Performance": 3 visitors 452 MB instead of
-480, 10 visitors 602 instead of 730). The pages did not become interactive sooner: their time is the
-browser's running Voila's JavaScript, not the kernels' start.
+kernels until it writes to them. It saves memory, not time: what a forked kernel costs against one
+started as a process of its own is measured in docs/serving.md; the pages do not become interactive
+sooner, since their time is the browser's running Voila's JavaScript, not the kernels' start.
 
 Lifetime: the factory stops when the server dies (a parent-death signal), and each kernel when its
 factory does (ipykernel's parent poller), as kernels started by the server stop when it dies.

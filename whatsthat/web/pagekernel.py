@@ -2,8 +2,8 @@
 
 Voila starts one kernel per page view, and nobody attaches a debugger to a visitor's page. Yet
 ipykernel imports debugpy and pydevd at start whenever they are installed (ipykernel requires
-debugpy, so they always are): 137 modules, 8 MB of private memory per visitor (49 -> 42 MB PSS,
-measured in the serving venv), and start-up time on a 2-core dyno.
+debugpy, so they always are): about 140 modules and several MB of private memory per visitor
+(measured: docs/serving.md), and start-up time on a 2-core dyno.
 
 ipykernel already handles a missing debugpy (its debugger is then off and kernel_info says so). This
 launcher makes debugpy missing for this process only, with the import system's documented sentinel
@@ -13,8 +13,8 @@ imported. Nothing of ipykernel is replaced. `whatsthat.web.serve` points Voila's
 
 It also turns IPython's input history off (``HistoryManager.enabled``, IPython's own setting): every
 kernel otherwise opens the same SQLite file under IPYTHONDIR and keeps a thread to write the cells it
-ran, which for a page are always the notebook's. 1.7 MB PSS and a thread less per visitor (measured
-in the serving venv: 41.7 -> 40.0 MB after importing the page's modules); start-up time unchanged.
+ran, which for a page are always the notebook's: a thread and some memory less per visitor
+(docs/serving.md); start-up time unchanged.
 Flags given on the command line come after it, so a kernelspec can still turn it back on.
 
     python -m whatsthat.web.pagekernel -f CONNECTION_FILE

@@ -59,8 +59,8 @@ REPO_NOTEBOOK = Path(__file__).resolve().parents[2] / "app.ipynb"
 # imports jsonschema's format checkers (jupyter_events validates its events with them), and jsonschema
 # imports the backend of each format it finds installed. rfc3987_syntax, which jupyter-events' own
 # requirements (`jsonschema[format-nongpl]`) install, compiles ~35 Earley grammars when imported:
-# 2.8 of the 4.0 s that importing Voila took on the reference machine, on every cold start (README,
-# "Performance"; jupyter-server/jupyter_server#1559). It checks only the "iri" and "iri-reference"
+# most of the time that importing Voila takes, on every cold start (docs/performance.md, "Cold start";
+# jupyter-server/jupyter_server#1559). It checks only the "iri" and "iri-reference"
 # formats, which no Jupyter, Voila or whatsthat schema uses (tests/test_deploy.py checks the
 # installed schemas), and jsonschema already treats it as optional: when it cannot be imported,
 # those two formats go unchecked. A None in sys.modules is the import system's documented way to
