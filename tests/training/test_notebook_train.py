@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -56,19 +57,25 @@ def test_the_notebook_has_a_short_parameters_cell():
     assert 'train(DATA, RUNS / "round1", settings)' in code and "train(DATA, OUT, settings)" in code
 
 
-@pytest.mark.slow
-def test_train_notebook_runs_end_to_end_in_quick_mode(tmp_path, make_dataset):
+def run_quickly(tmp_path, make_dataset, *, clicks: bool) -> tuple[str, Path, Path]:
+    """Run the notebook on 2 x 12 generated pictures with QUICK settings, `clicks`: the test plays the user
+    at the cleaner. Returns every code cell's text output, DATA and OUT."""
     nbclient = pytest.importorskip("nbclient")
     source = make_dataset(n=12, classes=("red", "blue"), root=tmp_path / "source")
     work, data, out = tmp_path / "work", tmp_path / "work" / "data", tmp_path / "work" / "out"
     work.mkdir()
     nb = nbformat.read(NOTEBOOK, as_version=4)
     _with_parameters(nb, QUICK, DATA=str(data), SOURCE=str(source), OUT=str(out))
-    _after_the_cleaner(nb, PLAY_THE_USER)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(work)}})  # fmt: skip
-    client.execute()
+    if clicks:
+        _after_the_cleaner(nb, PLAY_THE_USER)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    return outputs, data, out
 
+
+@pytest.mark.slow
+def test_train_notebook_runs_end_to_end_in_quick_mode(tmp_path, make_dataset):
+    outputs, data, out = run_quickly(tmp_path, make_dataset, clicks=True)
     card = json.loads((out / "export.card.json").read_text())
     assert (out / "export.pkl").stat().st_size > 1000 and card["classes"] == ["blue", "red"]
     assert (out / "runs" / "round1" / "export.pkl").is_file() and (out / "docs" / "confusion_matrix.png").is_file()
@@ -79,25 +86,16 @@ def test_train_notebook_runs_end_to_end_in_quick_mode(tmp_path, make_dataset):
     assert sorted(r["status"] for r in read_manifest(data) if r["status"] != "ok") == ["trashed"]
     # the final model saw the cleaned data: one image fewer than round 1
     assert card["dataset"]["n_images"] == 2 * 12 - 1
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "cleaning + retraining" in outputs and "relabel" in outputs
 
 
 @pytest.mark.slow
 def test_with_nothing_cleaned_the_notebook_ships_round_one_as_a_whole_set(tmp_path, make_dataset):
     """Nobody marks a picture: the data is unchanged, so round 1's model is shipped, with every file beside it."""
-    nbclient = pytest.importorskip("nbclient")
-    source = make_dataset(n=12, classes=("red", "blue"), root=tmp_path / "source")
-    work, data, out = tmp_path / "work", tmp_path / "work" / "data", tmp_path / "work" / "out"
-    work.mkdir()
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    _with_parameters(nb, QUICK, DATA=str(data), SOURCE=str(source), OUT=str(out))
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
-
+    outputs, data, out = run_quickly(tmp_path, make_dataset, clicks=False)
     round1, shipped = ModelFiles(out / "runs" / "round1" / "export.pkl"), ModelFiles(out / "export.pkl")
     assert round1.model.is_file() and round1.card.is_file()
     assert [p.read_bytes() if p.is_file() else None for p in shipped.all] == \
         [p.read_bytes() if p.is_file() else None for p in round1.all]  # fmt: skip
     assert batches(data) == []
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "the dataset is unchanged since round 1" in outputs and "cleaning + retraining did not change" in outputs
