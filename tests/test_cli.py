@@ -128,18 +128,48 @@ def test_import_train_interpret_predict(tmp_path):
 
 def test_train_defaults_to_the_measured_offline_backbone():
     """A bare `whatsthat train` uses what the benchmarks measure and what trains offline, as train() does."""
-    import inspect
-
     from whatsthat.cli import build_parser
     from whatsthat.training.backbones import ARCHS
-    from whatsthat.training.train import train
+    from whatsthat.training.settings import TrainSettings
 
     parser = build_parser()
     args = parser.parse_args(["train", "data"])
-    assert args.arch == "efficientnet_lite0" == inspect.signature(train).parameters["arch"].default
+    assert args.arch == "efficientnet_lite0" == TrainSettings().arch
     # the CLI lists its choices without importing torch; they must stay the library's
     train_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train"))
     (arch_action,) = [a for a in train_parser._actions if a.dest == "arch"]
     assert sorted(arch_action.choices) == sorted(ARCHS)
     assert args.head_epochs == 8 and args.top_epochs == 10 and args.epochs == 0 and args.freeze_epochs == 0
-    assert args.mirrors is False is inspect.signature(train).parameters["mirrors"].default
+    assert args.mirrors is False is TrainSettings().mirrors
+
+
+def test_train_options_default_to_the_settings_object(monkeypatch):
+    """One place for the training defaults: every `whatsthat train` option named after a TrainSettings field
+    defaults to it, and a bare `whatsthat train` hands train() exactly TrainSettings()."""
+    import dataclasses
+
+    from whatsthat import cli
+    from whatsthat.training import train as trainmod
+    from whatsthat.training.settings import TrainSettings
+
+    args = cli.build_parser().parse_args(["train", "data"])
+    defaults = TrainSettings()
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings) if hasattr(args, f.name)}
+    assert len(options) >= 13 and options == {k: getattr(defaults, k) for k in options}
+    assert args.no_pretrained is (not defaults.pretrained)
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(data, out, settings, **kwargs):
+        seen.append((settings, kwargs))
+        raise Stop
+
+    seen: list = []
+    monkeypatch.setattr(trainmod, "train", fake_train)
+    for argv, expected in ((["train", "data"], defaults),
+                           (["train", "data", "--epochs", "3", "--no-pretrained", "--lr", "0.01"],
+                            TrainSettings(epochs=3, pretrained=False, lr=0.01))):  # fmt: skip
+        with pytest.raises(Stop):
+            cli.cmd_train(cli.build_parser().parse_args(argv))
+        assert seen[-1] == (expected, {"progress": None})

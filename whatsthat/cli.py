@@ -16,7 +16,7 @@ from pathlib import Path
 
 from whatsthat import __version__
 from whatsthat.errors import WhatsthatError
-from whatsthat.model.verdict import DEFAULT_THRESHOLD
+from whatsthat.training.settings import FINE_TUNE_LR, KNOBS, TrainSettings
 
 EXAMPLES = """\
 examples:
@@ -88,11 +88,10 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from whatsthat.training.train import train
 
-    result = train(
-        args.data, args.out, arch=args.arch, pretrained=not args.no_pretrained, epochs=args.epochs,
-        freeze_epochs=args.freeze_epochs, head_epochs=args.head_epochs, top_epochs=args.top_epochs, mirrors=args.mirrors, size=args.size, bs=args.bs, micro_bs=args.micro_bs, valid_pct=args.valid_pct, seed=args.seed,
-        lr=args.lr, workers=args.workers, threshold=args.threshold, progress=args.progress,
-    )  # fmt: skip
+    # every option named after a TrainSettings field sets it (the parser's defaults are TrainSettings()'s)
+    knobs = {name: value for name, value in vars(args).items() if name in KNOBS}
+    settings = TrainSettings(**knobs, pretrained=not args.no_pretrained)
+    result = train(args.data, args.out, settings, progress=args.progress)
     m = result.card["metrics"]
     print(f"{result.model_path}: error_rate {m['error_rate']:.4f}  accuracy {m['accuracy']:.4f}  "
           f"({result.card['training']['seconds']:.0f}s)")
@@ -279,37 +278,41 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     i.set_defaults(func=cmd_import)
 
+    d = TrainSettings()  # the defaults below are these: one place for them, shared with train() and train.ipynb
     t = sub.add_parser("train", help="fine-tune a pretrained CNN and export export.pkl + model card",
                        description="DataBlock -> vision_learner -> fine_tune -> OUT/export.pkl and OUT/export.card.json.")
     t.add_argument("data", type=Path, nargs="?", default=Path("data"), help="dataset folder (default: data)")
     t.add_argument("--out", type=Path, default=Path("."), help="where export.pkl goes (default: .)")
-    t.add_argument("--arch", default="efficientnet_lite0",
+    t.add_argument("--arch", default=d.arch,
                    choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet34"],
-                   help="backbone (default efficientnet_lite0: the measured recipe, trains offline; lite1 and lite2 "
+                   help=f"backbone (default {d.arch}: the measured recipe, trains offline; lite1 and lite2 "
                         "are bigger and slower; resnet18/34, the course's, download torchvision's weights once)")
-    t.add_argument("--head-epochs", type=_count, default=8,
-                   help="first, epochs training only the head on cached body features: seconds each (default 8)")
-    t.add_argument("--top-epochs", type=_count, default=10,
+    t.add_argument("--head-epochs", type=_count, default=d.head_epochs,
+                   help=f"first, epochs training only the head on cached body features: seconds each (default {d.head_epochs})")
+    t.add_argument("--top-epochs", type=_count, default=d.top_epochs,
                    help="then epochs training the body's top layers and the head on cached activations of the "
-                        "layers below: seconds each (default 10)")
-    t.add_argument("--mirrors", action="store_true",
+                        f"layers below: seconds each (default {d.top_epochs})")
+    t.add_argument("--mirrors", action="store_true", default=d.mirrors,
                    help="the top stage starts from the head's best epoch and trains on every picture and its "
                         "mirror: more accurate where the head overfits (faces), 1.6x the training time there")
-    t.add_argument("--freeze-epochs", type=_count, default=0,
-                   help="then fastai frozen-body epochs, as fine_tune's first stage (default 0; the course uses 1)")
-    t.add_argument("--epochs", type=_count, default=0,
-                   help="then epochs with all layers training, on augmented pictures (default 0; course 4)")
-    t.add_argument("--size", type=_positive_int, default=224, help="training image size in pixels (default 224)")
-    t.add_argument("--bs", type=_positive_int, default=32, help="batch size (default 32)")
-    t.add_argument("--micro-bs", type=_count, default=16,
+    t.add_argument("--freeze-epochs", type=_count, default=d.freeze_epochs,
+                   help=f"then fastai frozen-body epochs, as fine_tune's first stage (default {d.freeze_epochs}; "
+                        "the course uses 1)")
+    t.add_argument("--epochs", type=_count, default=d.epochs,
+                   help=f"then epochs with all layers training, on augmented pictures (default {d.epochs}; course 4)")
+    t.add_argument("--size", type=_positive_int, default=d.size, help=f"training image size in pixels (default {d.size})")
+    t.add_argument("--bs", type=_positive_int, default=d.bs, help=f"batch size (default {d.bs})")
+    t.add_argument("--micro-bs", type=_count, default=d.micro_bs,
                    help="run the unfrozen epochs' batches as micro-batches of this many pictures, one optimiser "
-                        "step per --bs (faster on a CPU; 0: off; default 16)")
-    t.add_argument("--valid-pct", type=_fraction, default=0.2, help="share of images held out (default 0.2)")
-    t.add_argument("--seed", type=int, default=42, help="seed of the split and the training run (default 42)")
-    t.add_argument("--lr", type=_positive_float, help="base learning rate (default 2e-3)")
-    t.add_argument("--workers", type=_count, default=0, help="data loader worker processes (default 0)")
-    t.add_argument("--threshold", type=_fraction, default=DEFAULT_THRESHOLD,
-                   help=f'"not sure" below this probability (default {DEFAULT_THRESHOLD})')
+                        f"step per --bs (faster on a CPU; 0: off; default {d.micro_bs})")
+    t.add_argument("--valid-pct", type=_fraction, default=d.valid_pct,
+                   help=f"share of images held out (default {d.valid_pct})")
+    t.add_argument("--seed", type=int, default=d.seed, help=f"seed of the split and the training run (default {d.seed})")
+    t.add_argument("--lr", type=_positive_float, default=d.lr, help=f"base learning rate (default {FINE_TUNE_LR})")
+    t.add_argument("--workers", type=_count, default=d.workers,
+                   help=f"data loader worker processes (default {d.workers})")
+    t.add_argument("--threshold", type=_fraction, default=d.threshold,
+                   help=f'"not sure" below this probability (default {d.threshold})')
     t.add_argument("--no-pretrained", action="store_true", help="start from random weights (for tests)")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars with time left (default: on a terminal; plain lines in a log)")

@@ -1,46 +1,81 @@
-"""train.ipynb end to end in QUICK mode: import → train → interpret → clean (headless) → retrain → export."""
+"""train.ipynb end to end, quickly: import → train → interpret → clean (the test clicks) → retrain → export."""
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
+import nbformat
 import pytest
 from conftest import ROOT
 
 from whatsthat.cleaning.journal import batches, trash_list
 from whatsthat.dataset.manifest import read_manifest
+from whatsthat.model.files import ModelFiles
 
 NOTEBOOK = ROOT / "train.ipynb"
 
 
-def _with_parameters(nb, **params) -> None:
-    """Append assignments to the cell tagged `parameters`, as papermill's injected cell would."""
+def _with_parameters(nb, code: str = "", **params) -> None:
+    """Append `code` and assignments to the cell tagged `parameters`, as papermill's injected cell would."""
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source += "\n\n# injected by the test\n" + "".join(f"{k} = {v!r}\n" for k, v in params.items())
+    cell.source += "\n\n# injected by the test\n" + "".join(f"{k} = {v!r}\n" for k, v in params.items()) + code
 
 
-def test_the_notebook_has_a_parameters_cell_with_quick_mode():
-    nbformat = pytest.importorskip("nbformat")
+# Nobody is there to click in the test: this cell, run right after the one that shows the cleaner, plays the
+# user through the same widgets. It switches the dropdowns and marks pictures exactly as a click would.
+PLAY_THE_USER = """\
+labels = [str(v) for v in first.learn.dls.vocab]
+cleaner.select(category=labels[0], split="Train")
+cleaner.dropdowns[0].value = "<Delete>"  # the worst picture of the first label: junk
+cleaner.select(category=labels[1], split="Train")
+cleaner.dropdowns[0].value = labels[0]  # the worst of the second: really the first label
+print("\\n".join(d.describe() for d in cleaner.decisions()))
+"""
+
+# seconds, not minutes: small pictures, the course's ResNet from random weights, one epoch
+QUICK = 'settings = TrainSettings(arch="resnet18", pretrained=False, size=64, bs=8)\n'
+
+
+def _after_the_cleaner(nb, source: str) -> None:
+    """Insert a code cell right after the cell that makes and shows the cleaner."""
+    at = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "cleaner = Cleaner(" in c.source)
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(source))
+
+
+def test_the_notebook_has_a_short_parameters_cell():
     nb = nbformat.read(NOTEBOOK, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    assert "QUICK = False" in cell.source and 'DATA = "data"' in cell.source and "ARCH = " in cell.source
+    assigned = {t.id for n in ast.parse(cell.source).body if isinstance(n, ast.Assign) for t in n.targets}
+    assert assigned == {"DATA", "OUT", "SOURCE", "DECISIONS", "settings"}
+    assert 'DATA = "data"' in cell.source and "settings = TrainSettings(" in cell.source
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed without outputs
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "QUICK" not in code  # the test plays the user itself: the notebook has no test-only cell
+    # both rounds train with the same settings object, as `whatsthat train` does
+    assert 'train(DATA, RUNS / "round1", settings)' in code and "train(DATA, OUT, settings)" in code
 
 
-@pytest.mark.slow
-def test_train_notebook_runs_end_to_end_in_quick_mode(tmp_path, make_dataset):
-    nbformat = pytest.importorskip("nbformat")
+def run_quickly(tmp_path, make_dataset, *, clicks: bool) -> tuple[str, Path, Path]:
+    """Run the notebook on 2 x 12 generated pictures with QUICK settings, `clicks`: the test plays the user
+    at the cleaner. Returns every code cell's text output, DATA and OUT."""
     nbclient = pytest.importorskip("nbclient")
     source = make_dataset(n=12, classes=("red", "blue"), root=tmp_path / "source")
     work, data, out = tmp_path / "work", tmp_path / "work" / "data", tmp_path / "work" / "out"
     work.mkdir()
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    _with_parameters(nb, QUICK=True, DATA=str(data), SOURCE=str(source), OUT=str(out), ARCH="resnet18",
-                     PRETRAINED=False, SHARED_BEARS=str(tmp_path / "absent"))  # fmt: skip
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(work)}})  # fmt: skip
-    client.execute()
+    _with_parameters(nb, QUICK, DATA=str(data), SOURCE=str(source), OUT=str(out))
+    if clicks:
+        _after_the_cleaner(nb, PLAY_THE_USER)
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    return outputs, data, out
 
+
+@pytest.mark.slow
+def test_train_notebook_runs_end_to_end_in_quick_mode(tmp_path, make_dataset):
+    outputs, data, out = run_quickly(tmp_path, make_dataset, clicks=True)
     card = json.loads((out / "export.card.json").read_text())
     assert (out / "export.pkl").stat().st_size > 1000 and card["classes"] == ["blue", "red"]
     assert (out / "runs" / "round1" / "export.pkl").is_file() and (out / "docs" / "confusion_matrix.png").is_file()
@@ -51,5 +86,16 @@ def test_train_notebook_runs_end_to_end_in_quick_mode(tmp_path, make_dataset):
     assert sorted(r["status"] for r in read_manifest(data) if r["status"] != "ok") == ["trashed"]
     # the final model saw the cleaned data: one image fewer than round 1
     assert card["dataset"]["n_images"] == 2 * 12 - 1
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "cleaning + retraining" in outputs and "relabel" in outputs
+
+
+@pytest.mark.slow
+def test_with_nothing_cleaned_the_notebook_ships_round_one_as_a_whole_set(tmp_path, make_dataset):
+    """Nobody marks a picture: the data is unchanged, so round 1's model is shipped, with every file beside it."""
+    outputs, data, out = run_quickly(tmp_path, make_dataset, clicks=False)
+    round1, shipped = ModelFiles(out / "runs" / "round1" / "export.pkl"), ModelFiles(out / "export.pkl")
+    assert round1.model.is_file() and round1.card.is_file()
+    assert [p.read_bytes() if p.is_file() else None for p in shipped.all] == \
+        [p.read_bytes() if p.is_file() else None for p in round1.all]  # fmt: skip
+    assert batches(data) == []
+    assert "the dataset is unchanged since round 1" in outputs and "cleaning + retraining did not change" in outputs

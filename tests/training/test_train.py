@@ -24,6 +24,7 @@ from whatsthat.training.data import (
     get_dataset_images,
     unreadable_images,
 )
+from whatsthat.training.settings import TrainSettings
 from whatsthat.training.train import classification_report, train
 
 
@@ -128,6 +129,12 @@ def test_train_rejects_bad_options(make_dataset, tmp_path):
         train(data, tmp_path, size=8)
     with pytest.raises(WhatsthatError, match="micro_bs must be 0"):
         train(data, tmp_path, micro_bs=-1)
+    with pytest.raises(WhatsthatError, match="too small"):
+        train(data, tmp_path, TrainSettings(size=8))
+    with pytest.raises(WhatsthatError, match="unknown training setting"):
+        train(data, tmp_path, TrainSettings(), epoch=1)
+    with pytest.raises(WhatsthatError, match="settings must be a TrainSettings, not dict"):
+        train(data, tmp_path, {"epochs": 1})
 
 
 def _closed_port() -> int:

@@ -12,7 +12,7 @@ A model is `export.pkl` (the pickled fastai learner) and the files beside it, ea
 `ModelFiles` is the one place that knows these names. `StagedExport` writes a new set into a hidden
 folder beside the old one and swaps it in with `commit()`, so a run that fails or is interrupted
 before then leaves the previous set exactly as it was, and one that commits never leaves an old
-sidecar beside a new export.pkl. stdlib only: the page kernel and the model process import it.
+sidecar beside a new export.pkl; `ModelFiles.copy_to` copies a whole set the same way. stdlib only: the page kernel and the model process import it.
 """
 
 from __future__ import annotations
@@ -86,6 +86,33 @@ class ModelFiles:
     def write_card(self, card: dict) -> Path:
         atomic_write(self.card, json.dumps(card, indent=2) + "\n")
         return self.card
+
+    def copy_to(self, folder: str | Path) -> ModelFiles:
+        """Copy this model's whole set (export.pkl and every file beside it that exists) into `folder`.
+
+        The copy keeps the names and is written as one set, through StagedExport: the set already in
+        `folder` is replaced whole (a file beside it that this model lacks is removed, so an old
+        detector never pairs with this model), or, when the copy fails, left exactly as it was.
+        Copying a model into its own folder changes nothing. Returns the copy's files.
+        """
+        folder = Path(folder)
+        if not self.exists():
+            raise WhatsthatError(f"model file not found: {self.model}")
+        if folder.exists() and not folder.is_dir():
+            raise WhatsthatError(f"{folder} is a file: a model is copied into a folder")
+        target = ModelFiles(folder / self.model.name)
+        if folder.resolve() == self.model.parent.resolve():
+            return target
+        try:
+            with StagedExport(target) as staged:
+                for source, staged_path in zip(self.all, staged.files.all, strict=True):
+                    if source.is_file():
+                        shutil.copyfile(source, staged_path)
+                staged.commit()
+        except OSError as e:
+            raise WhatsthatError(f"could not copy {self.model} and its files into {folder}: {e.strerror or e}; "
+                                 "the model there is unchanged") from None
+        return target
 
 
 def _alive(pid: int) -> bool:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from fastai.callback.core import Callback
 from fastai.learner import Learner, Recorder
@@ -22,13 +23,13 @@ from whatsthat.errors import WhatsthatError
 from whatsthat.model.artifact import write_artifact
 from whatsthat.model.files import ModelFiles, StagedExport, check_writable
 from whatsthat.model.quality import Quality, majority_baseline, quality_from_report
-from whatsthat.model.verdict import DEFAULT_THRESHOLD
 from whatsthat.progress import epoch_line
 from whatsthat.training.cached import Cache, epoch_name, fit_cached, snapshot
 from whatsthat.training.cached import evaluate as cached_logits
 from whatsthat.training.cpu import big_buffers_on_heap, channels_last, forward_only_valid
 from whatsthat.training.data import dataset_fingerprint, label_counts
 from whatsthat.training.notsure import fit_and_save
+from whatsthat.training.settings import TrainSettings
 
 
 @dataclass
@@ -177,34 +178,22 @@ class FrozenBatchNormStats(Callback):
 def train(
     data: str | Path,
     out: str | Path = ".",
+    settings: TrainSettings | None = None,
     *,
-    arch: str = "efficientnet_lite0",
-    pretrained: bool = True,
-    epochs: int = 0,
-    freeze_epochs: int = 0,
-    head_epochs: int = 8,
-    top_epochs: int = 10,
-    mirrors: bool = False,
-    size: int = 224,
-    bs: int = 32,
-    micro_bs: int = 16,
-    valid_pct: float = 0.2,
-    seed: int = 42,
-    lr: float | None = None,
-    workers: int = 0,
-    threshold: float = DEFAULT_THRESHOLD,
     progress: bool | None = None,
     echo: Callable[[str], None] | None = None,
-    freeze_bn: bool = True,
     callbacks: list | None = None,
+    **overrides: Any,
 ) -> TrainResult:
-    """Fine-tune `arch` on the folder-per-class dataset `data`; write export.pkl + card into `out`.
+    """Fine-tune `settings.arch` on the folder-per-class dataset `data`; write export.pkl + card into `out`.
 
+    `settings`: a TrainSettings (default `TrainSettings()`, the measured recipe); keyword `overrides`
+    change single fields of it, e.g. `train(data, out, settings, epochs=2)`.
     Stages, in order: `head_epochs` of the head alone on cached body features, then `top_epochs` of the
     body's top layers with the head on cached activations of the layers below (seconds each; see
     whatsthat.training.cached; `mirrors`: from the head's best epoch, on the pictures and their mirrors),
     `freeze_epochs` of fastai's frozen fit, `epochs` with every layer training.
-    `lr=None` uses fastai's fine_tune default (2e-3). After the head stage the body trains with its
+    `lr=None` uses fastai's fine_tune default (FINE_TUNE_LR). After the head stage the body trains with its
     BatchNorm statistics frozen (`freeze_bn`, see FrozenBatchNormStats), in micro-batches of
     `micro_bs` pictures (see micro_batches; 0 turns them off). The weights exported are
     those of the stage and epoch with the lowest validation loss (KeepBest), named in the card.
@@ -228,22 +217,19 @@ def train(
 
     echo = echo or (lambda s: print(s, file=sys.stderr))
     data, out = Path(data), Path(out)
-    if min(epochs, freeze_epochs, head_epochs, top_epochs) < 0:
-        raise WhatsthatError("epochs, freeze_epochs, head_epochs and top_epochs must be 0 or more")
-    if epochs + freeze_epochs + head_epochs + top_epochs == 0:
-        raise WhatsthatError("nothing to train: epochs, freeze_epochs, head_epochs and top_epochs are all 0")
-    if not pretrained:
+    if settings is not None and not isinstance(settings, TrainSettings):
+        raise WhatsthatError(f"settings must be a TrainSettings, not {type(settings).__name__}")
+    settings = (settings or TrainSettings()).replace(**overrides)  # checked when made: bad values are an error
+    if not settings.pretrained:
         # a random body has no features worth caching: everything trains from the start, at least one epoch
-        if epochs + freeze_epochs == 0:
+        if settings.epochs + settings.freeze_epochs == 0:
             echo("no pretrained body: the cached stages do not apply, training all layers for 1 epoch instead")
-            epochs = 1
-        head_epochs = top_epochs = 0
-    if micro_bs < 0:
-        raise WhatsthatError(f"micro_bs must be 0 (off) or more, not {micro_bs}")
-    if size < 32:
-        raise WhatsthatError(f"image size {size} is too small; use 32 or more (224 is the usual)")
-    if not 0 < threshold < 1:
-        raise WhatsthatError(f"threshold must be between 0 and 1, not {threshold}")
+            settings = settings.replace(epochs=1)
+        settings = settings.replace(head_epochs=0, top_epochs=0)
+    arch, pretrained, size, bs, seed = settings.arch, settings.pretrained, settings.size, settings.bs, settings.seed
+    epochs, freeze_epochs, head_epochs, top_epochs = (settings.epochs, settings.freeze_epochs, settings.head_epochs,
+                                                      settings.top_epochs)  # fmt: skip
+    mirrors, freeze_bn, micro_bs, valid_pct = settings.mirrors, settings.freeze_bn, settings.micro_bs, settings.valid_pct
     spec = get_arch(arch)
     counts = check_dataset(data)
     for note in dataset_notes(data):
@@ -258,8 +244,8 @@ def train(
         ensure_torchvision_weights(arch)  # fail before the slow work, with a message that says what to do
 
     set_seed(seed, reproducible=True)
-    dls = make_dataloaders(data, size=size, bs=bs, valid_pct=valid_pct, seed=seed, stats=spec.stats, workers=workers,
-                           exclude=unreadable)
+    dls = make_dataloaders(data, size=size, bs=bs, valid_pct=valid_pct, seed=seed, stats=spec.stats,
+                           workers=settings.workers, exclude=unreadable)
     head = {} if spec.body_features is None else {"custom_head": create_head(spec.body_features, dls.c)}
     learn = vision_learner(
         dls, spec.builder(), pretrained=pretrained, normalize=False, metrics=[error_rate, accuracy], **head
@@ -269,7 +255,7 @@ def train(
     recorder = EpochHistory(stages, echo=echo)
     echo(f"training {arch} on {len(dls.train_ds)} images ({len(dls.valid_ds)} for validation), "
          f"classes {list(dls.vocab)}, size {size}, bs {dls.bs}")
-    base_lr = lr or 2e-3
+    base_lr = settings.base_lr
     # Micro-batches only where no batch statistic depends on them: the unfrozen epochs after the head
     # stage with the body's BatchNorm frozen. fastai's own fine_tune path keeps its batches as they are.
     micro = micro_bs if pretrained and epochs and not freeze_epochs and freeze_bn and micro_bs < dls.bs else 0
@@ -288,7 +274,7 @@ def train(
             "arch": arch,
             "pretrained": pretrained,
             "image_size": size,
-            "threshold": threshold,
+            "threshold": settings.threshold,
             "training": {
                 "epochs": epochs,
                 "freeze_epochs": freeze_epochs,

@@ -1,8 +1,10 @@
 """The web page: upload photos, click Classify, see what the model thinks (fastai lesson 2's layout).
 
 Everything here is plain Python over ipywidgets, so the rules and callbacks are tested without a
-browser; `app.ipynb` builds the lesson-2 VBox from the widgets and callbacks made here, and Voila
-turns it into a page.
+browser. `app.ipynb` is lesson 2's cell: it creates the four widgets (`btn_upload`, `btn_run`,
+`out_pl`, `lbl_pred`), hands them to `App`, and its `on_click_classify` calls `App.classify_upload`
+and shows what comes back; every rule (limits, bad files, "not sure", a restarting model process)
+is here. Voila turns the notebook into a page.
 
 This module runs in every visitor's kernel, so it imports neither torch nor fastai nor numpy. Under
 `whatsthat serve` (and the Binder start script) the model lives in one model process per server
@@ -124,6 +126,15 @@ class FileResult:
     @property
     def ok(self) -> bool:
         return not self.error
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What the page shows after a click: `cards` for the Output (a card per photo), `text` for the Label."""
+
+    cards: tuple[dict, ...]  # display_data outputs, set as `Output.outputs` (no kernel or IPython shell needed)
+    text: str  # "Prediction: grizzly; Probability: 0.9731", or why there is none
+    results: list[FileResult]
 
 
 def uploaded_files(value: Iterable[Any]) -> list[tuple[str, bytes]]:
@@ -321,7 +332,12 @@ def _warnings_to_log(during: str) -> Iterator[None]:
 
 
 class App:
-    """The widget page around one classifier. `widget` is what the notebook displays."""
+    """The widget page around one classifier. `widget` is the whole page, laid out as app.ipynb lays it out.
+
+    `upload`, `classify_button`, `output`, `label`: the page's four lesson-2 widgets when the caller
+    created them (app.ipynb does), else made here. The examples' buttons write into `output` and
+    `label` too.
+    """
 
     def __init__(
         self,
@@ -331,9 +347,14 @@ class App:
         title: str = TITLE,
         description: str = DESCRIPTION,
         max_files: int = MAX_FILES,
-        connect: bool = True,
+        connect: bool | None = None,
+        upload: widgets.FileUpload | None = None,
+        classify_button: widgets.Button | None = None,
+        output: widgets.Output | None = None,
+        label: widgets.Label | None = None,
     ) -> None:
-        """`connect=False` leaves the Classify button unconnected, for a notebook that wires it itself."""
+        """`connect`: wire the Classify button to `on_classify`; by default only a button made here (a
+        caller that passes its own button wires it itself, as app.ipynb does)."""
         self.classifier = classifier
         self.max_files = max_files
         self.results: list[FileResult] = []
@@ -346,10 +367,15 @@ class App:
         self.card = widgets.HTML(
             model_card_html(getattr(classifier, "card", None) or {}, list(classifier.classes), classifier.threshold)
         )
-        self.upload = widgets.FileUpload(accept="image/*", multiple=True, description="Upload")
-        self.classify_button = widgets.Button(description="Classify", button_style="primary", icon="search")
-        self.output = widgets.Output()
-        self.label = widgets.Label()
+        if connect is None:
+            connect = classify_button is None  # a button passed in is wired by its owner (app.ipynb)
+        if upload is None:
+            upload = widgets.FileUpload(accept="image/*", multiple=True, description="Upload")
+        if classify_button is None:
+            classify_button = widgets.Button(description="Classify", button_style="primary", icon="search")
+        self.upload, self.classify_button = upload, classify_button
+        self.output = output if output is not None else widgets.Output()
+        self.label = label if label is not None else widgets.Label()
         if connect:
             self.classify_button.on_click(self.on_classify)
 
@@ -388,39 +414,48 @@ class App:
 
     # -- callbacks: the boundary where every exception becomes a friendly message plus a log entry --
 
-    def on_classify(self, _button: widgets.Button | None = None) -> None:
-        """Classify whatever is in the upload widget (the Classify button's callback), then empty it."""
+    def classify_upload(self) -> Shown:
+        """The Classify button's work: classify what is in the upload widget, empty it, say what to show.
+
+        Never raises: a bad file, a model process that is restarting or an unexpected error (logged)
+        each becomes a friendly message. Meanwhile the button is disabled and the label says
+        "Classifying N images...".
+        """
         try:
-            self._guarded(lambda: uploaded_files(self.upload.value))
+            return self._guarded(lambda: uploaded_files(self.upload.value))
         finally:
             # the results stay on the page; the upload's bytes (up to 64 MiB) leave the kernel, and the
             # button's "(n)" counter resets, so a new selection is visibly a new upload
             if self.upload.value:
                 self.upload.value = ()
 
+    def on_classify(self, _button: widgets.Button | None = None) -> None:
+        """The Classify button's callback (app.ipynb's `on_click_classify` does the same in sight)."""
+        self.show(self.classify_upload())
+
     def on_example(self, path: str | Path) -> None:
         """Classify one of the example images (an example button's callback)."""
         path = Path(path)
-        self._guarded(lambda: [(path.name, path.read_bytes())])
+        self.show(self._guarded(lambda: [(path.name, path.read_bytes())]))
 
-    def _guarded(self, get_files: Callable[[], list[tuple[str, bytes]]]) -> None:
+    def _guarded(self, get_files: Callable[[], list[tuple[str, bytes]]]) -> Shown:
         self.classify_button.disabled = True
         try:
             files = get_files()
             if not files:
-                self.results = []
-                self.output.outputs = ()
-                self.label.value = NOTHING_UPLOADED
-                return
+                return self._shown([], NOTHING_UPLOADED)
             self.label.value = f"Classifying {len(files)} image{'s' if len(files) != 1 else ''}..."
-            self.show(self.classify(files))
+            results = self.classify(files)
+            return self._shown(results, summary(results))
         except Exception:  # the callback boundary: never a traceback on the page, always a log entry
             log.exception("classification failed")
-            self.results = []
-            self.output.outputs = ()
-            self.label.value = GENERIC_FAILURE
+            return self._shown([], GENERIC_FAILURE)
         finally:
             self.classify_button.disabled = False
+
+    def _shown(self, results: list[FileResult], text: str) -> Shown:
+        self.results = results
+        return Shown(tuple(_bundle(r) for r in results), text, results)
 
     def classify(self, files: Sequence[tuple[str, bytes]]) -> list[FileResult]:
         """Classify (name, bytes) pairs; a bad file gets a friendly error, the others still run."""
@@ -469,11 +504,10 @@ class App:
 
         return classify_files(self.classifier, files, THUMB_SIDE)
 
-    def show(self, results: list[FileResult]) -> None:
-        """Put results on the page: a card per file in the Output, the summary in the Label."""
-        self.results = results
-        self.output.outputs = tuple(_bundle(r) for r in results)
-        self.label.value = summary(results)
+    def show(self, shown: Shown) -> None:
+        """Put what a click gave on the page: a card per file in the Output, the answer in the Label."""
+        self.output.outputs = shown.cards
+        self.label.value = shown.text
 
 
 def build_app(
