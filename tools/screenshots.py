@@ -1,0 +1,104 @@
+"""Retake the documentation's screenshot of the page: docs/app.png.
+
+    make serve-env && .venv/bin/python tools/screenshots.py [--photo PATH] [--out docs/app.png]
+
+Serves the shipped model with `whatsthat serve` from the serving environment (as a dyno does), opens
+the page in headless Chromium (Debian's /usr/bin/chromium), uploads one photo, clicks Classify and
+takes the picture. The photo's thumbnail is pixelated in the screenshot: the shared bear photos are not
+ours to publish. Default photo: the first grizzly of ../shared/datasets/bears.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    raise SystemExit(f"the page did not answer at {url} within {timeout:.0f} s")
+
+
+def pixelate(path: Path, box: dict, block: int = 12) -> None:
+    im = Image.open(path)
+    left, top = int(box["x"]), int(box["y"])
+    right, bottom = left + int(box["width"]), top + int(box["height"])
+    region = im.crop((left, top, right, bottom))
+    small = region.resize((max(1, region.width // block), max(1, region.height // block)), Image.Resampling.BILINEAR)
+    im.paste(small.resize(region.size, Image.Resampling.NEAREST), (left, top))
+    im.save(path)
+
+
+def main() -> int:
+    bears = ROOT.parent / "shared" / "datasets" / "bears" / "grizzly"
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--photo", type=Path, default=next(iter(sorted(bears.glob("*.jpg"))), None))
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "app.png")
+    ap.add_argument("--width", type=int, default=900)
+    args = ap.parse_args()
+    if args.photo is None or not args.photo.is_file():
+        raise SystemExit(f"no photo: pass --photo (the default needs {bears})")
+    venv = Path(os.environ.get("WHATSTHAT_SERVE_VENV", ROOT / ".venv-serve"))
+    whatsthat = venv / "bin" / "whatsthat"
+    if not whatsthat.is_file():
+        raise SystemExit(f"{whatsthat} is missing: run `make serve-env` first")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="whatsthat-shots-") as home:
+        env = {**os.environ, "HOME": home, "JUPYTER_PLATFORM_DIRS": "1"}
+        server = subprocess.Popen([str(whatsthat), "serve", "--port", str(port), "--model", str(ROOT / "export.pkl"),
+                                   "--notebook", str(ROOT / "app.ipynb")], env=env, cwd=ROOT,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_for(f"http://127.0.0.1:{port}/")
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+                page = browser.new_page(viewport={"width": args.width, "height": 600})
+                page.goto(f"http://127.0.0.1:{port}/", timeout=180_000)
+                page.get_by_role("button", name="Classify").wait_for(timeout=180_000)
+                with page.expect_file_chooser() as chooser:
+                    page.locator(".widget-upload").click()
+                chooser.value.set_files(str(args.photo))
+                page.get_by_role("button", name="Classify").click()
+                page.get_by_text("Prediction:").wait_for(timeout=120_000)
+                page.wait_for_timeout(500)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(args.out), full_page=True)
+                for img in page.locator(".whatsthat-result img").all():
+                    pixelate(args.out, img.bounding_box())
+                browser.close()
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
