@@ -114,16 +114,17 @@ class SuggestReport:
                 f"{len(changes) - n_del} relabel ({self.folds} folds, out-of-fold accuracy {self.accuracy:.1%}, "
                 f"{self.seconds:.0f}s{cache}{skipped})")
 
-    def table(self, limit: int | None = None) -> str:
-        """The suggestions as aligned text, one per line, then the summary line."""
-        rows = self.suggestions[:limit] if limit else self.suggestions
+    def table(self, limit: int | None = None, keep: bool = False) -> str:
+        """The suggestions (with `keep`, every picture) as aligned text, one per line, then the summary line."""
+        items = self.items if keep else self.suggestions
+        rows = items[:limit] if limit else items
         w = max([len(s.path) for s in rows] + [4])
         lines = [f"{'score':>5}  {'action':<16}  {'path':<{w}}  why"]
         for s in rows:
             action = f"relabel {s.label}" if s.action == "relabel" else s.action
             lines.append(f"{s.score:5.2f}  {action:<16}  {s.path:<{w}}  {s.why}")
-        if limit and len(self.suggestions) > limit:
-            lines.append(f"... and {len(self.suggestions) - limit} more (--json lists them all)")
+        if limit and len(items) > limit:
+            lines.append(f"... and {len(items) - limit} more (--json lists them all)")
         lines.append(self.summary())
         return "\n".join(lines)
 
