@@ -509,6 +509,7 @@ class Cleaner:
     def _update_pager(self) -> None:
         n = len(self.view_files())
         order = "most confident suggestion first" if self.in_suggested_view else "worst loss first"
+        self.icc.dd_ds.disabled = self.in_suggested_view  # the suggestions span both splits
         self._page_label.value = f"page {self.page + 1} of {self.pages} ({n} images, {order})"
         self._prev.disabled = self.page == 0
         self._next.disabled = self.page >= self.pages - 1
