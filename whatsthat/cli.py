@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What `pip install whatsthat[train]` adds to the serving core (pyproject's optional dependencies).
-TRAINING_MODULES = {"fastai", "fastcore", "torchvision", "imagehash", "ddgs", "matplotlib", "scipy"}
+TRAINING_MODULES = {"fastai", "fastcore", "torchvision", "imagehash", "ddgs", "matplotlib", "scipy", "cleanlab"}
 
 
 def main(argv: list[str] | None = None) -> int:
