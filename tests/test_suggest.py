@@ -32,7 +32,7 @@ from whatsthat.suggest import (
     check_enough,
     decide,
     load_suggestions,
-    neighbour_distance,
+    nearest,
     suggest,
 )
 
@@ -107,22 +107,34 @@ def test_decide_relabels_a_confident_label_issue_and_deletes_a_picture_far_from_
     paths = [f"{'ab'[y]}/{i:03d}.jpg" for i, y in enumerate(labels)]
     probs = np.where(labels[:, None] == np.arange(2), 0.95, 0.05)
     probs[3] = [0.03, 0.97]  # filed under a, the folds say b
-    probs[50] = [0.55, 0.45]  # filed under b, the folds are unsure: not confident enough to relabel
+    probs[50] = [0.45, 0.55]  # filed under b, and b is (just) the more likely: no relabel
     x[10] = np.ones(16) * 3 + np.arange(16)  # nothing like either class
     far = np.linalg.norm(x[:, None, :] - np.eye(2, 16)[None] * 5, axis=2).min(1) ** 2
-    near = neighbour_distance(torch.tensor(x)).numpy()
+    near = nearest(torch.tensor(x)).distance.numpy()
     items = decide(paths, labels, probs, far, near, ["a", "b"])
     by_path = {s.path: s for s in items}
     assert len(items) == len(paths) and {s.action for s in items} == {"relabel", "delete", "keep"}
     assert by_path["a/003.jpg"] == Suggestion("a/003.jpg", "relabel", "b", "a", 0.97, "looks like b (97%), not a (3%)")
     assert by_path["a/010.jpg"].action == "delete" and by_path["a/010.jpg"].label is None
     assert by_path["a/010.jpg"].why.startswith("unlike every class (farther out than 79 of the 80 pictures")
-    assert by_path["b/050.jpg"].action == "keep" and by_path["b/050.jpg"].why == "unsure: a 55%, b 45%"
+    assert by_path["b/050.jpg"] == Suggestion("b/050.jpg", "keep", None, "b", 0.55, "looks like b (55%)")
     changes = [s for s in items if s.action != "keep"]
     assert [s.path for s in items[: len(changes)]] == [s.path for s in changes]  # the changes first...
     assert [s.score for s in changes] == sorted((s.score for s in changes), reverse=True)  # ...by score
     assert all(0 <= s.score <= 1 for s in items)
     assert by_path["a/000.jpg"] == Suggestion("a/000.jpg", "keep", None, "a", 0.95, "looks like a (95%)")
+
+
+def test_the_neighbours_vote_leaves_each_picture_out():
+    x, labels = _clusters(n=12)
+    near = nearest(torch.tensor(x), k=5)
+    assert near.index.shape == (24, 5) and not (near.index == torch.arange(24)[:, None]).any()
+    votes = near.vote(torch.tensor(labels), 2)
+    assert torch.allclose(votes.sum(1), torch.ones(24)) and (votes.argmax(1).numpy() == labels).all()
+    assert votes[0].tolist() == pytest.approx([5.5 / 6, 0.5 / 6])  # five neighbours of its class, smoothed
+    flipped = torch.tensor(labels)
+    flipped[0] = 1  # a picture's own label never votes for it
+    assert nearest(torch.tensor(x), k=5).vote(flipped, 2)[0].tolist() == pytest.approx([5.5 / 6, 0.5 / 6])
 
 
 def test_the_pooled_features_are_the_heads_average_pooling():
