@@ -170,12 +170,13 @@ def timing_set() -> Path:
 
 
 def timed(args: list[str], env: dict) -> dict:
+    load = os.getloadavg()[0]  # how busy the shared machine was as it started
     cpu0, t0 = children_cpu(), time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "whatsthat.cli", *args], capture_output=True, text=True, env=env)
     wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
     if proc.returncode:
         sys.exit(f"whatsthat {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-    return {"wall": round(wall, 1), "cpu": round(cpu, 1), "stdout": proc.stdout}
+    return {"wall": round(wall, 1), "cpu": round(cpu, 1), "load": round(load, 1), "stdout": proc.stdout}
 
 
 def run_timing() -> list[list[object]]:
@@ -188,9 +189,12 @@ def run_timing() -> list[list[object]]:
         second = timed(["suggest", str(data), "--json", "--no-progress"], env)
         train = timed(["train", str(data), "--out", str(Path(tmp) / "model"), "--no-progress"], env)
     n = len(json.loads(first["stdout"]))
-    rows.append([f"whatsthat suggest ({TIMING_PICTURES} pictures, no feature cache)", first["wall"], first["cpu"], n])
-    rows.append([f"whatsthat suggest ({TIMING_PICTURES} pictures, features cached)", second["wall"], second["cpu"], n])
-    rows.append([f"whatsthat train ({TIMING_PICTURES} pictures, default recipe)", train["wall"], train["cpu"], ""])
+    rows.append([f"whatsthat suggest ({TIMING_PICTURES} pictures, no feature cache)", first["wall"], first["cpu"],
+                 first["load"], n])
+    rows.append([f"whatsthat suggest ({TIMING_PICTURES} pictures, features cached)", second["wall"], second["cpu"],
+                 second["load"], n])
+    rows.append([f"whatsthat train ({TIMING_PICTURES} pictures, default recipe)", train["wall"], train["cpu"],
+                 train["load"], ""])
     return rows
 
 
@@ -224,7 +228,7 @@ def main() -> None:
                   f"({result['seconds']:.0f}s)", flush=True)
 
     headers = ["set", "pictures", "known (junk + relabel)", "suggested", "found (any action)", "right action",
-               "recall found / right", "precision found / right", "out-of-fold accuracy", "floor (R>=80%, P>=50%)"]
+               "recall found / right", "precision found / right", "agrees with given labels", "floor (R>=80%, P>=50%)"]
     rows = [[r["set"], r["pictures"], f"{r['known']} ({r['junk']} + {r['relabels']})", r["suggested"],
              f"{r['found']} ({r['junk_found']} + {r['relabels_found']})", r["right"],
              f"{r['recall_found']:.0%} / {r['recall_right']:.0%}", f"{r['precision_found']:.0%} / {r['precision_right']:.0%}",
@@ -233,7 +237,7 @@ def main() -> None:
     print(table(headers, rows))
     if args.timing:
         print()
-        print(table(["command", "wall s", "CPU s", "suggestions"], run_timing()))
+        print(table(["command", "wall s", "CPU s", "load average at start", "suggestions"], run_timing()))
 
 
 if __name__ == "__main__":

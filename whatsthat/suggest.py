@@ -12,7 +12,7 @@ saw it (out-of-fold), in three steps:
 2. **K folds** (5 by default). The pictures are dealt into folds, class by class, in the order of a
    seeded hash of their file name (so a rerun gives the same folds). For each fold a fresh head,
    the head `whatsthat train` builds, trains on the other folds' features with the head stage's
-   recipe (whatsthat.cached: AdamW, one cycle, 8 epochs, batch 64, 5x the base learning rate), and
+   recipe (whatsthat.cached.fit_head: AdamW, one cycle, 8 epochs, batch 64, 5x the base learning rate), and
    gives the fold's pictures their class probabilities. Beside it an out-of-class detector
    (whatsthat.ood, Mahalanobis on the average-pooled features, as "not sure" uses) is fitted on the
    same training folds and scores the fold's pictures: how far each lies from every class.
@@ -71,8 +71,7 @@ DEFAULT_ARCH = "efficientnet_lite0"
 DEFAULT_SIZE = 224
 DEFAULT_SEED = 42
 DEFAULT_HEAD_EPOCHS = 8  # the head stage of `whatsthat train` (whatsthat.train.train's head_epochs)
-DEFAULT_LR = 2e-3  # train's base learning rate; the head stage trains at 5x it (whatsthat.cached)
-HEAD_BS = 64  # the head stage's batch (whatsthat.cached.fit_cached)
+DEFAULT_LR = 2e-3  # train's base learning rate (whatsthat.cached.fit_head trains the head at a multiple of it)
 MIN_PER_FOLD = 2  # pictures of each class per fold, at least: a class needs 2 * folds pictures
 FEATURES_VERSION = 1  # bump when the feature pass changes what it computes: older cache files are ignored
 ACTIONS = ("relabel", "delete", "keep")
@@ -109,7 +108,7 @@ class SuggestReport:
     feature_seconds: float = 0.0
     cached: int = 0  # pictures whose features came from the cache
     skipped: list[str] = field(default_factory=list)  # unreadable files, left out
-    accuracy: float = 0.0  # out-of-fold accuracy against the given labels
+    accuracy: float = 0.0  # how often the out-of-sample best label is the given one
 
     @property
     def suggestions(self) -> list[Suggestion]:
@@ -126,8 +125,8 @@ class SuggestReport:
         cache = f", features of {self.cached} from the cache" if self.cached else ""
         skipped = f"; {len(self.skipped)} unreadable file(s) left out" if self.skipped else ""
         return (f"{len(changes)} suggestion(s) for {len(self.items)} pictures: {n_del} delete, "
-                f"{len(changes) - n_del} relabel ({self.folds} folds, out-of-fold accuracy {self.accuracy:.1%}, "
-                f"{self.seconds:.0f}s{cache}{skipped})")
+                f"{len(changes) - n_del} relabel ({self.folds} folds, agreeing with {self.accuracy:.1%} of the given "
+                f"labels, {self.seconds:.0f}s{cache}{skipped})")
 
     def table(self, limit: int | None = None, keep: bool = False) -> str:
         """The suggestions (with `keep`, every picture) as aligned text, one per line, then the summary line."""
@@ -290,7 +289,7 @@ def compute_features(data: Path, files: Sequence[Path], *, exclude: Sequence[str
     if pretrained and spec.torchvision:
         ensure_torchvision_weights(arch)  # a clear message offline, not a socket traceback
     set_seed(seed, reproducible=True)
-    dls = make_dataloaders(data, size=size, bs=HEAD_BS, seed=seed, stats=spec.stats, exclude=exclude)
+    dls = make_dataloaders(data, size=size, seed=seed, stats=spec.stats, exclude=exclude)
     head = {} if spec.body_features is None else {"custom_head": create_head(spec.body_features, dls.c)}
     learn = vision_learner(dls, spec.builder(), pretrained=pretrained, normalize=False, **head)
     body, full_head = learn.model[0].eval(), learn.model[1]
@@ -327,7 +326,7 @@ def out_of_fold(features: Features, labels: torch.Tensor, fold: torch.Tensor, *,
     """(class probabilities, Mahalanobis distance to the nearest class) of every picture, from the other folds."""
     import torch
 
-    from whatsthat.cached import evaluate, fit_epochs
+    from whatsthat.cached import evaluate, fit_head
     from whatsthat.ood import fit_detector
 
     n, k = len(labels), len(features.classes)
@@ -343,9 +342,7 @@ def out_of_fold(features: Features, labels: torch.Tensor, fold: torch.Tensor, *,
         head = copy.deepcopy(features.head)  # every fold starts from train's initial head
         for p in head.parameters():
             p.requires_grad_(True)
-        fit_epochs(head, [{"params": list(head.parameters()), "lr": lr * 5}], features.x[train], labels[train],
-                   head_epochs, bs=HEAD_BS, seed=seed + f, train_mode=head.train, progress_label=None, bar=False,
-                   echo=lambda s: None, on_epoch=lambda e, losses, s: None)
+        fit_head(head, features.x[train], labels[train], head_epochs, lr=lr, seed=seed + f)
         probs[held] = evaluate(head, features.x[held]).softmax(1)
         det = fit_detector(pooled[train], labels[train], pooled[held], method="mahalanobis", layer="pooled")
         far[held] = det.score_tensor(pooled[held])
