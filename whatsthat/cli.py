@@ -25,6 +25,7 @@ examples:
   whatsthat import ~/Pictures/bears --out data
   whatsthat train data --arch efficientnet_lite2 --epochs 3
   whatsthat interpret data --model export.pkl
+  whatsthat suggest data --json > suggestions.json   (likely label errors and junk, before cleaning)
   whatsthat clean data --apply cleaning-decisions.json   (then: whatsthat undo data)
   whatsthat predict photo.jpg --json
   whatsthat not-sure fit export.pkl data   (statistics for a model trained before they existed)
@@ -111,6 +112,18 @@ def cmd_interpret(args: argparse.Namespace) -> int:
     for name, path in result.files.items():
         print(f"wrote {name}: {path}")
     print("\n".join(result.quality.lines()))  # the verdict is the last line
+    return 0
+
+
+def cmd_suggest(args: argparse.Namespace) -> int:
+    from whatsthat.cleaning.suggest import suggest
+
+    report = suggest(args.data, arch=args.arch, size=args.size, folds=args.folds, seed=args.seed,
+                     cache=not args.no_cache, progress=args.progress)
+    if args.json:
+        print(json.dumps(report.to_json(keep=args.all), indent=1))
+    else:
+        print(report.table(limit=args.limit, keep=args.all))
     return 0
 
 
@@ -327,6 +340,27 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--split", choices=["valid", "train", "all"], default="valid", help="which images (default valid)")
     r.set_defaults(func=cmd_interpret)
 
+    sg = sub.add_parser("suggest", help="likely label errors and junk, from models that never saw each picture",
+                        description="Suggest a relabel or delete for the pictures of DATA whose label is probably "
+                                    "wrong (confident learning on out-of-fold probabilities) or that look like none "
+                                    "of the classes. Moves nothing: review them in the notebook cleaner, or edit the "
+                                    "JSON and apply it with `whatsthat clean DATA --apply FILE`.")
+    sg.add_argument("data", type=Path, nargs="?", default=Path("data"), help="dataset folder (default: data)")
+    sg.add_argument("--json", action="store_true", help="print one JSON list (path, action, label, given, score, why)")
+    sg.add_argument("--all", action="store_true", help="list every picture, the keeps too (after the changes)")
+    sg.add_argument("--limit", type=_positive_int, help="show at most this many lines of the table")
+    sg.add_argument("--folds", type=_positive_int, default=5, help="folds for the out-of-fold models (default 5)")
+    sg.add_argument("--seed", type=int, default=42, help="seed of the folds and the heads (default 42)")
+    sg.add_argument("--arch", default="efficientnet_lite0",
+                    choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet34"],
+                    help="backbone, as for train (default efficientnet_lite0)")
+    sg.add_argument("--size", type=_positive_int, default=224, help="image size in pixels, as for train (default 224)")
+    sg.add_argument("--no-cache", action="store_true",
+                    help="compute every picture's features again (default: reuse those of unchanged pictures)")
+    sg.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bar with time left (default: on a terminal; plain lines in a log)")
+    sg.set_defaults(func=cmd_suggest)
+
     pr = sub.add_parser("predict", help="classify image files with an exported model")
     pr.add_argument("images", nargs="+", metavar="IMAGE", help="image file(s)")
     pr.add_argument("--model", type=Path, default=Path(os.environ.get("WHATSTHAT_MODEL", "export.pkl")),
@@ -412,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What `pip install whatsthat[train]` adds to the serving core (pyproject's optional dependencies).
-TRAINING_MODULES = {"fastai", "fastcore", "torchvision", "imagehash", "ddgs", "matplotlib", "scipy"}
+TRAINING_MODULES = {"fastai", "fastcore", "torchvision", "imagehash", "ddgs", "matplotlib", "scipy", "cleanlab"}
 
 
 def main(argv: list[str] | None = None) -> int:

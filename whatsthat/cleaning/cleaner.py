@@ -8,6 +8,14 @@ coloured border. Decisions survive switching views and pages, are listed under t
 disk only through the engine (`whatsthat.cleaning.journal.apply_decisions`, `undo`), which journals every move.
 This module depends on the engine; the engine never imports it.
 
+With `suggestions` (whatsthat.suggest: `suggest(DATA)`, or the file `whatsthat suggest DATA --json` wrote), the
+cleaner opens on a "Suggested" view, before the categories: each suggested picture, most confident first,
+pre-marked with its suggestion (a dashed border, "suggested: ..." and the reason in its caption) and two
+buttons, Accept and Dismiss. A suggestion is only a proposal: it becomes a pending decision when the
+maintainer accepts it (its button, or "Accept all on this page") or picks another value in its dropdown
+(a change), and Apply applies pending decisions only, through the same journal and undo. Dismissing (or
+picking <Keep>) drops it. A suggestion never reviewed is never applied.
+
 Why the strip is drawn here rather than by fastai's ``ImageClassifierCleaner`` as it is: fastai's
 ``ImagesCleaner`` draws each thumbnail by ``display()``-ing a PIL image into an ``Output`` widget, and its
 carousel is a ``flex-flow: row`` box whose units are ``flex: 0 0 auto``, as wide as their max-content. Two
@@ -57,6 +65,7 @@ from whatsthat.cleaning.journal import (
     save_decisions,
     undo,
 )
+from whatsthat.cleaning.suggest import Suggestion, SuggestReport, load_suggestions
 from whatsthat.errors import WhatsthatError
 from whatsthat.images import ImageError, encode_jpeg, load_image
 
@@ -65,6 +74,9 @@ MIN_UNIT_WIDTH = 150
 THUMB_QUALITY = 85  # JPEG thumbnails: a page of 30 is a few hundred KB over the kernel's websocket
 BORDER = {"keep": "#d0d0d0", "delete": "#d9534f", "relabel": "#f0ad4e"}
 MARK_TEXT = {"delete": "✗ delete (to the trash)", "relabel": "→ move to {label}"}
+SUGGESTED = "Suggested"  # the view of the suggestions, first in the category dropdown
+# a suggestion's review: open (pre-marked, not a decision yet), accepted, changed (another value picked), dismissed
+OPEN, ACCEPTED, CHANGED, DISMISSED = "open", "accepted", "changed", "dismissed"
 
 
 def _require_display() -> None:
@@ -150,7 +162,8 @@ class Cleaner:
     """
 
     def __init__(self, learn, root: str | Path | None = None, *, page_size: int = 30, height: int = 128,
-                 width: int = 256, predictions: bool = True):  # fmt: skip
+                 width: int = 256, predictions: bool = True,
+                 suggestions: SuggestReport | Iterable[Suggestion] | str | Path | None = None):  # fmt: skip
         _require_display()
         if page_size < 1:
             raise WhatsthatError(f"page_size must be 1 or more, not {page_size}")
@@ -166,6 +179,10 @@ class Cleaner:
         self.refused: list[str] = []
         self.last_report: ApplyReport | UndoReport | None = None
         self._preds: dict[str, tuple[str, float]] = {}
+        self._shas: dict[str, str] = {}  # sha256 of each file when it was last drawn
+        # suggestions (whatsthat.suggest) of changes to pictures still on disk, most confident first, and their review
+        self.suggested: dict[str, Suggestion] = _suggested_changes(self.root, suggestions)
+        self.review: dict[str, str] = dict.fromkeys(self.suggested, OPEN)
 
         # max_n=0: fastai computes the losses and its view dropdowns but draws no thumbnails; ours replace them
         self.icc = ImageClassifierCleaner(learn, max_n=0, height=height, width=width)
@@ -175,6 +192,12 @@ class Cleaner:
         # them; we show only those still on disk (see refresh)
         self._all_info = tuple([(Path(os.path.abspath(p)), t, loss) for p, t, loss in info] for info in self.icc.iwis)
         self.icc.iwis = self._all_info
+        self._suggested_view: str | None = None
+        if self.suggested:  # the Suggested view comes first (fastai draws nothing for it: see view_files)
+            name = SUGGESTED if SUGGESTED not in self.icc.dd_cats.options else f"{SUGGESTED} (whatsthat)"
+            self.icc.dd_cats.options = (name, *self.icc.dd_cats.options)
+            self.icc.dd_cats.value = name
+            self._suggested_view = name
 
         self._prev = Button(description="◀ previous", layout=Layout(width="auto"))
         self._next = Button(description="next ▶", layout=Layout(width="auto"))
@@ -189,6 +212,9 @@ class Cleaner:
         self._forget_button = Button(description="Forget decisions", layout=Layout(width="auto"))
         self._save_button = Button(description="Save decisions to", icon="save", layout=Layout(width="auto"))
         self._save_path = Text(value=str(Path("cleaning-decisions.json").resolve()), layout=Layout(width="40em"))
+        self._accept_page_button = Button(description="Accept all on this page", icon="check-square",
+                                          layout=Layout(width="auto", display="" if self.suggested else "none"))
+        self._accept_page_button.on_click(lambda _: self._guarded(self.accept_page))
         self._apply_button.on_click(lambda _: self._guarded(self.apply))
         self._undo_button.on_click(lambda _: self._guarded(self.undo))
         self._forget_button.on_click(lambda _: self._guarded(self.forget))
@@ -198,7 +224,7 @@ class Cleaner:
         self.widget = VBox([
             HBox([self.icc.dd_cats, self.icc.dd_ds]),
             self.icc.iw.widget,
-            HBox([self._prev, self._page_label, self._next]),
+            HBox([self._prev, self._page_label, self._next, self._accept_page_button]),
             self._summary,
             HBox([self._apply_button, self._undo_button, self._forget_button]),
             HBox([self._save_button, self._save_path]),
@@ -236,8 +262,18 @@ class Cleaner:
         if category is not None:
             self.icc.dd_cats.value = category
 
+    @property
+    def in_suggested_view(self) -> bool:
+        return self._suggested_view is not None and self.icc.dd_cats.value == self._suggested_view
+
     def view_files(self) -> list[Path]:
-        """Every file of the selected category and split, worst loss first (all pages)."""
+        """Every file of the selected category and split, worst loss first (all pages).
+
+        The Suggested view: every suggested picture still on disk, most confident suggestion first,
+        whatever the split (reviewed ones stay, with their review, so pages do not shift under you).
+        """
+        if self.in_suggested_view:
+            return [self.root / rel for rel in self.suggested if (self.root / rel).is_file()]
         info = [o for o in self.icc.iwis[self.icc.dd_ds.index] if o[1] == self.icc.dd_cats.value]
         return [o[0] for o in sorted(info, key=lambda o: float(o[2]), reverse=True)]
 
@@ -271,22 +307,80 @@ class Cleaner:
         return report
 
     def undo(self) -> UndoReport:
-        """Undo the latest applied batch and show its files again."""
+        """Undo the latest applied batch and show its files again (an accepted suggestion among them: open again)."""
         report = undo(self.root)
+        for _, back in report.restored:
+            if self.review.get(back) in (ACCEPTED, CHANGED):
+                self.review[back] = OPEN
         self.last_report = report
         self.refresh()
         return report
 
     def forget(self, paths: Iterable[str] | None = None) -> None:
-        """Drop pending decisions (all, or those for `paths`) and reset their dropdowns to <Keep>."""
+        """Drop pending decisions (all, or those for `paths`) and reset their dropdowns to <Keep>.
+
+        A suggestion that was accepted or changed is open again, pre-marked as it was at the start.
+        """
         paths = list(self.pending) if paths is None else [relative_path(self.root, p) for p in paths]
         for p in paths:
             self.pending.pop(p, None)
+        reopened = [p for p in paths if self.review.get(p) in (ACCEPTED, CHANGED)]
+        for p in reopened:
+            self.review[p] = OPEN
+        if reopened:
+            self.refused = [p for p in self.refused if p in self.pending]
+            self.show_page(self.page)  # redrawn: the reopened ones pre-marked again
+            return
         self.refused = [p for p in self.refused if p in self.pending]
         for rel, dd in zip(self.files, self.dropdowns, strict=True):
             if rel in paths:
                 dd.value = KEEP
         self._update_summary()
+
+    def accept(self, paths: Iterable[str] | None = None) -> list[str]:
+        """Accept suggestions (all open ones, or those for `paths`): each becomes a pending decision.
+
+        The decision carries the bytes seen now (sha256): a picture that changes before Apply is refused.
+        Returns the paths accepted.
+        """
+        shown = dict(zip(self.files, self.icc.iw.widget.children, strict=True))
+        wanted = [p for p, state in self.review.items() if state == OPEN] if paths is None else \
+            [relative_path(self.root, p) for p in paths]
+        unknown = [p for p in wanted if p not in self.suggested]
+        if unknown:
+            raise WhatsthatError(f"no suggestion for {', '.join(unknown[:3])}" + (" ..." if len(unknown) > 3 else ""))
+        done = []
+        for rel in wanted:
+            if not (self.root / rel).is_file() or self.review[rel] == ACCEPTED:
+                continue
+            s = self.suggested[rel]
+            self.pending[rel] = Decision(rel, s.action, s.label, sha256=self._shas.get(rel) or file_sha256(self.root / rel))
+            self.review[rel] = ACCEPTED
+            done.append(rel)
+            if rel in shown:
+                self._show_decision(rel, shown[rel])
+        self._update_summary()
+        return done
+
+    def dismiss(self, paths: Iterable[str]) -> None:
+        """Dismiss suggestions: no decision, the picture stays as it is (its dropdown back to <Keep>)."""
+        shown = dict(zip(self.files, self.icc.iw.widget.children, strict=True))
+        for rel in [relative_path(self.root, p) for p in paths]:
+            if rel not in self.suggested:
+                raise WhatsthatError(f"no suggestion for {rel}")
+            self.review[rel] = DISMISSED
+            self.pending.pop(rel, None)
+            if rel in shown:
+                dd = shown[rel].children[1]
+                if dd.value != KEEP:
+                    dd.value = KEEP  # _on_pick sees a dismissed suggestion and records nothing
+                self._show_decision(rel, shown[rel])
+        self._update_summary()
+
+    def accept_page(self) -> str:
+        """Accept every open suggestion on the page shown ("Accept all on this page")."""
+        done = self.accept([rel for rel in self.files if self.review.get(rel) == OPEN])
+        return f"accepted {len(done)} suggestion(s) on this page: {len(self.pending)} pending decision(s); Apply applies them"
 
     def save(self, path: str | Path) -> Path:
         """Write the pending decisions to a JSON/CSV file for `whatsthat clean DATA --apply FILE`."""
@@ -313,6 +407,9 @@ class Cleaner:
 
     def _on_select(self, change: dict | None = None) -> None:
         self.page = 0  # fastai has already drawn the first page of the new view
+        if self.in_suggested_view:
+            self.show_page(0)  # fastai knows no such category and drew nothing
+            return
         self._update_pager()
 
     def _on_view(self, change: dict | None = None) -> None:
@@ -325,19 +422,29 @@ class Cleaner:
         for f, unit in zip(fns, units, strict=True):
             rel = relative_path(self.root, f)
             sha = file_sha256(f)  # what the user is looking at now; apply refuses other bytes
+            self._shas[rel] = sha
             dd = unit.children[1]
             if rel in self.pending:
                 dd.value = _dropdown_value(self.pending[rel])
+            elif self.review.get(rel) == OPEN:  # pre-marked, before the observer: not a decision until accepted
+                s = self.suggested[rel]
+                dd.value = _dropdown_value(Decision(rel, s.action, s.label))
             dd.observe(lambda change, rel=rel, sha=sha, unit=unit: self._on_pick(rel, sha, change["new"], unit),
                        names="value")  # fmt: skip
             self._show_decision(rel, unit)
         self._update_summary()
 
     def _on_pick(self, rel: str, sha: str, value: str, unit) -> None:
+        suggested = self.suggested.get(rel)
         if value == KEEP or value == rel.split("/")[0]:
             self.pending.pop(rel, None)
+            if suggested:
+                self.review[rel] = DISMISSED
         else:
             self.pending[rel] = Decision.from_value(rel, value, sha256=sha)
+            if suggested:  # picking the suggested value itself accepts it; another one changes it
+                same = value == _dropdown_value(Decision(rel, suggested.action, suggested.label))
+                self.review[rel] = ACCEPTED if same else CHANGED
         self._show_decision(rel, unit)
         self._update_summary()
 
@@ -354,10 +461,36 @@ class Cleaner:
         if d:
             text = MARK_TEXT[action].format(label=d.label)
             lines.append(f'<b style="color:{BORDER[action]}">{html.escape(text)}</b>')
+        suggestion, review = self.suggested.get(rel), self.review.get(rel)
+        if suggestion:
+            lines += _review_lines(suggestion, review)
         lines.append(f'<span style="color:#777;font-size:85%;word-break:break-all">{html.escape(name)}</span>')
         # the first line stays bare text (callers read "predicted ..."); later lines set a line height
         # of their own, as ipywidgets' HTML is spaced for one line of 28 px
-        Thumbnails.mark(unit, action, lines[0] + "".join(f'<div style="line-height:1.3">{x}</div>' for x in lines[1:]))
+        caption = lines[0] + "".join(f'<div style="line-height:1.3">{x}</div>' for x in lines[1:])
+        if review == OPEN:  # pre-marked in the suggestion's colour, dashed: a proposal, not a decision
+            Thumbnails.mark(unit, suggestion.action, caption)
+            unit.layout.border = f"3px dashed {BORDER[suggestion.action]}"
+            unit.add_class("whatsthat-suggested")
+        else:
+            Thumbnails.mark(unit, action, caption)
+            unit.remove_class("whatsthat-suggested")
+        buttons = list(unit.children[3:])
+        if review == OPEN and not buttons:
+            unit.children = (*unit.children[:3], self._review_buttons(rel))
+        elif review != OPEN and buttons:
+            unit.children = unit.children[:3]
+
+    def _review_buttons(self, rel: str) -> HBox:
+        """Accept and Dismiss under a suggested picture."""
+        accept = Button(description="Accept", button_style="success", tooltip=f"accept the suggestion for {rel}",
+                        layout=Layout(width="50%"))  # fmt: skip
+        dismiss = Button(description="Dismiss", tooltip=f"keep {rel} as it is", layout=Layout(width="50%"))
+        accept.add_class("whatsthat-accept")
+        dismiss.add_class("whatsthat-dismiss")
+        accept.on_click(lambda _: self._guarded(lambda: self.accept([rel]) and None))
+        dismiss.on_click(lambda _: self._guarded(lambda: self.dismiss([rel])))
+        return HBox([accept, dismiss], layout=Layout(width="100%"))
 
     def _predict(self, files: list[Path]) -> None:
         todo = [f for f in files if relative_path(self.root, f) not in self._preds]
@@ -375,7 +508,9 @@ class Cleaner:
 
     def _update_pager(self) -> None:
         n = len(self.view_files())
-        self._page_label.value = f"page {self.page + 1} of {self.pages} ({n} images, worst loss first)"
+        order = "most confident suggestion first" if self.in_suggested_view else "worst loss first"
+        self.icc.dd_ds.disabled = self.in_suggested_view  # the suggestions span both splits
+        self._page_label.value = f"page {self.page + 1} of {self.pages} ({n} images, {order})"
         self._prev.disabled = self.page == 0
         self._next.disabled = self.page >= self.pages - 1
 
@@ -383,13 +518,50 @@ class Cleaner:
         ds = self.decisions()
         self._apply_button.description = f"Apply {len(ds)} decision(s)"
         self._apply_button.disabled = not ds
+        still = sum(state == OPEN and (self.root / rel).is_file() for rel, state in self.review.items())
+        to_review = (f"<div class='whatsthat-to-review'><b>{still} suggestion(s) to review</b>: accept, change or "
+                     f"dismiss each; Apply applies only what you accepted.</div>") if still else ""
         if not ds:
-            self._summary.value = "<i>No pending decisions. Mark images as &lt;Delete&gt; or pick their right label.</i>"
+            self._summary.value = ("<i>No pending decisions. Mark images as &lt;Delete&gt; or pick their right "
+                                   "label.</i>" + to_review)
             return
         items = "".join(f"<li>{'⚠ ' if d.path in self.refused else ''}{html.escape(d.describe())}</li>"
                         for d in ds[:50])  # fmt: skip
         more = f"<li>... and {len(ds) - 50} more</li>" if len(ds) > 50 else ""
-        self._summary.value = f"<b>{len(ds)} pending decision(s)</b> (kept when you switch views):<ul>{items}{more}</ul>"
+        self._summary.value = (f"<b>{len(ds)} pending decision(s)</b> (kept when you switch views):"
+                               f"<ul>{items}{more}</ul>{to_review}")
+
+
+def _suggested_changes(root: Path, suggestions: SuggestReport | Iterable[Suggestion] | str | Path | None) -> dict[str, Suggestion]:
+    """The suggested changes (relabel, delete) to pictures still under `root`, most confident first, by path."""
+    if suggestions is None:
+        return {}
+    if isinstance(suggestions, str | Path):
+        suggestions = load_suggestions(suggestions)
+    elif isinstance(suggestions, SuggestReport):
+        if suggestions.root.resolve() != root:
+            raise WhatsthatError(f"the suggestions are for {suggestions.root}, not {root}: run suggest on this dataset")
+        suggestions = suggestions.items
+    out: dict[str, Suggestion] = {}
+    for s in sorted(suggestions, key=lambda s: -s.score):
+        rel = relative_path(root, s.path)
+        if s.action != "keep" and rel not in out and (root / rel).is_file():
+            out[rel] = s
+    return out
+
+
+def _review_lines(s: Suggestion, review: str | None) -> list[str]:
+    """A suggested picture's caption lines: what was suggested and why, and what became of it."""
+    what = html.escape(MARK_TEXT[s.action].format(label=s.label))
+    why = f'<i style="color:#555">{html.escape(s.why)}</i>'
+    if review == OPEN:
+        return [f'<b class="whatsthat-suggestion" style="color:{BORDER[s.action]}">suggested ({s.score:.0%}): {what}</b>',
+                why]
+    if review == ACCEPTED:
+        return ['<span style="color:#3c763d">✓ suggestion accepted</span>']
+    if review == CHANGED:
+        return [f'<span style="color:#777">suggested {what}; changed</span>']
+    return [f'<span style="color:#777">suggestion dismissed ({what})</span>', why]
 
 
 def _dropdown_value(d: Decision) -> str:

@@ -66,6 +66,9 @@ CACHE_BUDGET = 2 << 30
 # within two epochs; 3e-4 spiked at the peak of the one-cycle schedule; 1e-4 gained less in 8 epochs.
 TOP_LR_FRACTION = 0.1
 HEAD_LR_FRACTION = 0.5
+# The head stage: the head alone at 5x the base learning rate, in batches of 64 (fit_head)
+HEAD_LR_FACTOR = 5
+HEAD_BS = 64
 HEAD_STAGE = "head (cached features)"
 TOP_STAGE = "top (cached activations)"
 
@@ -203,11 +206,9 @@ def fit_cached(learn: Learner, *, head_epochs: int, top_epochs: int, size: int, 
 
     if head_epochs:
         ft, fv = evaluate(top, at), evaluate(top, av)  # the final features
-        # milliseconds per epoch: no progress within it
-        fit_epochs(head, [{"params": list(head.parameters()), "lr": lr * 5}], ft, yt, head_epochs, bs=64, seed=seed,
-                   train_mode=head.train, progress_label=None, bar=bar, echo=echo,
-                   on_epoch=lambda e, losses, s: record(HEAD_STAGE, e, losses, lambda: evaluate(head, fv),
-                                                        t_feats if e == 0 else s))
+        fit_head(head, ft, yt, head_epochs, lr=lr, seed=seed, bar=bar, echo=echo,
+                 on_epoch=lambda e, losses, s: record(HEAD_STAGE, e, losses, lambda: evaluate(head, fv),
+                                                      t_feats if e == 0 else s))
         del ft, fv
         if mirrors and best.where != epoch_name(HEAD_STAGE, head_epochs - 1):
             learn.model.load_state_dict(best.state)  # the top starts from the head's best epoch, not an overfit one
@@ -243,6 +244,17 @@ def fit_cached(learn: Learner, *, head_epochs: int, top_epochs: int, size: int, 
     if best.where is None or not best.where.startswith(TOP_STAGE):
         pretrained = None  # the exported top is the pretrained one: its own features are those
     return history, best, Cache(nn.Sequential(top, head), at, yt, av, yv, pretrained)
+
+
+def fit_head(head: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, *, lr: float, seed: int,
+             bar: bool = False, echo: Callable[[str], None] | None = None,
+             on_epoch: Callable[[int, list[float], float], None] | None = None) -> None:
+    """The head stage's recipe: the head alone on the body's final features `x`, at HEAD_LR_FACTOR times
+    the base learning rate `lr`, in batches of HEAD_BS. Also what `whatsthat suggest` trains in each fold."""
+    # milliseconds per epoch: no progress within it
+    fit_epochs(head, [{"params": list(head.parameters()), "lr": lr * HEAD_LR_FACTOR}], x, y, epochs, bs=HEAD_BS,
+               seed=seed, train_mode=head.train, progress_label=None, bar=bar, echo=echo or (lambda s: None),
+               on_epoch=on_epoch or (lambda e, losses, s: None))
 
 
 def fit_epochs(model: nn.Module, groups: list[dict], x: torch.Tensor, y: torch.Tensor, epochs: int, *, bs: int,
