@@ -5,6 +5,8 @@ Chromium itself (its path, flags and the `chromium`/`browser` fixtures) is in co
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import socket
@@ -13,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -145,3 +148,34 @@ def loads_torch(p: psutil.Process) -> bool:
         return any("libtorch" in (m.path or "") for m in p.memory_maps(grouped=True))
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
+
+
+LAB_TOKEN = "whatsthat-test"
+
+
+@contextlib.contextmanager
+def jupyterlab(root: Path, env: dict[str, str], timeout: float = 180) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+    """JupyterLab serving `root` on a free local port: (url, process, log); stopped with its kernels after.
+
+    `env`: the environment (isolated Jupyter and home dirs). Lab's "get Jupyter news?" popup is turned
+    off, and `window.jupyterapp` exposed, so a test can run the notebook's cells.
+    """
+    settings = Path(env["JUPYTER_CONFIG_DIR"]) / "lab/user-settings/@jupyterlab/apputils-extension"
+    settings.mkdir(parents=True, exist_ok=True)
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
+    port = free_port()
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+           f"--IdentityProvider.token={LAB_TOKEN}", f"--ServerApp.root_dir={root}",
+           f"--LabServerApp.workspaces_dir={root / 'workspaces'}", "--LabApp.expose_app_in_browser=True"]  # fmt: skip
+    if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI containers run as root
+        cmd.append("--allow-root")
+    log = root / "lab.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    started: set[int] = set()
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/api/status?token={LAB_TOKEN}", proc, log, timeout)
+        yield f"http://127.0.0.1:{port}", proc, log
+    finally:
+        started |= {p.pid for p in kernels_of(proc)}
+        stop_server(proc, started)

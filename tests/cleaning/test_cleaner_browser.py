@@ -10,23 +10,21 @@ the file on disk.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from browser_support import free_port, kernels_of, stop_server, wait_for_http
+from browser_support import LAB_TOKEN as TOKEN
+from browser_support import jupyterlab
 from conftest import ROOT, draw_image, isolated_env
 from model_fixture import tiny_model  # noqa: F401  (pytest fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-TOKEN = "whatsthat-test"
 PAGE_SIZE = 8
 PER_CLASS = 26  # ~21 of them in Train: three pages of blue/Train
 START_TIMEOUT = 180
@@ -99,27 +97,8 @@ def lab(chromium, tiny_model, tmp_path_factory):  # noqa: F811  (tiny_model is t
     nbformat.write(nb, tmp / "cleaner.ipynb")
     env = {**os.environ, **isolated_env(tmp / "home"), "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # this tree
-    # no "get Jupyter news?" popup over the page
-    settings = Path(env["JUPYTER_CONFIG_DIR"]) / "lab/user-settings/@jupyterlab/apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false"}))
-    port = free_port()
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-           f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={tmp}",
-           f"--LabServerApp.workspaces_dir={tmp / 'workspaces'}",
-           "--LabApp.expose_app_in_browser=True"]  # window.jupyterapp: run the notebook's cells  # fmt: skip
-    if hasattr(os, "geteuid") and os.geteuid() == 0:  # CI containers run as root
-        cmd.append("--allow-root")
-    log = tmp / "lab.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    started: set[int] = set()
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/api/status?token={TOKEN}", proc, log, START_TIMEOUT)
-        yield Lab(f"http://127.0.0.1:{port}", data, proc, log)
-    finally:
-        started |= {p.pid for p in kernels_of(proc)}
-        stop_server(proc, started)
+    with jupyterlab(tmp, env, START_TIMEOUT) as (url, proc, log):
+        yield Lab(url, data, proc, log)
 
 
 @pytest.fixture
