@@ -27,6 +27,7 @@ def _with_parameters(nb, code: str = "", **params) -> None:
 # user through the same widgets. It switches the dropdowns and marks pictures exactly as a click would.
 PLAY_THE_USER = """\
 labels = [str(v) for v in first.learn.dls.vocab]
+cleaner.dismiss(cleaner.suggested)  # step 6's suggestions: this user decides by the loss order instead
 cleaner.select(category=labels[0], split="Train")
 cleaner.dropdowns[0].value = "<Delete>"  # the worst picture of the first label: junk
 cleaner.select(category=labels[1], split="Train")
