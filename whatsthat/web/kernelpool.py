@@ -44,7 +44,9 @@ from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelMana
 from tornado.ioloop import IOLoop
 from traitlets import Float, Integer
 
+from whatsthat.errors import WhatsthatError
 from whatsthat.web.admission import HEADROOM_MB, Budget, Costs, cgroup_memory_limit, measure, memory_budget
+from whatsthat.web.protocol import ModelClient
 
 # Seconds a page has, after its HTML was sent, to open its kernel's websocket. Measured: a slow phone
 # (Chromium with 6x CPU slowdown, slow 4G, empty cache) opened it 14-17 s after the HTML; twice that
@@ -54,6 +56,20 @@ PER_CLIENT = 3
 MEASURE_INTERVAL = 60.0
 PROVISIONAL_PAGES = 2  # pages admitted before the first measurement (the first seconds of a cold start)
 SETTLE = 1.0  # s every kernel must have been idle before the start measurement
+
+
+def _model_answers() -> bool:
+    """Whether the model process (the server's own channel to it, from the environment) answers now; True without one."""
+    client = ModelClient.from_env(connect_wait=1.0, request_timeout=5.0)
+    if client is None:
+        return True
+    try:
+        client.load_info()
+    except WhatsthatError:  # ModelUnavailable, ModelLost: still loading, or restarting
+        return False
+    finally:
+        client.close()
+    return True
 
 
 @dataclass
@@ -239,16 +255,8 @@ class PageKernelManager(AsyncMappingKernelManager):
 
     async def _wait_until_ready(self) -> None:
         """Until the model process answers and every kernel (the preheated one) has been idle for SETTLE seconds."""
-        from whatsthat.web.protocol import ModelClient  # the server's own channel to the model process
-
-        client = ModelClient.from_env(connect_wait=600, request_timeout=600)
-        if client is not None:
-            try:
-                await asyncio.to_thread(client.load_info)
-            except Exception as e:  # ModelLost, ModelUnavailable: measure anyway, the cap is refined later
-                self.log.warning("the model process did not answer before the memory measurement: %s", e)
-            finally:
-                client.close()
+        while not await asyncio.to_thread(_model_answers):  # short tries: a thread waiting long would delay exit
+            await asyncio.sleep(0.5)
         idle_since = None
         while True:
             states = [getattr(k, "execution_state", None) for k in list(self._kernels.values())]

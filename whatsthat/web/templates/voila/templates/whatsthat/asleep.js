@@ -5,8 +5,9 @@
 // the void. This script notices, from the kernel connection Voila's widget manager holds
 // (window.jupyterapp.widgetManager.kernel, @jupyterlab/services' KernelConnection) and, whenever the
 // visitor acts, from the kernel's own REST address (404: gone). It then shows a banner with a Reload
-// button. When the visitor had chosen something (photos, an example) it reloads on their behalf and, in
-// the new page, chooses it again: the files wait in IndexedDB meanwhile, for 10 minutes at most.
+// button. When the visitor had chosen photos (the upload widget's value, read from its model) or an
+// example, it reloads on their behalf and, in the new page, chooses them again and clicks what they
+// clicked: the photos wait in IndexedDB meanwhile, for 10 minutes at most.
 (function () {
   "use strict";
   var DB = "whatsthat", STORE = "choice", KEEP_MS = 10 * 60 * 1000;
@@ -63,8 +64,7 @@
       banner.appendChild(text);
       banner.appendChild(button);
       document.body.appendChild(banner);
-      var cells = document.getElementById("rendered_cells");
-      if (cells) cells.style.cssText += ";opacity:.45;pointer-events:none";
+      // the widgets stay usable: choosing a photo or an example now reloads the page with that choice
     }
     banner.querySelector(".whatsthat-asleep-text").textContent =
       reloading ? "This page went to sleep. Reloading it with your choice..." : TEXT;
@@ -128,6 +128,17 @@
     return null;
   }
 
+  // The upload widgets' models (@jupyter-widgets/base), from the ids Voila's widget manager registered
+  function uploadModels() {
+    var app = window.jupyterapp, manager = app && app.widgetManager;
+    if (!manager || !manager.registeredModels) return Promise.resolve([]);
+    var ids = Array.from(manager.registeredModels);
+    return Promise.all(ids.map(function (id) { return manager.get_model(id).catch(function () { return null; }); }))
+      .then(function (models) {
+        return models.filter(function (m) { return m && m.get("_model_name") === "FileUploadModel"; });
+      });
+  }
+
   function restore(choice) {
     if (!choice || Date.now() - choice.at > KEEP_MS) return;
     whenReady(function () {
@@ -139,42 +150,45 @@
         if (example) example.click();
         return;
       }
-      var input = document.querySelector(".widget-upload input[type=file]");
-      if (!input || !choice.files || !choice.files.length) return;
-      var transfer = new DataTransfer();
-      choice.files.forEach(function (f) { transfer.items.add(f); });
-      input.files = transfer.files;
-      input.dispatchEvent(new Event("change", { bubbles: true }));
-      if (choice.classify) {
-        var upload = input.closest(".widget-upload");
-        whenReady(function () { return upload.textContent.indexOf("(" + choice.files.length + ")") >= 0; }, 60000)
-          .then(function () { buttonNamed("Classify").click(); });
-      }
+      if (!choice.files || !choice.files.length) return;
+      return uploadModels().then(function (models) {
+        if (models.length !== 1) return;
+        models[0].set({ value: choice.files, error: "" });
+        models[0].save_changes();
+        if (choice.classify) buttonNamed("Classify").click();
+      });
     }).catch(function () { /* the page never became interactive: nothing to restore into */ });
   }
 
   // -- watching --
 
   function onAct(event) {
-    var target = event.target;
-    var choice = null;
-    if (event.type === "change" && target.matches && target.matches(".widget-upload input[type=file]")) {
-      chosen = Array.prototype.slice.call(target.files || []);
-      if (chosen.length) choice = { files: chosen };
-    } else if (event.type === "click") {
-      var button = target.closest && target.closest("button");
-      if (button && button.textContent.trim() === "Classify" && chosen.length) {
-        choice = { files: chosen, classify: true };
-      } else if (button && (button.title || "").indexOf("Classify the example") === 0) {
-        choice = { example: button.title };
-      }
-      if (target.closest && target.closest("#whatsthat-asleep")) return;
+    var target = event.target, choice = null;
+    if (target.closest && target.closest("#whatsthat-asleep")) return;
+    var button = target.closest && target.closest("button");
+    if (button && button.textContent.trim() === "Classify" && chosen.length) {
+      choice = { files: chosen, classify: true };
+    } else if (button && (button.title || "").indexOf("Classify the example") === 0) {
+      choice = { example: button.title };
     }
     check().then(function (isAsleep) { if (isAsleep && choice) keepAndReload(choice); });
   }
 
+  // What the visitor chose: the upload widget's value (name, type, size, last_modified, content bytes)
+  function watchUploads() {
+    uploadModels().then(function (models) {
+      models.forEach(function (model) {
+        model.on("change:value", function () {
+          chosen = (model.get("value") || []).slice();
+          if (chosen.length) check().then(function (isAsleep) { if (isAsleep) keepAndReload({ files: chosen }); });
+        });
+      });
+    });
+  }
+
   function watchConnection() {
     whenReady(kernelConnection, 120000).then(function (k) {
+      whenReady(function () { return buttonNamed("Classify"); }, 120000).then(watchUploads, function () {});
       k.connectionStatusChanged.connect(function (_, status) { if (status !== "connected") check(); });
       k.statusChanged.connect(function (_, status) {
         // a restarted kernel has lost the page's widgets: the page cannot work any more
@@ -188,7 +202,6 @@
     if (!element) return;
     try { config = JSON.parse(element.textContent); } catch (e) { return; }
     document.addEventListener("click", onAct, true);
-    document.addEventListener("change", onAct, true);
     document.addEventListener("visibilitychange", function () { if (!document.hidden) check(); });
     window.addEventListener("pageshow", function (e) { if (e.persisted) check(); });
     watchConnection();
