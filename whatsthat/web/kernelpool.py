@@ -49,8 +49,9 @@ from whatsthat.web.admission import HEADROOM_MB, Budget, Costs, cgroup_memory_li
 from whatsthat.web.protocol import ModelClient
 
 # Seconds a page has, after its HTML was sent, to open its kernel's websocket. Measured: a slow phone
-# (Chromium with 6x CPU slowdown, slow 4G, empty cache) opened it 14-17 s after the HTML; twice that
-# leaves room for a slower one (docs/serving.md, "Kernels no page joins"; bench/traffic_bench.py).
+# (Chromium with its CPU slowed down 6x, DevTools' slow 4G, an empty cache) opened it 14-15 s after the
+# HTML; twice that leaves room for a slower one, and a pinger once a minute still leaves at most one
+# kernel standing (docs/serving.md, "Kernels no page joins"; bench/traffic_bench.py).
 JOIN_TIMEOUT = 30.0
 PER_CLIENT = 3
 MEASURE_INTERVAL = 60.0

@@ -12,7 +12,8 @@ Four things differ from `voila.app.Voila`, each through one of Voila's or tornad
   (`whatsthat.web.kernelpool.PageKernelManager`) whether one fits. If not, the visitor gets the small
   busy page (HTTP 503, Retry-After) and no kernel starts. Link-preview robots that say who they are get
   the page's preview without a kernel. It tells the manager which kernel each page got and when its
-  HTML was sent, so a kernel no websocket joins can be shut down soon after.
+  HTML was sent, so a kernel no websocket joins can be shut down soon after. And it sets the XSRF
+  cookie Voila's own page needs to shut its kernel down when its tab closes (voila-dashboards/voila#1458).
 - **The preview picture** (`/whatsthat/preview.png`) the page's Open Graph tags point to, drawn once from
   the model card by `python -m whatsthat.web.preview`.
 - **A graceful stop** (`stop_gracefully`, for SIGTERM): no new page, classifications in flight finish,
@@ -184,6 +185,11 @@ class PageHandler(TornadoVoilaHandler):
             self.finish(busy_page(page.meta, page.base(self.request)))
             return
         self._client = client if admit is not None else None
+        # Voila's page shuts its kernel down when the tab closes (a beacon to /voila/api/shutdown/ID), sending
+        # the _xsrf cookie's value; but Voila's page never sets that cookie, so the beacon is refused (403) and
+        # every closed tab's kernel lived until the culler (voila-dashboards/voila#1458). Reading the token
+        # sets the cookie, on this response, before Voila writes any of the page.
+        _ = self.xsrf_token
         try:
             await super().get(path)
         finally:  # the page was sent, or its request failed or was dropped: Voila's rendering has ended either way
