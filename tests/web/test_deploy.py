@@ -296,11 +296,19 @@ def test_voila_knows_every_flag_we_pass():
     help_all = subprocess.run(
         [sys.executable, "-m", "voila", "--help-all"], capture_output=True, text=True, timeout=120, check=True
     ).stdout
+    from whatsthat.web.kernelpool import PageKernelManager
+    from whatsthat.web.voilaapp import PageVoila
+
+    ours = {"PageKernelManager": PageKernelManager, "PageVoila": PageVoila}  # whatsthat's own classes
     for arg in voila_command():
         if arg.startswith("--") and not arg.startswith("--MappingKernelManager."):
             # MappingKernelManager is configured through the server's kernel manager (checked live in test_browser)
             name = arg.split("=")[0]
-            assert re.search(rf"^{re.escape(name)}\b", help_all, re.M), name
+            cls, _, trait = name[2:].partition(".")
+            if cls in ours:
+                assert trait in ours[cls].class_traits(config=True), name
+            else:
+                assert re.search(rf"^{re.escape(name)}\b", help_all, re.M), name
 
 
 @pytest.mark.parametrize("kwargs", [{"cull_idle_timeout": 0}, {"cull_interval": -1}, {"pool_size": 0}])

@@ -10,7 +10,7 @@ memory budget; this module holds what it needs and that is plain Python:
   else the operator's `whatsthat serve --memory-mb`, else 512 MB (the smallest Heroku dyno);
 - `measure`: what the server's parts cost, as PSS (shared pages split among the processes that map
   them, so the parts add up honestly): the server, the model process, the kernel factory, the kernels;
-- `Costs.kernel_cap`: how many kernels fit in the budget beside the rest;
+- `Costs.room`: how many more kernels fit in the budget beside what was measured;
 - `client_address`: who holds a kernel, for the per-client cap (X-Forwarded-For only where trusted).
 
 Nothing here is hard-coded but the headroom: the model process's working memory while it decodes one
@@ -108,14 +108,11 @@ class Costs:
     def total(self) -> float:
         return self.fixed + sum(self.kernels)
 
-    def kernel_cap(self, budget_mb: float, kernel_mb: float, headroom_mb: float = HEADROOM_MB) -> int:
-        """How many kernels (the preheated one included) fit in `budget_mb` beside the fixed parts.
-
-        `kernel_mb`: what one more kernel costs. At least 1: the preheated kernel always exists.
-        """
+    def room(self, budget_mb: float, kernel_mb: float, headroom_mb: float = HEADROOM_MB) -> int:
+        """How many more kernels of `kernel_mb` fit in `budget_mb` less the headroom, beside all measured here."""
         if kernel_mb <= 0:
             raise ValueError("a kernel's cost must be positive")
-        return max(1, int((budget_mb - headroom_mb - self.fixed) // kernel_mb))
+        return max(0, int((budget_mb - headroom_mb - self.total) // kernel_mb))
 
     def describe(self) -> str:
         kernels = ", ".join(f"{k:.0f}" for k in self.kernels) or "none"

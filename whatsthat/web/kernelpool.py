@@ -5,12 +5,15 @@ minutes later. Nothing limits how many: 30 plain GETs (a crawler, a link preview
 left 31 kernels and 940 MB on a 512 MB dyno (issue 29). This manager adds, to jupyter_server's
 `AsyncMappingKernelManager`:
 
-- **Admission from the memory budget.** It measures, once the model process has loaded and the
-  preheated kernel has run the notebook, what the server's parts cost (PSS: the server, the model
-  process, the kernel factory, one kernel; `whatsthat.web.admission`) and so how many kernels fit in the
-  budget (the container's memory limit, else `--memory-mb`). It re-measures every `measure_interval`
-  seconds, and the cap only shrinks as the model process grows. `admit()` says no above the cap: the
-  page handler (`whatsthat.web.voilaapp`) then sends the small busy page and no kernel starts.
+- **Admission from the memory budget.** Once the model process has loaded and the preheated kernel has
+  run the notebook, it measures what the server's parts cost (PSS: the server, the model process, the
+  kernel factory, one kernel; `whatsthat.web.admission`), and from then on the whole server every
+  `measure_interval` seconds. A new page is admitted only while the last measurement, plus one kernel's
+  measured cost for each kernel started since and for the new one, stays within the budget (the
+  container's memory limit, else `--memory-mb`) less a headroom for the model process's work. So what
+  the kernels really cost decides, not a guess, and a model process that grows leaves room for fewer.
+  Otherwise `admit()` says why not: the page handler (`whatsthat.web.voilaapp`) then sends the small
+  busy page and no kernel starts.
 - **A fair share per client.** One client address holds at most `per_client` kernels at a time.
 - **Kernels no page joins are shut down fast.** A real page opens its kernel's websocket seconds after
   its HTML arrived; curl, crawlers, prefetches and link previews never do. A kernel handed to a page
@@ -54,7 +57,7 @@ from whatsthat.web.protocol import ModelClient
 # kernel standing (docs/serving.md, "Kernels no page joins"; bench/traffic_bench.py).
 JOIN_TIMEOUT = 30.0
 PER_CLIENT = 3
-MEASURE_INTERVAL = 60.0
+MEASURE_INTERVAL = 2.0  # s; one measurement reads ~10 processes' smaps_rollup: a few ms
 PROVISIONAL_PAGES = 2  # pages admitted before the first measurement (the first seconds of a cold start)
 SETTLE = 1.0  # s every kernel must have been idle before the start measurement
 
@@ -101,10 +104,10 @@ class PageKernelManager(AsyncMappingKernelManager):
         self._starting = 0
         self.draining = False
         self.budget: Budget = memory_budget(self.memory_mb or None, cgroup_memory_limit())
-        self.start_costs: Costs | None = None
-        self.fixed_high: Costs | None = None
-        self.kernel_mb: float | None = None
-        self.cap: int | None = None  # kernels, the preheated one included; None until measured
+        self.start_costs: Costs | None = None  # the first measurement
+        self.kernel_mb: float | None = None  # one kernel's cost: the preheated kernel's PSS at the start
+        self.sampled_mb: float | None = None  # the whole server, at the last measurement
+        self._sampled: set[str] = set()  # the kernels that measurement saw
         self._measuring = False
 
     # -- counting --
@@ -129,8 +132,12 @@ class PageKernelManager(AsyncMappingKernelManager):
     def held_by(self, client: str) -> int:
         return sum(1 for p in self.pages().values() if p.client == client) + self._admitting[client]
 
-    def current_cap(self) -> int:
-        return self.cap if self.cap is not None else self.pool_target() + PROVISIONAL_PAGES
+    def predicted_mb(self) -> float | None:
+        """The whole server now: the last measurement, plus one kernel's cost for each kernel it did not see."""
+        if self.sampled_mb is None or self.kernel_mb is None:
+            return None
+        unseen = max(0, self.kernel_count() - len(self._sampled & set(self._kernels)))
+        return self.sampled_mb + unseen * self.kernel_mb
 
     # -- the page handler's side --
 
@@ -144,11 +151,13 @@ class PageKernelManager(AsyncMappingKernelManager):
             return "the server is stopping"
         if self.per_client > 0 and self.held_by(client) >= self.per_client:
             return f"{client} already holds {self.held_by(client)} kernels (at most {self.per_client} per client)"
-        count, cap = self.kernel_count(), self.current_cap()
-        if count + 1 > cap:
-            measured = (f"{cap} fit in {self.budget.mb:.0f} MB" if self.cap is not None
-                        else f"{cap} before the memory is measured")  # fmt: skip
-            return f"{count} kernels running or starting, {measured}"
+        count, predicted = self.kernel_count(), self.predicted_mb()
+        if predicted is None or self.kernel_mb is None:  # the first seconds of a cold start
+            if count + 1 > self.pool_target() + PROVISIONAL_PAGES:
+                return f"{count} kernels running or starting, {PROVISIONAL_PAGES} pages before the memory is measured"
+        elif predicted + self.kernel_mb > self.budget.mb - self.headroom_mb:
+            return (f"{count} kernels running or starting, about {predicted:.0f} MB; one more ({self.kernel_mb:.0f} MB) "
+                    f"would leave less than {self.headroom_mb:.0f} MB of the {self.budget.mb:.0f} MB budget")  # fmt: skip
         self._admitting[client] += 1
         return None
 
@@ -248,10 +257,13 @@ class PageKernelManager(AsyncMappingKernelManager):
     async def _measure_forever(self) -> None:
         await self._wait_until_ready()
         while True:
+            seen = set(self._kernels)
             try:
-                self._update_cap(await asyncio.to_thread(measure))
-            except Exception:  # a measurement must never stop the server; the last cap stays
-                self.log.exception("measuring the server's memory failed; the kernel cap stays %s", self.cap)
+                costs = await asyncio.to_thread(measure)
+            except Exception:  # a measurement must never stop the server; the last one stays
+                self.log.exception("measuring the server's memory failed")
+            else:
+                self._update(costs, seen & set(self._kernels))
             await asyncio.sleep(self.measure_interval)
 
     async def _wait_until_ready(self) -> None:
@@ -269,24 +281,17 @@ class PageKernelManager(AsyncMappingKernelManager):
                 idle_since = None
             await asyncio.sleep(0.25)
 
-    def _update_cap(self, costs: Costs) -> None:
-        """A new measurement: the kernel's cost from the first one, the fixed parts' highest so far (so the cap only shrinks)."""
-        if not costs.kernels:
-            return  # no kernel to measure one by (all shut down): keep what we know
-        first = self.start_costs is None
-        if first:
-            self.start_costs, self.fixed_high = costs, Costs()
-            self.kernel_mb = max(costs.kernels)  # the preheated kernel, alone with the factory: the most one costs
-        assert self.fixed_high is not None and self.kernel_mb is not None
-        high = self.fixed_high
-        high.server, high.model, high.factory = (max(high.server, costs.server), max(high.model, costs.model),
-                                                 max(high.factory, costs.factory))  # fmt: skip
-        cap = high.kernel_cap(self.budget.mb, self.kernel_mb, self.headroom_mb)
-        if first or cap != self.cap:
-            pool = self.pool_target()
-            self.log.info("memory budget %.0f MB (%s); measured: %s; %.0f MB kept free: at most %d kernels, i.e. "
-                          "%d visitors beside %d preheated", self.budget.mb, self.budget.source, costs.describe(),
-                          self.headroom_mb, cap, max(0, cap - pool), pool)  # fmt: skip
-            if cap <= pool:
+    def _update(self, costs: Costs, seen: set[str]) -> None:
+        """A new measurement of the whole server; the first one also gives one kernel's cost."""
+        if self.start_costs is None:
+            if not costs.kernels:
+                return  # no kernel to measure one by yet
+            self.start_costs = costs
+            self.kernel_mb = max(costs.kernels)  # the preheated kernel, sharing its pages with the factory alone
+            room = costs.room(self.budget.mb, self.kernel_mb, self.headroom_mb)
+            self.log.info("memory budget %.0f MB (%s); measured: %s; %.0f MB kept free: room for %d more kernels "
+                          "now, i.e. about %d visitors at once", self.budget.mb, self.budget.source, costs.describe(),
+                          self.headroom_mb, room, room)  # fmt: skip
+            if room < 1:
                 self.log.error("the memory budget leaves no room for a visitor's kernel: every page gets the busy page")
-        self.cap = cap
+        self.sampled_mb, self._sampled = costs.total, seen
