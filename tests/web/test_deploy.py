@@ -261,7 +261,9 @@ def test_not_a_folder(tmp_path):
 
 def test_voila_command_flags():
     cmd = voila_command("app.ipynb", 9999, "127.0.0.1", "/m/export.pkl", cull_idle_timeout=300, cull_interval=30)
-    assert cmd[:4] == ["env", "MPLBACKEND=Agg", "WHATSTHAT_MODEL=/m/export.pkl", sys.executable]
+    templates = str(ROOT / "whatsthat" / "web" / "templates")  # Voila finds the `whatsthat` template there
+    assert cmd[:2] == ["env", "MPLBACKEND=Agg"] and cmd[2].startswith(f"JUPYTER_PATH={templates}")
+    assert cmd[3:5] == ["WHATSTHAT_MODEL=/m/export.pkl", sys.executable]
     assert cmd[-1] == "app.ipynb"
     for flag in [
         "--port=9999",
@@ -274,6 +276,7 @@ def test_voila_command_flags():
         "--MappingKernelManager.cull_connected=True",
         "--preheat_kernel=True",
         "--pool_size=1",
+        "--template=whatsthat",
     ]:
         assert flag in cmd
     # the tornado settings survive traitlets' command-line parsing as a dict of the right types

@@ -28,6 +28,12 @@ from pathlib import Path
 
 DEFAULT_MEMORY_MB = 512  # Heroku's Eco and Basic dynos
 HEADROOM_MB = 40  # the model process decoding one large photo (see the module docstring)
+PER_CLIENT = 3  # kernels one client address may hold at once
+# Seconds a page has, after its HTML was sent, to open its kernel's websocket. Measured: a slow phone
+# (Chromium with its CPU slowed down 6x, DevTools' slow 4G, an empty cache) opened it 14-15 s after the
+# HTML; twice that leaves room for a slower one, and a pinger once a minute still leaves at most one
+# kernel standing (docs/serving.md, "Kernels no page joins"; bench/traffic_bench.py).
+JOIN_TIMEOUT = 30.0
 UNLIMITED = 2**60  # cgroup v1 says "no limit" with a number near 2**63
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MB = 2**20

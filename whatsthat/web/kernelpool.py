@@ -48,15 +48,18 @@ from tornado.ioloop import IOLoop
 from traitlets import Float, Integer
 
 from whatsthat.errors import WhatsthatError
-from whatsthat.web.admission import HEADROOM_MB, Budget, Costs, cgroup_memory_limit, measure, memory_budget
+from whatsthat.web.admission import (
+    HEADROOM_MB,
+    JOIN_TIMEOUT,
+    PER_CLIENT,
+    Budget,
+    Costs,
+    cgroup_memory_limit,
+    measure,
+    memory_budget,
+)
 from whatsthat.web.protocol import ModelClient
 
-# Seconds a page has, after its HTML was sent, to open its kernel's websocket. Measured: a slow phone
-# (Chromium with its CPU slowed down 6x, DevTools' slow 4G, an empty cache) opened it 14-15 s after the
-# HTML; twice that leaves room for a slower one, and a pinger once a minute still leaves at most one
-# kernel standing (docs/serving.md, "Kernels no page joins"; bench/traffic_bench.py).
-JOIN_TIMEOUT = 30.0
-PER_CLIENT = 3
 MEASURE_INTERVAL = 2.0  # s; one measurement reads ~10 processes' smaps_rollup: a few ms
 PROVISIONAL_PAGES = 2  # pages admitted before the first measurement (the first seconds of a cold start)
 SETTLE = 1.0  # s every kernel must have been idle before the start measurement

@@ -44,11 +44,10 @@ from typing import Any
 
 from whatsthat.errors import WhatsthatError
 from whatsthat.model.files import ModelFiles
-from whatsthat.web.admission import trust_forwarded_default
+from whatsthat.web.admission import JOIN_TIMEOUT, PER_CLIENT, trust_forwarded_default
 from whatsthat.web.kernelfactory import PROVISIONER as KERNEL_PROVISIONER
 from whatsthat.web.kernelfactory import KernelFactory
 from whatsthat.web.kernelfactory import unsupported as kernel_factory_unsupported
-from whatsthat.web.kernelpool import JOIN_TIMEOUT, PER_CLIENT
 from whatsthat.web.modelprocess import Supervisor, setup_logging
 from whatsthat.web.pagekernel import mark_not_importable
 from whatsthat.web.preview import meta_tags, page_meta
