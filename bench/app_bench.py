@@ -96,8 +96,11 @@ def require_current_package() -> None:
     if where.returncode != 0:
         sys.exit(f"whatsthat does not import in {serve_venv()}: run `make serve-env`\n{where.stderr[-1000:]}")
     installed = Path(where.stdout.strip()).parent
-    stale = [f.name for f in sorted((ROOT / "whatsthat").glob("*.py"))
-             if not (installed / f.name).is_file() or (installed / f.name).read_bytes() != f.read_bytes()]
+    package = ROOT / "whatsthat"
+    files = [f.relative_to(package) for f in sorted(package.rglob("*"))
+             if f.is_file() and "__pycache__" not in f.parts and f.suffix not in (".pyc",)]
+    stale = [str(f) for f in files
+             if not (installed / f).is_file() or (installed / f).read_bytes() != (package / f).read_bytes()]
     if stale:
         sys.exit(f"the serving venv's whatsthat ({installed}) is not the working tree's ({', '.join(stale[:5])}"
                  f"{' ...' if len(stale) > 5 else ''} differ): run `make serve-env` first")

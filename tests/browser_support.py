@@ -1,4 +1,5 @@
-"""What the browser tests share: free ports, waiting for servers, stopping them with their kernels.
+"""What the browser tests share: free ports, the running server, waiting for it, stopping it with its
+kernels, and a visitor's upload and Classify click.
 
 Chromium itself (its path, flags and the `chromium`/`browser` fixtures) is in conftest.py.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -15,11 +17,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
+from conftest import ROOT, SHARED_BEARS, draw_image, image_bytes, isolated_env
+from model_fixture import SHIPPED_MODEL
+
+START_TIMEOUT = 180
 
 
 def is_kernel_factory(p: psutil.Process) -> bool:
@@ -123,10 +130,11 @@ def model_processes_of(proc: subprocess.Popen) -> list[psutil.Process]:
     return [p for p in children if is_model_process(p)]
 
 
-def serve_command(model: Path, port: int, tmp: Path, cull_idle: int = 600, cull_interval: int = 60) -> list[str]:
+def serve_command(model: Path, port: int, tmp: Path, cull_idle: int = 600, cull_interval: int = 60,
+                  extra: Sequence[str] = ()) -> list[str]:  # fmt: skip
     """`whatsthat serve` as the Procfile runs it, from $WHATSTHAT_SERVE_VENV (the CPU-only serving venv) when set.
 
-    Without that variable the dev venv's `whatsthat` runs, i.e. this interpreter's.
+    Without that variable the dev venv's `whatsthat` runs, i.e. this interpreter's. `extra`: more options.
     """
     venv = os.environ.get("WHATSTHAT_SERVE_VENV")
     whatsthat = Path(venv) / "bin" / "whatsthat" if venv else Path(sys.executable).parent / "whatsthat"
@@ -134,7 +142,7 @@ def serve_command(model: Path, port: int, tmp: Path, cull_idle: int = 600, cull_
         pytest.fail(f"{whatsthat} does not exist (WHATSTHAT_SERVE_VENV={venv!r})")
     return [str(whatsthat), "serve", f"--model={model}", f"--port={port}", "--host=127.0.0.1",
             f"--examples={tmp / 'no-examples'}", f"--cull-idle-timeout={cull_idle}", f"--cull-interval={cull_interval}",
-            "--", f"--Voila.connection_dir_root={tmp}"]  # fmt: skip
+            *extra, "--", f"--Voila.connection_dir_root={tmp}"]  # fmt: skip
 
 
 def pss_mb(p: psutil.Process) -> float:
@@ -179,3 +187,122 @@ def jupyterlab(root: Path, env: dict[str, str], timeout: float = 180) -> Iterato
     finally:
         started |= {p.pid for p in kernels_of(proc)}
         stop_server(proc, started)
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+    model: Path
+    photo: tuple[str, bytes]  # (name, bytes) of a picture to classify
+    expected: str  # what the model says about it in-process: the label or "not sure"
+    timings: dict = field(default_factory=dict)
+
+    def kernels(self) -> list[psutil.Process]:
+        return kernels_of(self.proc)
+
+    def model_process(self, timeout: float = 120) -> psutil.Process:
+        """The running model process (waits while the supervisor restarts it)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [p for p in model_processes_of(self.proc) if p.status() != psutil.STATUS_ZOMBIE]
+            if len(found) == 1:
+                return found[0]
+            assert time.monotonic() < deadline, f"model processes: {found}\n{self.log_text()[-3000:]}"
+            time.sleep(0.1)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def pick_model_and_photo(request) -> tuple[Path, tuple[str, bytes], str]:
+    """The shipped model and a real grizzly when available, else the tiny model and a generated picture.
+
+    The expected answer is what the serving code says in-process (the same predictor, out-of-class
+    score and verdict.decide as the model process and the page), so the page must agree with it exactly.
+    """
+    from whatsthat.model.verdict import decide
+    from whatsthat.web.app import NOT_SURE
+    from whatsthat.web.modelprocess import classify_files, load_predictor
+
+    if SHIPPED_MODEL.is_file() and (SHARED_BEARS / "grizzly").is_dir():
+        path = sorted((SHARED_BEARS / "grizzly").glob("*.jpg"))[0]
+        model, photo = SHIPPED_MODEL, (path.name, path.read_bytes())
+    else:
+        model, photo = request.getfixturevalue("tiny_model"), ("red.jpg", image_bytes(draw_image("red", 96)))
+    predictor = load_predictor(model)
+    [r] = classify_files(predictor, [photo], 32)
+    card = {**predictor.card, "threshold": predictor.threshold}
+    answer = decide(r["ranked"], card, r["ood_score"])
+    return model, photo, answer.label if answer.kind == "sure" and answer.label else NOT_SURE
+
+
+@contextlib.contextmanager
+def running_server(model_and_photo, tmp: Path, cull_idle: int, cull_interval: int, extra: Sequence[str] = (),
+                   port: int | None = None) -> Iterator[Server]:
+    """`whatsthat serve` on a free local port (or `port`), every Jupyter/home dir in tmp; all its processes stopped after.
+
+    `extra`: more `whatsthat serve` options (--join-timeout=5, ...).
+    """
+    model, photo, expected = model_and_photo
+    home = tmp / "home"
+    env = {**os.environ, **isolated_env(home)}
+    env.pop("WHATSTHAT_EXAMPLES", None)
+    port = port or free_port()
+    cmd = serve_command(model, port, tmp, cull_idle=cull_idle, cull_interval=cull_interval, extra=extra)
+    log = tmp / "voila.log"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    srv = Server(f"http://127.0.0.1:{port}", proc, log, model, photo, expected)
+    started: set[int] = set()
+    try:
+        started |= {p.pid for p in model_processes_of(proc)}
+        t0 = time.monotonic()
+        while http_status(srv.url + "/voila/static/voila.js") != 200:
+            if proc.poll() is not None:
+                pytest.fail(f"voila exited with {proc.returncode}:\n{srv.log_text()}")
+            if time.monotonic() - t0 > START_TIMEOUT:
+                pytest.fail(f"voila did not answer in {START_TIMEOUT}s:\n{srv.log_text()}")
+            time.sleep(0.25)
+        srv.timings["server_ready_s"] = time.monotonic() - t0
+        # preheating: a pooled kernel starts with the server...
+        while "Kernel pool of app.ipynb is filled" not in srv.log_text():
+            if time.monotonic() - t0 > START_TIMEOUT:
+                pytest.fail(f"the kernel pool was not filled in {START_TIMEOUT}s:\n{srv.log_text()}")
+            time.sleep(0.25)
+        # ...and wait until that kernel has run the notebook, so page_load_s is what a visitor gets
+        while "whatsthat.web.app: model " not in srv.log_text():
+            if time.monotonic() - t0 > START_TIMEOUT:
+                pytest.fail(f"the preheated kernel did not load the model in {START_TIMEOUT}s:\n{srv.log_text()}")
+            time.sleep(0.25)
+        srv.timings["model_loaded_in_pool_s"] = time.monotonic() - t0
+        yield srv
+    finally:
+        started |= {p.pid for p in srv.kernels()} | {p.pid for p in model_processes_of(proc)}
+        stop_server(proc, started)
+        print(f"\nserver timings: {json.dumps({k: round(v, 2) for k, v in srv.timings.items()})}")
+
+
+def upload(page, *files: tuple[str, bytes] | Path) -> None:
+    """Choose files in the upload widget: (name, bytes) pairs, or paths (much faster for big files)."""
+    from playwright.sync_api import expect
+
+    # the app empties the upload after each Classify: a new "(n)" below is this upload, not the last one
+    expect(page.locator(".widget-upload")).to_have_text(re.compile(r"^\s*Upload( \(0\))?\s*$"), timeout=30_000)
+    with page.expect_file_chooser() as chooser:
+        page.click(".widget-upload")
+    chooser.value.set_files(
+        [f if isinstance(f, Path) else {"name": f[0], "mimeType": "image/jpeg", "buffer": f[1]} for f in files]
+    )
+    # the button counts the files once the browser has read them; the value is sent before the click
+    page.locator(".widget-upload").filter(has_text=f"({len(files)})").wait_for(timeout=60_000)
+
+
+def classify(page, expect_prefix: str, timeout_ms: int = 120_000) -> str:
+    page.get_by_role("button", name="Classify").click()
+    label = page.locator(".widget-label").filter(has_text=expect_prefix)
+    label.wait_for(timeout=timeout_ms)
+    return label.inner_text()
+
+

@@ -231,9 +231,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from whatsthat.web.serve import serve
 
     voila_args = args.voila_args[1:] if args.voila_args[:1] == ["--"] else args.voila_args
+    # the admission options' defaults live in whatsthat.web.kernelpool: passed on only when given
+    given = {k: v for k in ("per_client", "join_timeout") if (v := getattr(args, k)) is not None}
     return serve(args.model, port=args.port, host=args.host, notebook=args.notebook, examples=args.examples,
                  cull_idle_timeout=args.cull_idle_timeout, cull_interval=args.cull_interval,
-                 kernel_factory=args.kernel_factory, voila_args=voila_args)
+                 kernel_factory=args.kernel_factory, memory_mb=args.memory_mb,
+                 trust_forwarded_for=args.trust_forwarded_for, public_url=args.public_url, voila_args=voila_args,
+                 **given)  # fmt: skip
 
 
 def cmd_artifact(args: argparse.Namespace) -> int:
@@ -429,6 +433,19 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--cull-interval", type=_positive_int, default=60, help="seconds between culling checks (default 60)")
     sv.add_argument("--kernel-factory", action=argparse.BooleanOptionalAction, default=True,
                     help="fork visitors' kernels from one process that has imported them (default: on)")
+    sv.add_argument("--memory-mb", type=_positive_int,
+                    help="memory budget for the whole server, in MB: as many visitors' kernels start as fit "
+                         "(default: the container's memory limit, else 512, a small Heroku dyno)")
+    sv.add_argument("--per-client", type=_count,
+                    help="kernels one client address may hold at once; 0: no cap (default 3)")
+    sv.add_argument("--join-timeout", type=_positive_float,
+                    help="seconds a page has, once sent, to connect to its kernel before the kernel is shut down "
+                         "(robots and link previews never connect; default 30)")
+    sv.add_argument("--trust-forwarded-for", action=argparse.BooleanOptionalAction, default=None,
+                    help="take visitors' addresses from X-Forwarded-For (default: only on a Heroku dyno, whose "
+                         "router sets it)")
+    sv.add_argument("--public-url", help="the site's public address, for absolute links in link previews "
+                                         "(default: Heroku's app address where dyno metadata gives it)")
     sv.add_argument("voila_args", nargs=argparse.REMAINDER, help="after --: more Voila options")
     sv.set_defaults(func=cmd_serve)
 

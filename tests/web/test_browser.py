@@ -8,145 +8,53 @@ where that is a failure.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import json
 import os
 import re
 import signal
-import subprocess
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
 import pytest
 from browser_support import (
-    free_port,
-    http_status,
-    kernels_of,
+    classify,
+    draw_image,
+    image_bytes,
     loads_torch,
-    model_processes_of,
+    pick_model_and_photo,
     pss_mb,
-    serve_command,
-    stop_server,
+    running_server,
+    upload,
 )
-from conftest import ROOT, SHARED_BEARS, draw_image, image_bytes, isolated_env
-from model_fixture import SHIPPED_MODEL, tiny_model  # noqa: F401  (pytest fixture)
 
 pytestmark = pytest.mark.browser
 
 CULL_IDLE = 30  # short, so the culling test can watch a kernel go
 CULL_INTERVAL = 5
-START_TIMEOUT = 180
+# These tests open many pages from one address in a row, and ten at once: no per-client or memory cap
+# here (test_traffic_browser.py tests them)
+UNCAPPED = ("--per-client=0", "--memory-mb=100000")
 EVIL_NAME = '<img src=x onerror="alert(1)">.jpg'
 KERNEL_PSS_LIMIT_MB = 80  # issue 11: a visitor's kernel is at most 80 MB PSS and loads no torch
 
 
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen
-    log: Path
-    model: Path
-    photo: tuple[str, bytes]  # (name, bytes) of a picture to classify
-    expected: str  # what the model says about it in-process: the label or "not sure"
-    timings: dict = field(default_factory=dict)
-
-    def kernels(self) -> list[psutil.Process]:
-        return kernels_of(self.proc)
-
-    def model_process(self, timeout: float = 120) -> psutil.Process:
-        """The running model process (waits while the supervisor restarts it)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [p for p in model_processes_of(self.proc) if p.status() != psutil.STATUS_ZOMBIE]
-            if len(found) == 1:
-                return found[0]
-            assert time.monotonic() < deadline, f"model processes: {found}\n{self.log_text()[-3000:]}"
-            time.sleep(0.1)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
 @pytest.fixture(scope="module")
 def model_and_photo(request) -> tuple[Path, tuple[str, bytes], str]:
-    """The shipped model and a real grizzly when available, else the tiny model and a generated picture.
-
-    The expected answer is what the serving code says in-process (the same predictor, out-of-class
-    score and verdict.decide as the model process and the page), so the page must agree with it exactly.
-    """
-    from whatsthat.model.verdict import decide
-    from whatsthat.web.app import NOT_SURE
-    from whatsthat.web.modelprocess import classify_files, load_predictor
-
-    if SHIPPED_MODEL.is_file() and (SHARED_BEARS / "grizzly").is_dir():
-        path = sorted((SHARED_BEARS / "grizzly").glob("*.jpg"))[0]
-        model, photo = SHIPPED_MODEL, (path.name, path.read_bytes())
-    else:
-        model, photo = request.getfixturevalue("tiny_model"), ("red.jpg", image_bytes(draw_image("red", 96)))
-    predictor = load_predictor(model)
-    [r] = classify_files(predictor, [photo], 32)
-    card = {**predictor.card, "threshold": predictor.threshold}
-    answer = decide(r["ranked"], card, r["ood_score"])
-    return model, photo, answer.label if answer.kind == "sure" and answer.label else NOT_SURE
-
-
-@contextlib.contextmanager
-def running_server(model_and_photo, tmp: Path, cull_idle: int, cull_interval: int) -> Iterator[Server]:
-    """`whatsthat serve` on a free local port, every Jupyter/home dir in tmp; all its processes stopped after."""
-    model, photo, expected = model_and_photo
-    home = tmp / "home"
-    env = {**os.environ, **isolated_env(home)}
-    env.pop("WHATSTHAT_EXAMPLES", None)
-    port = free_port()
-    cmd = serve_command(model, port, tmp, cull_idle=cull_idle, cull_interval=cull_interval)
-    log = tmp / "voila.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    srv = Server(f"http://127.0.0.1:{port}", proc, log, model, photo, expected)
-    started: set[int] = set()
-    try:
-        started |= {p.pid for p in model_processes_of(proc)}
-        t0 = time.monotonic()
-        while http_status(srv.url + "/voila/static/voila.js") != 200:
-            if proc.poll() is not None:
-                pytest.fail(f"voila exited with {proc.returncode}:\n{srv.log_text()}")
-            if time.monotonic() - t0 > START_TIMEOUT:
-                pytest.fail(f"voila did not answer in {START_TIMEOUT}s:\n{srv.log_text()}")
-            time.sleep(0.25)
-        srv.timings["server_ready_s"] = time.monotonic() - t0
-        # preheating: a pooled kernel starts with the server...
-        while "Kernel pool of app.ipynb is filled" not in srv.log_text():
-            if time.monotonic() - t0 > START_TIMEOUT:
-                pytest.fail(f"the kernel pool was not filled in {START_TIMEOUT}s:\n{srv.log_text()}")
-            time.sleep(0.25)
-        # ...and wait until that kernel has run the notebook, so page_load_s is what a visitor gets
-        while "whatsthat.web.app: model " not in srv.log_text():
-            if time.monotonic() - t0 > START_TIMEOUT:
-                pytest.fail(f"the preheated kernel did not load the model in {START_TIMEOUT}s:\n{srv.log_text()}")
-            time.sleep(0.25)
-        srv.timings["model_loaded_in_pool_s"] = time.monotonic() - t0
-        yield srv
-    finally:
-        started |= {p.pid for p in srv.kernels()} | {p.pid for p in model_processes_of(proc)}
-        stop_server(proc, started)
-        print(f"\nserver timings: {json.dumps({k: round(v, 2) for k, v in srv.timings.items()})}")
+    """The shipped model and a real grizzly when available, else the tiny model (browser_support.pick_model_and_photo)."""
+    return pick_model_and_photo(request)
 
 
 @pytest.fixture(scope="module")
 def server(chromium, model_and_photo, tmp_path_factory):
     """The server most tests share: culling after CULL_IDLE seconds, so the culling test can watch it."""
-    with running_server(model_and_photo, tmp_path_factory.mktemp("voila"), CULL_IDLE, CULL_INTERVAL) as srv:
+    with running_server(model_and_photo, tmp_path_factory.mktemp("voila"), CULL_IDLE, CULL_INTERVAL, UNCAPPED) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
 def busy_server(chromium, model_and_photo, tmp_path_factory):
     """A server for many visitors at once, with the default culling: opening ten pages takes longer than CULL_IDLE."""
-    with running_server(model_and_photo, tmp_path_factory.mktemp("voila-busy"), 600, 60) as srv:
+    with running_server(model_and_photo, tmp_path_factory.mktemp("voila-busy"), 600, 60, UNCAPPED) as srv:
         yield srv
 
 
@@ -169,28 +77,6 @@ def page(browser, server):
     finally:
         context.close()
     assert dialogs == [], f"a JavaScript dialog opened: {dialogs}"
-
-
-def upload(page, *files: tuple[str, bytes] | Path) -> None:
-    """Choose files in the upload widget: (name, bytes) pairs, or paths (much faster for big files)."""
-    from playwright.sync_api import expect
-
-    # the app empties the upload after each Classify: a new "(n)" below is this upload, not the last one
-    expect(page.locator(".widget-upload")).to_have_text(re.compile(r"^\s*Upload( \(0\))?\s*$"), timeout=30_000)
-    with page.expect_file_chooser() as chooser:
-        page.click(".widget-upload")
-    chooser.value.set_files(
-        [f if isinstance(f, Path) else {"name": f[0], "mimeType": "image/jpeg", "buffer": f[1]} for f in files]
-    )
-    # the button counts the files once the browser has read them; the value is sent before the click
-    page.locator(".widget-upload").filter(has_text=f"({len(files)})").wait_for(timeout=60_000)
-
-
-def classify(page, expect_prefix: str, timeout_ms: int = 120_000) -> str:
-    page.get_by_role("button", name="Classify").click()
-    label = page.locator(".widget-label").filter(has_text=expect_prefix)
-    label.wait_for(timeout=timeout_ms)
-    return label.inner_text()
 
 
 def test_page_shows_the_app_without_source(page):

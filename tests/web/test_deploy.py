@@ -261,7 +261,9 @@ def test_not_a_folder(tmp_path):
 
 def test_voila_command_flags():
     cmd = voila_command("app.ipynb", 9999, "127.0.0.1", "/m/export.pkl", cull_idle_timeout=300, cull_interval=30)
-    assert cmd[:4] == ["env", "MPLBACKEND=Agg", "WHATSTHAT_MODEL=/m/export.pkl", sys.executable]
+    templates = str(ROOT / "whatsthat" / "web" / "templates")  # Voila finds the `whatsthat` template there
+    assert cmd[:2] == ["env", "MPLBACKEND=Agg"] and cmd[2].startswith(f"JUPYTER_PATH={templates}")
+    assert cmd[3:5] == ["WHATSTHAT_MODEL=/m/export.pkl", sys.executable]
     assert cmd[-1] == "app.ipynb"
     for flag in [
         "--port=9999",
@@ -274,6 +276,7 @@ def test_voila_command_flags():
         "--MappingKernelManager.cull_connected=True",
         "--preheat_kernel=True",
         "--pool_size=1",
+        "--template=whatsthat",
     ]:
         assert flag in cmd
     # the tornado settings survive traitlets' command-line parsing as a dict of the right types
@@ -296,11 +299,19 @@ def test_voila_knows_every_flag_we_pass():
     help_all = subprocess.run(
         [sys.executable, "-m", "voila", "--help-all"], capture_output=True, text=True, timeout=120, check=True
     ).stdout
+    from whatsthat.web.kernelpool import PageKernelManager
+    from whatsthat.web.voilaapp import PageVoila
+
+    ours = {"PageKernelManager": PageKernelManager, "PageVoila": PageVoila}  # whatsthat's own classes
     for arg in voila_command():
         if arg.startswith("--") and not arg.startswith("--MappingKernelManager."):
             # MappingKernelManager is configured through the server's kernel manager (checked live in test_browser)
             name = arg.split("=")[0]
-            assert re.search(rf"^{re.escape(name)}\b", help_all, re.M), name
+            cls, _, trait = name[2:].partition(".")
+            if cls in ours:
+                assert trait in ours[cls].class_traits(config=True), name
+            else:
+                assert re.search(rf"^{re.escape(name)}\b", help_all, re.M), name
 
 
 @pytest.mark.parametrize("kwargs", [{"cull_idle_timeout": 0}, {"cull_interval": -1}, {"pool_size": 0}])

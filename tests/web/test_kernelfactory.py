@@ -244,3 +244,40 @@ def test_the_factory_and_its_kernels_stop_when_the_server_is_killed(tmp_path):
         for pid in (factory_pid, kernel_pid):
             if pid is not None and psutil.pid_exists(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_lets_each_kernel_finish_its_callback_then_the_factory_and_kernels_stop(factory, tmp_path):
+    """Heroku's stop: SIGTERM to the factory (and to every kernel). A callback in flight (here a cell that
+    sleeps, as a Classify click waits for the model process) finishes and its output is sent; then all stop."""
+    cf, _ = write_connection_file(str(tmp_path / "kernel.json"))
+    client = FactoryClient(str(factory.socket), factory.authkey)
+    pid = client.fork(["-f", cf], without_factory(dict(os.environ)), str(tmp_path))
+    kc = connect(cf)
+    factory.stop_restarting()
+    try:
+        msg_id = kc.execute("import time; time.sleep(2); print('answered')")
+        time.sleep(0.7)  # the cell is running
+        factory.proc.send_signal(signal.SIGTERM)  # the factory passes it on to its kernels
+        os.kill(pid, signal.SIGTERM)  # and Heroku sends it to the kernel itself too
+        out = []
+        deadline = time.monotonic() + 30
+        while "answered" not in "".join(out):
+            assert time.monotonic() < deadline, out
+            msg = kc.get_iopub_msg(timeout=30)
+            if msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+    finally:
+        kc.stop_channels()
+    assert wait_stopped([pid, factory.proc.pid], timeout=15) == []
+    assert factory.proc.wait(timeout=5) == 0
+
+
+def test_sigterm_stops_an_idle_kernel_at_once(factory, tmp_path):
+    cf, _ = write_connection_file(str(tmp_path / "kernel.json"))
+    client = FactoryClient(str(factory.socket), factory.authkey)
+    pid = client.fork(["-f", cf], without_factory(dict(os.environ)), str(tmp_path))
+    connect(cf).stop_channels()
+    t0 = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    assert wait_stopped([pid], timeout=10) == []
+    assert time.monotonic() - t0 < 5

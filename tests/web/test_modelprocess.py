@@ -427,3 +427,36 @@ def test_supervisor_kills_and_restarts_a_hung_model_process(tiny_model):  # noqa
         client = ModelClient(str(sup.socket), sup.authkey, connect_wait=120)
         assert client.load_info()["ok"]  # the restarted process serves
         client.close()
+
+
+@pytest.mark.slow
+def test_sigterm_answers_the_request_in_flight_then_exits(tiny_model):  # noqa: F811
+    """Heroku's stop: SIGTERM to the model process while a kernel waits for its answer; the answer still comes."""
+    with Supervisor(tiny_model) as sup:
+        client = ModelClient(str(sup.socket), sup.authkey)
+        pid = client.load_info()["pid"]
+        sup.stop_restarting()  # Heroku signals every process of the dyno at once: nothing restarts
+        os.kill(pid, signal.SIGSTOP)  # the request goes out and waits, unanswered
+        outcome: list = []
+        worker = threading.Thread(target=lambda: outcome.append(_try(client, [("r.jpg", red())])))
+        worker.start()
+        time.sleep(0.5)
+        os.kill(pid, signal.SIGTERM)  # pending while the process is stopped
+        os.kill(pid, signal.SIGCONT)
+        worker.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], list), outcome  # answered, not ModelLost
+        assert outcome[0][0]["ranked"]
+        assert sup.proc.wait(timeout=20) == 0  # then it exits of itself, within the drain
+        with pytest.raises(WhatsthatError):  # and took no new connection meanwhile
+            ModelClient(str(sup.socket), sup.authkey, connect_wait=0.3).load_info()
+
+
+def test_the_trimmer_waits_for_a_quiet_moment():
+    from whatsthat.web.modelprocess import _Trimmer
+
+    t = _Trimmer()
+    with t.request():
+        assert t.wait_idle(0.2, quiet=0.05) is False  # busy the whole time
+    t0 = time.monotonic()
+    assert t.wait_idle(5, quiet=0.1) is True
+    assert 0.1 <= time.monotonic() - t0 < 2

@@ -12,7 +12,10 @@ started as a process of its own is measured in docs/serving.md; the pages do not
 sooner, since their time is the browser's running Voila's JavaScript, not the kernels' start.
 
 Lifetime: the factory stops when the server dies (a parent-death signal), and each kernel when its
-factory does (ipykernel's parent poller), as kernels started by the server stop when it dies.
+factory does (ipykernel's parent poller), as kernels started by the server stop when it dies. On
+SIGTERM (the server's stop, Heroku's stop of the whole dyno, the parent-death signal) it forks no more,
+passes SIGTERM on to its kernels, which finish the callback in flight first (`whatsthat.web.pagekernel`),
+and exits when they have, DRAIN seconds at most.
 
 How Jupyter uses it. Kernel provisioners are jupyter_client's documented extension point for how a
 kernel process is started. `FactoryProvisioner` is registered as the `whatsthat-kernel-factory`
@@ -97,10 +100,20 @@ PRELOAD = (
 )
 CONNECT_WAIT = 30.0  # s the server waits for the factory to listen: a cold start imports beside torch
 REQUEST_TIMEOUT = 10.0  # s for one answer: a fork takes milliseconds
+DRAIN = 15.0  # s a stopping factory waits for its kernels to finish; Heroku kills everything 30 s after SIGTERM
 
 
 class FactoryUnavailable(WhatsthatError):
     """The kernel factory could not be reached or did not answer."""
+
+
+class Stopping(Exception):
+    """Raised in the factory's main thread by SIGTERM: stop forking, let the kernels finish (`Factory.serve`)."""
+
+
+def _stopping(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the factory at once
+    raise Stopping
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -140,18 +153,38 @@ class Factory:
             self.exited[pid] = os.waitstatus_to_exitcode(status)
 
     def serve(self) -> None:
+        """Fork kernels on request until SIGTERM (`Stopping`), then stop them gracefully and return."""
         signal.signal(signal.SIGCHLD, self._reap)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)  # a predecessor's, left by a crash: binding needs the name free
-        with Listener(self.socket_path, family="AF_UNIX", authkey=self.authkey) as listener:
-            while True:
-                try:
-                    conn = listener.accept()
-                except (AuthenticationError, OSError, EOFError) as e:  # a stranger or a dropped connection
-                    log.warning("kernel factory refused a connection: %s", e)
-                    continue
-                with conn:
-                    self._answer(listener, conn)
+        try:
+            with Listener(self.socket_path, family="AF_UNIX", authkey=self.authkey) as listener:
+                signal.signal(signal.SIGTERM, _stopping)
+                while True:
+                    try:
+                        conn = listener.accept()
+                    except (AuthenticationError, OSError, EOFError) as e:  # a stranger or a dropped connection
+                        log.warning("kernel factory refused a connection: %s", e)
+                        continue
+                    with conn:
+                        self._answer(listener, conn)
+        except Stopping:
+            self.stop_kernels()
+
+    def stop_kernels(self, timeout: float = DRAIN) -> None:
+        """SIGTERM to every kernel still running (each finishes its callback in flight), then wait for them."""
+        self._reap()
+        if self.children:
+            log.info("kernel factory stopping: %d kernel(s) finish what they are doing", len(self.children))
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.children and time.monotonic() < deadline:
+            time.sleep(0.05)
+            self._reap()
+        if self.children:
+            log.warning("kernel factory stopping with %d kernel(s) still running after %.0fs", len(self.children), timeout)
 
     def _answer(self, listener: Listener, conn: Connection) -> None:
         try:
@@ -261,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("not preloaded (each kernel imports them itself): %s", ", ".join(missing))
     gc.collect()
     gc.freeze()  # what is loaded now is never collected, so no collection touches (and copies) its pages
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # until it serves (Factory.serve): no kernel yet
     if args.parent is not None and not die_with(args.parent):
         log.warning("cannot arrange to stop with the server (pid %d): stop it with the server", args.parent)
     Factory(args.socket, authkey).serve()

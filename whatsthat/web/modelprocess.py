@@ -18,6 +18,9 @@ so a kernel never holds a decoded 100-megapixel picture.
   answered as a refusal on that connection; the other kernels' connections never notice.
 - Supervision: `Supervisor` (used by `whatsthat serve` and the Binder start script) runs this module
   as a child process and restarts it when it exits, with a growing delay if it keeps failing.
+- Stopping: on SIGTERM (Heroku sends it to every process of a dyno at once, 30 s before SIGKILL) it
+  takes no new connection, answers the requests in flight and those the connected kernels still send
+  while it drains, and exits once no request has been in flight for a moment (at most DRAIN seconds).
 
 Heavy imports (torch, the model code) happen in `load_predictor`, so `whatsthat.web.app` can use
 `classify_files` in-process (the fallback where no model process runs) without loading more than it must.
@@ -30,6 +33,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -226,6 +230,21 @@ class _Trimmer:
         if self._trim is not None:
             self._trim(0)
 
+    def wait_idle(self, timeout: float, quiet: float) -> bool:
+        """Wait until no request has been in flight for `quiet` seconds (False: still busy after `timeout`)."""
+        deadline, idle_since = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            with self._lock:
+                busy = self._busy
+            if busy:
+                idle_since = None
+            else:
+                idle_since = idle_since or time.monotonic()
+                if time.monotonic() - idle_since >= quiet:
+                    return True
+            time.sleep(0.02)
+        return False
+
 
 _trimmer = _Trimmer()
 
@@ -284,9 +303,17 @@ def _serve_connection(predictor: Predictor, conn: Connection, peer: int) -> None
             log.log(level, "answered %s for connection %d in %.3fs", header.get("op"), peer, time.monotonic() - t0)
 
 
+DRAIN = 15.0  # s at most that a stopping model process keeps answering; Heroku kills it 30 s after SIGTERM
+QUIET = 0.5  # s without a request in flight after which a stopping model process exits
+
+
 def serve_forever(predictor: Predictor, socket_path: str | Path, authkey: bytes,
-                  ready: Callable[[], None] | None = None) -> None:  # fmt: skip
-    """Accept kernels on the Unix socket until the process is stopped (a thread per connection)."""
+                  ready: Callable[[], None] | None = None, stop: Callable[[], None] | None = None) -> None:  # fmt: skip
+    """Accept kernels on the Unix socket, a thread per connection, for ever, or until `stop()` returns.
+
+    Then it takes no new connection, answers what the connected kernels still ask while it drains, and
+    returns once no request has been in flight for QUIET seconds (DRAIN seconds at most).
+    """
     socket_path = str(socket_path)
     with contextlib.suppress(FileNotFoundError):  # a predecessor's socket file; binding needs the name free
         os.unlink(socket_path)
@@ -299,17 +326,61 @@ def serve_forever(predictor: Predictor, socket_path: str | Path, authkey: bytes,
              socket_path)  # fmt: skip
     if ready is not None:
         ready()
+    stopping = threading.Event()
+    accepting = threading.Thread(target=_accept, args=(predictor, listener, stopping), daemon=True, name="accept")
+    accepting.start()
+    if stop is None:
+        accepting.join()
+        return
+    stop()
+    stopping.set()
+    log.info("model process %d stopping: no new connections; answering the requests in flight", os.getpid())
+    if not _trimmer.wait_idle(DRAIN, QUIET):
+        log.warning("model process %d stopping with requests still in flight after %.0fs", os.getpid(), DRAIN)
+    listener.close()
+
+
+def _accept(predictor: Predictor, listener: Listener, stopping: threading.Event) -> None:
     peer = 0
-    with listener:
+    while True:
+        try:
+            conn = listener.accept()
+        except (AuthenticationError, EOFError, ConnectionResetError) as e:
+            log.warning("refused a connection: %s", e)
+            continue
+        except OSError:  # the listener was closed: the process is stopping
+            return
+        if stopping.is_set():
+            conn.close()
+            continue
+        peer += 1
+        threading.Thread(target=_serve_connection, args=(predictor, conn, peer), daemon=True,
+                         name=f"kernel-{peer}").start()  # fmt: skip
+
+
+def until_sigterm() -> Callable[[], None]:
+    """A `stop` for `serve_forever` that returns on SIGTERM (after which a second SIGTERM ends the process at once).
+
+    A signal may be delivered to any thread (torch's, a connection's), and Python runs its handler in the
+    main thread only when that thread next runs Python code; so the main thread waits on the signal
+    module's wakeup file descriptor, which the handler-to-be writes to whichever thread got the signal.
+    """
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write)
+
+    def handler(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    signal.signal(signal.SIGTERM, handler)
+
+    def wait() -> None:
         while True:
-            try:
-                conn = listener.accept()
-            except (AuthenticationError, EOFError, ConnectionResetError) as e:
-                log.warning("refused a connection: %s", e)
-                continue
-            peer += 1
-            threading.Thread(target=_serve_connection, args=(predictor, conn, peer), daemon=True,
-                             name=f"kernel-{peer}").start()  # fmt: skip
+            readable, _, _ = select.select([read], [], [])
+            if readable and signal.SIGTERM in os.read(read, 64):
+                return
+
+    return wait
 
 
 def setup_logging() -> None:
@@ -337,7 +408,8 @@ def model_main(argv: Sequence[str] | None = None) -> int:
         return LOAD_FAILED
     log.info("model %s loaded in %.1fs", args.model, time.monotonic() - t0)
     _trimmer.trim()  # what loading and the warm-up pass freed
-    serve_forever(predictor, args.socket, authkey)
+    # until now a SIGTERM simply ended the process: nothing was in flight
+    serve_forever(predictor, args.socket, authkey, stop=until_sigterm())
     return 0
 
 

@@ -17,16 +17,26 @@ ran, which for a page are always the notebook's: a thread and some memory less p
 (docs/serving.md); start-up time unchanged.
 Flags given on the command line come after it, so a kernelspec can still turn it back on.
 
+On SIGTERM it finishes what it is doing first. Heroku stops a dyno by sending SIGTERM to every process
+in it at once, the kernels too, and SIGKILL 30 s later; by default a kernel would die at once, and the
+answer to a classification in flight would never reach its page. ipykernel runs a page's callbacks (a
+Classify click) on its main thread's event loop, one at a time, so the kernel asks that loop to exit
+after the callback running now: a classification in flight finishes and its answer is sent first.
+
     python -m whatsthat.web.pagekernel -f CONNECTION_FILE
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 BLOCKED = ("debugpy",)  # what a page never needs
 SETTINGS = ("--HistoryManager.enabled=False",)  # a page's kernel keeps no input history (see above)
+EXIT_AFTER = 0.5  # s after the last callback, for its answer to leave (ipykernel sends it from another thread)
 
 
 def mark_not_importable(names: Sequence[str]) -> list[str]:
@@ -42,12 +52,30 @@ def mark_not_importable(names: Sequence[str]) -> list[str]:
     return marked
 
 
+def stop_after_current_callback(signum: int = signal.SIGTERM, frame: Any = None) -> None:
+    """SIGTERM's handler: exit once the callback running now, if any, has finished (see above)."""
+    import asyncio
+
+    try:
+        loop = asyncio.get_running_loop()  # the kernel's main loop, when the signal interrupts it or its callback
+    except RuntimeError:  # still starting: nothing is in flight
+        raise SystemExit(0) from None
+    loop.call_soon_threadsafe(loop.call_later, EXIT_AFTER, _exit_now)
+
+
+def _exit_now() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def run_kernel(argv: Sequence[str]) -> None:
     """Run ipykernel with this module's settings ahead of `argv` (e.g. ``-f CONNECTION_FILE``) until it stops.
 
     Also what a kernel forked by `whatsthat.web.kernelfactory` runs.
     """
     mark_not_importable(BLOCKED)
+    signal.signal(signal.SIGTERM, stop_after_current_callback)
     from ipykernel import kernelapp
 
     kernelapp.launch_new_instance([*SETTINGS, *argv])

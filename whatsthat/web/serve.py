@@ -14,7 +14,13 @@ variables Voila passes on.
   `serve()` writes a `python3` kernelspec that starts it into a private dir put first on JUPYTER_PATH,
   so the notebook keeps its ordinary kernelspec for Jupyter and Binder;
 - the kernels are forked from one process that has imported them (`whatsthat.web.kernelfactory`): a
-  new page's kernel starts without importing anything, and kernels share the imported modules' memory.
+  new page's kernel starts without importing anything, and kernels share the imported modules' memory;
+- only as many kernels start as fit in the memory budget, at most `per_client` per client address, and
+  a kernel whose page never opens its websocket is shut down `join_timeout` seconds after its HTML was
+  sent (`whatsthat.web.kernelpool`); beyond that a visitor gets a small busy page (HTTP 503);
+- the page is Voila's `lab` template plus link-preview tags and a "went to sleep" banner (the
+  `whatsthat` template in whatsthat/web/templates, put on JUPYTER_PATH), and SIGTERM stops it gracefully
+  (`whatsthat.web.voilaapp`).
 
 `whatsthat serve` calls `serve()`, and the Procfile is `procfile_line()`, which runs `whatsthat serve`
 itself, so Heroku gets the same supervisor and flags as a local run (tests keep them in sync).
@@ -38,11 +44,13 @@ from typing import Any
 
 from whatsthat.errors import WhatsthatError
 from whatsthat.model.files import ModelFiles
+from whatsthat.web.admission import JOIN_TIMEOUT, PER_CLIENT, trust_forwarded_default
 from whatsthat.web.kernelfactory import PROVISIONER as KERNEL_PROVISIONER
 from whatsthat.web.kernelfactory import KernelFactory
 from whatsthat.web.kernelfactory import unsupported as kernel_factory_unsupported
 from whatsthat.web.modelprocess import Supervisor, setup_logging
 from whatsthat.web.pagekernel import mark_not_importable
+from whatsthat.web.preview import meta_tags, page_meta
 
 log = logging.getLogger("whatsthat.web.serve")
 
@@ -55,6 +63,9 @@ POOL_SIZE = 1  # one warm kernel: the next visitor gets a page at once; a thin k
 # 64 MiB lets several photos through and lets images.load_image refuse the oversized ones politely.
 MAX_UPLOAD_MB = 64
 REPO_NOTEBOOK = Path(__file__).resolve().parents[2] / "app.ipynb"
+# Jupyter data dir holding voila/templates/whatsthat: Voila's lab template with link-preview tags and the banner
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+TEMPLATE = "whatsthat"
 # Optional modules the server stack would import without needing them. Every Jupyter server start
 # imports jsonschema's format checkers (jupyter_events validates its events with them), and jsonschema
 # imports the backend of each format it finds installed. rfc3987_syntax, which jupyter-events' own
@@ -93,20 +104,41 @@ def voila_settings(
     pool_size: int = POOL_SIZE,
     max_upload_mb: int = MAX_UPLOAD_MB,
     kernel_path: str | Path | None = None,
+    memory_mb: float | None = None,
+    per_client: int = PER_CLIENT,
+    join_timeout: float = JOIN_TIMEOUT,
+    trust_forwarded_for: bool | None = None,
+    public_url: str | None = None,
+    meta: dict[str, Any] | None = None,
     extra_args: Sequence[str] = (),
 ) -> tuple[dict[str, str], list[str]]:
     """(environment, Voila's arguments) that serve `notebook`: the one place for the flags.
 
     `port` may be a string such as "$PORT" (for a Procfile). The model and examples reach the kernel
-    through the environment, which Voila passes on to every kernel it starts.
+    through the environment, which Voila passes on to every kernel it starts. `memory_mb` None: the
+    container's limit, else 512 MB. `trust_forwarded_for` None: only on a Heroku dyno. `public_url` None:
+    Heroku's app address where dyno metadata gives it, else none (link previews then carry paths).
+    `meta`: what link previews show (`whatsthat.web.preview.page_meta`).
     """
     if cull_idle_timeout <= 0 or cull_interval <= 0:
         raise WhatsthatError("kernel culling must stay on: cull_idle_timeout and cull_interval must be positive")
     if preheat and pool_size < 1:
         raise WhatsthatError("preheating needs a pool size of at least 1 (or turn preheating off)")
+    if memory_mb is not None and memory_mb <= 0:
+        raise WhatsthatError(f"the memory budget must be positive, not {memory_mb} MB")
+    if per_client < 0 or join_timeout <= 0:
+        raise WhatsthatError("per_client must be 0 (no cap) or more, and join_timeout positive")
+    if trust_forwarded_for is None:
+        trust_forwarded_for = trust_forwarded_default()
+    if public_url is None:
+        public_url = heroku_url()
+    meta = meta or page_meta({})
     env = {"MPLBACKEND": "Agg"}  # no GUI backend on a server; kernels inherit it
-    if kernel_path is not None:  # found before the user's, the venv's and ipykernel's own python3 spec
-        env["JUPYTER_PATH"] = os.pathsep.join([str(kernel_path), *filter(None, [os.environ.get("JUPYTER_PATH")])])
+    # the page kernelspec first (before the user's, the venv's and ipykernel's own python3 spec), then the template
+    paths = [*([str(kernel_path)] if kernel_path is not None else []), str(TEMPLATES)]
+    env["JUPYTER_PATH"] = os.pathsep.join([*paths, *filter(None, [os.environ.get("JUPYTER_PATH")])])
+    # what the template shows in link previews; the title through Voila's own (the notebook's name otherwise)
+    resources = {"whatsthat": {**meta, "tags": meta_tags(meta, public_url or "/")}, "metadata": {"name": meta["title"]}}
     if model is not None:
         env["WHATSTHAT_MODEL"] = str(model)
     if examples is not None:
@@ -125,10 +157,28 @@ def voila_settings(
         # a Python literal, which traitlets evaluates (key=value pairs would reach tornado as strings,
         # and JSON's `true` is not a Python literal)
         "--Voila.tornado_settings=" + repr(tornado_settings(max_upload_mb)),
+        f"--template={TEMPLATE}",
+        "--VoilaConfiguration.resources=" + repr(resources),
+        # admission control (whatsthat.web.kernelpool); PageVoila's options are ignored by Voila alone
+        f"--PageKernelManager.memory_mb={float(memory_mb or 0)}",
+        f"--PageKernelManager.per_client={int(per_client)}",
+        f"--PageKernelManager.join_timeout={float(join_timeout)}",
+        f"--PageVoila.trust_forwarded_for={bool(trust_forwarded_for)}",
+        f"--PageVoila.public_url={public_url or ''}",
     ]
     if preheat:
         args += ["--preheat_kernel=True", f"--pool_size={int(pool_size)}"]
     return env, [*args, *extra_args, str(notebook)]
+
+
+def heroku_url(environ: dict[str, str] | None = None) -> str:
+    """https://APP.herokuapp.com/ where Heroku's dyno metadata names the app, else "".
+
+    Heroku sets HEROKU_APP_DEFAULT_DOMAIN_NAME once `heroku labs:enable runtime-dyno-metadata` is on.
+    """
+    env = os.environ if environ is None else environ
+    domain = env.get("HEROKU_APP_DEFAULT_DOMAIN_NAME", "").strip().strip("/")
+    return f"https://{domain}/" if domain else ""
 
 
 def voila_command(
@@ -216,6 +266,11 @@ def serve(
     preheat: bool = True,
     pool_size: int = POOL_SIZE,
     kernel_factory: bool = True,
+    memory_mb: float | None = None,
+    per_client: int = PER_CLIENT,
+    join_timeout: float = JOIN_TIMEOUT,
+    trust_forwarded_for: bool | None = None,
+    public_url: str | None = None,
     voila_args: Sequence[str] = (),
     echo: Callable[[str], None] | None = None,
 ) -> int:
@@ -223,12 +278,19 @@ def serve(
 
     The model path is made absolute (the kernel runs in the notebook's folder). A missing model
     or notebook raises WhatsthatError before anything starts. `kernel_factory=False` starts each
-    kernel as a process of its own instead of forking it (see `whatsthat.web.kernelfactory`).
+    kernel as a process of its own instead of forking it (see `whatsthat.web.kernelfactory`). The
+    admission options are `voila_settings`'.
     """
     nb = find_notebook(notebook)
     model_path = Path(model).resolve()
     if not model_exists(model_path):
         raise WhatsthatError(f"model file not found: {model_path} (train one with `whatsthat train`, or pass --model)")
+    try:
+        meta = page_meta(ModelFiles(model_path).read_card())
+    except WhatsthatError as e:  # the page still works; the model process will say what is wrong
+        echo_ = echo or (lambda line: print(line, file=sys.stderr))
+        echo_(f"link previews will not name the classes: {e}")
+        meta = page_meta({})
     examples_path = Path(examples).resolve() if examples is not None else None
     echo = echo or (lambda s: print(s, file=sys.stderr))
     if kernel_factory and not provisioner_registered():
@@ -252,6 +314,12 @@ def serve(
             preheat=preheat,
             pool_size=pool_size,
             kernel_path=write_page_kernelspec(kernels, forked=kernel_factory),
+            memory_mb=memory_mb,
+            per_client=per_client,
+            join_timeout=join_timeout,
+            trust_forwarded_for=trust_forwarded_for,
+            public_url=public_url,
+            meta=meta,
             extra_args=voila_args,
         )
         echo(f"serving {nb} with {model_path} at http://{shown}:{port}/ (Ctrl-C stops)")
@@ -297,8 +365,11 @@ def run_voila_beside_model(model: Path, env: dict[str, str], args: Sequence[str]
     """Voila in this process, beside the model process (and the kernel factory); returns when Voila stops.
 
     In-process rather than as a child: a supervisor process of its own costs a Python interpreter
-    (docs/serving.md) on a 512 MB dyno, for what a thread does. Voila handles SIGTERM and Ctrl-C
-    itself: it stops its loop and shuts its kernels down; the model process and the factory stop after.
+    (docs/serving.md) on a 512 MB dyno, for what a thread does. SIGTERM (Heroku's stop, which it sends
+    to every process of the dyno at once, and gives 30 s) stops gracefully: no new page, the
+    classifications in flight finish (`PageVoila.stop_gracefully`), then Voila stops its loop and shuts
+    its kernels down, and the model process and the factory stop after. A second SIGTERM, or Ctrl-C,
+    stops at once.
     """
     # The model process and the factory start first: they import torch and ipykernel while this
     # process imports Voila, instead of after it.
@@ -313,9 +384,15 @@ def run_voila_beside_model(model: Path, env: dict[str, str], args: Sequence[str]
         app.initialize(list(args))
         voila_stop = signal.getsignal(signal.SIGTERM)  # installed by initialize: stops the loop
 
+        stopping = False
+
         def stop(signum: int, frame: Any) -> None:
+            nonlocal stopping
             stop_restarting()
-            if callable(voila_stop):
+            if not stopping:
+                stopping = True
+                app.stop_gracefully()
+            elif callable(voila_stop):
                 voila_stop(signum, frame)
 
         on_stop_signals(stop)
