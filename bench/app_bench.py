@@ -182,8 +182,11 @@ class Server:
         extra = [f"--Voila.connection_dir_root={tmp}"]
         if self.mode in ("after", "no-factory"):
             factory = ["--no-kernel-factory"] if self.mode == "no-factory" else []
+            # this bench measures 10 visitors from one address, past a 512 MB budget on purpose: no caps
+            # (bench/traffic_bench.py measures them); a baseline commit from before the caps has no such flags
+            uncapped = ["--per-client=0", "--memory-mb=100000"] if self.code is None else []
             cmd = [str(bin_dir() / "whatsthat"), "serve", f"--model={self.model}", f"--port={port}",
-                   "--host=127.0.0.1", f"--examples={tmp / 'none'}", *factory, "--", *extra]  # fmt: skip
+                   "--host=127.0.0.1", f"--examples={tmp / 'none'}", *factory, *uncapped, "--", *extra]  # fmt: skip
         elif self.mode == "bare":  # Voila's own floor: the same four widgets, nothing of whatsthat
             notebook = tmp / "bare.ipynb"
             notebook.write_text(json.dumps(BARE_NOTEBOOK))

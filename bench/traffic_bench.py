@@ -15,6 +15,8 @@ on PYTHONPATH), so only whatsthat's code differs. Phases, each with its own fres
   factory, kernels) is sampled every second, from its idle size before the flood until 90 s after it.
 - **Pinger.** One plain GET a minute for --pinger-minutes, as the services that keep an Eco dyno awake
   send; the kernels are counted every second. The baseline's pinger runs at the same time on its own server.
+- **Capacity** (--capacity): with the default budget (512 MB), visitors arrive one at a time, each
+  classifies a photo and stays, until one gets the busy page: how many visitors at once a small dyno holds.
 - **Slow phone** (--phone-runs): how long after its HTML has arrived a phone's page opens its kernel's
   websocket: Chromium with its CPU slowed down 4x and 6x (DevTools' mid-tier and low-end mobile presets) and
   slow 4G (1.6 Mbit/s, 150 ms, as bench/app_bench.py; and DevTools' own slow 4G, 563 ms), an empty cache
@@ -351,6 +353,38 @@ def pinger_phase(model: Path, code: Path | None, minutes: float) -> dict[str, di
     return out
 
 
+def capacity_phase(model: Path, photo: Path, limit: int = 12) -> dict:
+    """Visitors arrive one at a time, classify and stay (default budget) until one gets the busy page."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with TrafficServer("capacity", model, args=("--per-client=0",)) as server, sync_playwright() as p:
+        server.wait_ready()
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        steps: list[dict] = []
+        try:
+            for n in range(1, limit + 1):
+                page = browser.new_context().new_page()
+                response = page.goto(server.url + "/", wait_until="domcontentloaded", timeout=180_000)
+                if response is None or response.status != 200:
+                    steps.append({"visitor": n, "status": response.status if response else None,
+                                  "mb": server.sample()[0]})  # fmt: skip
+                    break
+                expect(page.get_by_role("button", name="Classify")).to_be_enabled(timeout=180_000)
+                with page.expect_file_chooser() as chooser:
+                    page.click(".widget-upload")
+                chooser.value.set_files(photo)
+                page.locator(".widget-upload").filter(has_text="(1)").wait_for(timeout=60_000)
+                page.get_by_role("button", name="Classify").click()
+                page.locator(".widget-label").filter(has_text="Prediction:").wait_for(timeout=120_000)
+                time.sleep(5)  # the server's next measurements include this visitor
+                mb, kernels = server.sample()
+                steps.append({"visitor": n, "status": 200, "mb": mb, "kernels": kernels})
+                print(f"capacity: visitor {n}: {mb:.0f} MB, {kernels} kernels", flush=True)
+        finally:
+            browser.close()
+        return {"steps": steps, "room": server.kernel_cap()}
+
+
 def phone_phase(model: Path, runs: int) -> dict[str, list[float]]:
     """Seconds from the page's HTML received to its kernel websocket opened, per phone profile (join timeout off)."""
     from playwright.sync_api import expect, sync_playwright
@@ -394,6 +428,8 @@ def main() -> None:
     ap.add_argument("--pinger-minutes", type=float, default=15.0, help="how long the pinger runs (0: skip)")
     ap.add_argument("--phone-runs", type=int, default=3, help="page loads per phone profile (0: skip)")
     ap.add_argument("--no-flood", action="store_true", help="skip the flood with visitors")
+    ap.add_argument("--capacity", action=argparse.BooleanOptionalAction, default=True,
+                    help="visitors one at a time, each staying, until the busy page (default: on)")
     ap.add_argument("--baseline-stop-mb", type=float, default=4000.0,
                     help="stop the baseline's flood when its server passes this many MB (default 4000)")
     ap.add_argument("--results", type=Path, help="write the measurements as JSON here too")
@@ -407,6 +443,9 @@ def main() -> None:
         if args.phone_runs:
             results["phone"] = phone_phase(args.model, args.phone_runs)
             print(json.dumps(results["phone"]), flush=True)
+        if args.capacity:
+            results["capacity"] = capacity_phase(args.model, photo)
+            print(json.dumps(results["capacity"]), flush=True)
         if not args.no_flood:
             results["after"] = flood_phase("after", args.model, photo, None, None)
             print(json.dumps({k: v for k, v in results["after"].items() if k != "gets"}), flush=True)
@@ -477,6 +516,14 @@ def report(results: dict, args: argparse.Namespace) -> str:
             rows.append([f"pinger, a GET a minute for {minutes} min: {label}",
                          f"{pinger['after'][key]:.0f}", f"{pinger['before'][key]:.0f}" if "before" in pinger else "-",
                          "<= 2" if key == "max_kernels" else ""])  # fmt: skip
+    capacity = results.get("capacity")
+    if capacity:
+        admitted = [st for st in capacity["steps"] if st["status"] == 200]
+        last = capacity["steps"][-1]
+        rows.append(["visitors at once who classified and stayed, default 512 MB budget",
+                     f"{len(admitted)} ({admitted[-1]['mb']:.0f} MB)" if admitted else "0", "", ""])  # fmt: skip
+        rows.append(["the next visitor", f"HTTP {last['status']}" if last["status"] != 200 else "admitted (limit)", "",
+                     "503"])  # fmt: skip
     for name, seconds in (results.get("phone") or {}).items():
         rows.append([f"slow phone ({name}): HTML -> kernel websocket, median / max s",
                      f"{median(seconds):.1f} / {max(seconds):.1f}", "", "< --join-timeout"])  # fmt: skip

@@ -288,6 +288,7 @@ def test_sigterm_to_every_process_finishes_the_classification_in_flight_then_all
         _, alive = psutil.wait_procs(processes, timeout=max(1.0, 25 - (time.monotonic() - t0)))
         assert alive == [], [p.cmdline() for p in alive]
         took = time.monotonic() - t0
+        print(f"\nevery process gone {took:.1f} s after SIGTERM")
         assert took < 25, took  # Heroku's SIGKILL comes at 30 s
         assert srv.proc.wait(timeout=5) == 0
         assert "classification(s) in flight get up to 15s" in srv.log_text()

@@ -41,11 +41,11 @@ from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
 from whatsthat.model.files import ModelFiles
 from whatsthat.model.quality import card_quality  # pure Python: the page states the card's honest numbers
 from whatsthat.model.verdict import DEFAULT_THRESHOLD, NOT_SURE, decide
+from whatsthat.web.preview import TITLE  # one title for the page and its link previews
 from whatsthat.web.protocol import MAX_FILES, THUMB_SIDE, ModelClient, ModelLost, ModelUnavailable
 
 log = logging.getLogger("whatsthat.web.app")
 
-TITLE = "What's that?"
 DESCRIPTION = "Upload one or more photos and click <b>Classify</b>: the model says which of its classes each one shows."
 EXAMPLE_SIDE = 96
 MAX_EXAMPLES = 6

@@ -9,8 +9,8 @@ left 31 kernels and 940 MB on a 512 MB dyno (issue 29). This manager adds, to ju
   run the notebook, it measures what the server's parts cost (PSS: the server, the model process, the
   kernel factory, one kernel; `whatsthat.web.admission`), and from then on the whole server every
   `measure_interval` seconds. A new page is admitted only while the last measurement, plus one kernel's
-  measured cost for each kernel started since and for the new one, stays within the budget (the
-  container's memory limit, else `--memory-mb`) less a headroom for the model process's work. So what
+  measured cost for each kernel started since and for the new one, stays within the budget (`--memory-mb`,
+  else the container's memory limit, else 512 MB) less a headroom for the model process's work. So what
   the kernels really cost decides, not a guess, and a model process that grows leaves room for fewer.
   Otherwise `admit()` says why not: the page handler (`whatsthat.web.voilaapp`) then sends the small
   busy page and no kernel starts.
@@ -149,7 +149,7 @@ class PageKernelManager(AsyncMappingKernelManager):
 
         Admitted, the caller must follow with `handed` (it got a kernel) or `release` (it did not).
         """
-        self._ensure_measuring()
+        self.start_measuring()
         if self.draining:
             return "the server is stopping"
         if self.per_client > 0 and self.held_by(client) >= self.per_client:
@@ -248,14 +248,11 @@ class PageKernelManager(AsyncMappingKernelManager):
 
     # -- measuring the memory --
 
-    def _ensure_measuring(self) -> None:
+    def start_measuring(self) -> None:
+        """Measure once the model and the preheated kernel are ready, then every `measure_interval` seconds (once)."""
         if not self._measuring:
             self._measuring = True
             IOLoop.current().add_callback(self._measure_forever)
-
-    def start_measuring(self) -> None:
-        """Measure once the model and the preheated kernel are ready, then every `measure_interval` seconds."""
-        self._ensure_measuring()
 
     async def _measure_forever(self) -> None:
         await self._wait_until_ready()

@@ -285,14 +285,13 @@ def serve(
     model_path = Path(model).resolve()
     if not model_exists(model_path):
         raise WhatsthatError(f"model file not found: {model_path} (train one with `whatsthat train`, or pass --model)")
+    echo = echo or (lambda s: print(s, file=sys.stderr))
     try:
         meta = page_meta(ModelFiles(model_path).read_card())
     except WhatsthatError as e:  # the page still works; the model process will say what is wrong
-        echo_ = echo or (lambda line: print(line, file=sys.stderr))
-        echo_(f"link previews will not name the classes: {e}")
+        echo(f"link previews will not name the classes: {e}")
         meta = page_meta({})
     examples_path = Path(examples).resolve() if examples is not None else None
-    echo = echo or (lambda s: print(s, file=sys.stderr))
     if kernel_factory and not provisioner_registered():
         # Jupyter would refuse to start any kernel whose spec names a provisioner it cannot find
         echo(f"kernel factory off: the {KERNEL_PROVISIONER!r} kernel provisioner is not registered in this "
