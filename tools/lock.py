@@ -183,6 +183,14 @@ def cmd_sync(args: argparse.Namespace) -> None:
     run(py, "-m", "pip", "check")
 
 
+def without_cpu_index(requirements: str) -> str:
+    """requirements.txt's text less its `--extra-index-url` line (see cmd_serve; tests/web/test_docker.py too).
+
+    Every pin stays: torch==2.13.0+cpu must then come from pip's configured sources, or pip fails.
+    """
+    return "\n".join(ln for ln in requirements.splitlines() if not ln.startswith("--extra-index-url")) + "\n"
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     """Build the serving environment the way Heroku does: a fresh venv, `pip install -r requirements.txt`.
 
@@ -195,9 +203,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     py = where / "bin" / "python"
     if not py.exists():
         venv.create(where, with_pip=True)
-    reqs = [ln for ln in SERVE_LOCK.read_text(encoding="utf-8").splitlines() if not ln.startswith("--extra-index-url")]
     with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=ROOT, prefix=".serve-req-", delete=False) as f:
-        f.write("\n".join(reqs) + "\n")  # in ROOT, so the '.' line still means this checkout
+        f.write(without_cpu_index(SERVE_LOCK.read_text(encoding="utf-8")))  # in ROOT: '.' still means this checkout
     try:
         run(py, "-m", "pip", "install", "--quiet", "-r", f.name)
         run(py, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", ".")

@@ -17,6 +17,7 @@ from pathlib import Path
 from whatsthat import __version__
 from whatsthat.errors import WhatsthatError
 from whatsthat.training.settings import FINE_TUNE_LR, KNOBS, TrainSettings
+from whatsthat.web.deploy import TARGETS as DEPLOY_TARGETS
 
 EXAMPLES = """\
 examples:
@@ -251,13 +252,15 @@ def cmd_artifact(args: argparse.Namespace) -> int:
 def cmd_deploy_check(args: argparse.Namespace) -> int:
     from whatsthat.web.deploy import check_deploy
 
-    problems = check_deploy(args.root, model=args.model)
+    problems = check_deploy(args.root, model=args.model, target=args.target)
     for p in problems:
         print(f"- {p}")
     if problems:
         print(f"{len(problems)} problem(s): the deployed app would not match this environment", file=sys.stderr)
         return 1
-    print("deploy files OK: requirements pins match this environment, Procfile, runtime and export.pkl check out")
+    starts = "Procfile" if args.target == "heroku" else "Dockerfile, Space card, Git LFS"
+    print(f"deploy files OK for {args.target}: requirements pins match this environment, {starts}, runtime and "
+          "the model check out")
     return 0
 
 
@@ -458,6 +461,9 @@ def build_parser() -> argparse.ArgumentParser:
     dc = sub.add_parser("deploy-check", help="check the deployment files against this environment and the model")
     dc.add_argument("root", type=Path, nargs="?", default=Path("."), help="the repository (default: .)")
     dc.add_argument("--model", type=Path, help="model to check (default: ROOT/export.pkl)")
+    dc.add_argument("--target", choices=DEPLOY_TARGETS, default="heroku",
+                    help="where it goes: heroku (the Procfile; default) or spaces (Hugging Face: the Dockerfile, "
+                         "the Space card in README.md, Git LFS)")
     dc.set_defaults(func=cmd_deploy_check)
     return p
 

@@ -1,15 +1,18 @@
-"""Deployment files: check them before `git push heroku`.
+"""Deployment files: check them before `git push` to Heroku or to a Hugging Face Space.
 
 A dyno serves the page from the torch-only artifact (export.safetensors + export.serving.json), so it
 installs requirements.txt: the serving lock that `make lock` writes from requirements/serve.in, with
 CPU-only torch and no fastai or torchvision. `check_deploy` says what is out of step: requirements that
 are unpinned, pull a GPU torch or training libraries the dyno does not use (or lack fastai where only a
 bare export.pkl can serve), an environment that drifted from its lock, a Procfile that would not start
-the model process, a model whose artifact, card and export.pkl disagree.
+the model process, a model whose artifact, card and export.pkl disagree. A Space builds the Dockerfile,
+which installs the same requirements.txt: `check_spaces` checks it, the Space card (the YAML header
+Spaces reads from README.md) and that the model's binary files go through Git LFS, as the Hub requires.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import sys
@@ -164,6 +167,26 @@ def check_package(root: Path) -> list[str]:
     return []
 
 
+NOT_SERVE = ("without it there is no model process (every visitor's kernel would load torch and the model) and "
+             "no culling or upload limit (see whatsthat.web.serve.procfile_line)")
+
+
+def serve_options(argv: list[str]) -> dict[str, str] | None:
+    """{option: value} of a `whatsthat serve ...` command line (a bare flag gets ""); None if it is not one."""
+    if "serve" not in argv or not any(a == "whatsthat" or a.endswith("/whatsthat") for a in argv[: argv.index("serve")]):
+        return None
+    opts: dict[str, str] = {}
+    rest = argv[argv.index("serve") + 1 :]
+    for i, a in enumerate(rest):
+        if a.startswith("--") and "=" in a:
+            k, v = a[2:].split("=", 1)
+            opts[k] = v
+        elif a.startswith("--"):
+            takes_value = i + 1 < len(rest) and not rest[i + 1].startswith("--")
+            opts[a[2:]] = rest[i + 1] if takes_value else ""
+    return opts
+
+
 def check_procfile(root: Path) -> list[str]:
     """Problems with the Procfile: no `whatsthat serve` web process, missing notebook, not on $PORT/0.0.0.0.
 
@@ -182,19 +205,9 @@ def check_procfile(root: Path) -> list[str]:
         argv = shlex.split(line[len("web:") :])
     except ValueError as e:
         return [f"Procfile's web line does not parse as a shell command: {e}"]
-    if "serve" not in argv or not any(a == "whatsthat" or a.endswith("/whatsthat") for a in argv[: argv.index("serve")]):
-        return [
-            "Procfile's web process is not `whatsthat serve`: without it there is no model process (every visitor's "
-            "kernel would load torch and the model) and no culling or upload limit (see whatsthat.web.serve.procfile_line)"
-        ]
-    opts: dict[str, str] = {}
-    rest = argv[argv.index("serve") + 1 :]
-    for i, a in enumerate(rest):
-        if a.startswith("--") and "=" in a:
-            k, v = a[2:].split("=", 1)
-            opts[k] = v
-        elif a.startswith("--") and i + 1 < len(rest):
-            opts[a[2:]] = rest[i + 1]
+    opts = serve_options(argv)
+    if opts is None:
+        return [f"Procfile's web process is not `whatsthat serve`: {NOT_SERVE}"]
     problems = []
     notebook = opts.get("notebook", "app.ipynb")
     if not (root / notebook).is_file():
@@ -226,6 +239,173 @@ def check_python_version(root: Path, version: tuple[int, int] | None = None) -> 
         if ".".join(text.split(".")[:2]) != major_minor:
             problems.append(f".python-version says {text} but the model was made with Python {major_minor}")
     return problems
+
+
+# --- Hugging Face Spaces: the Dockerfile, the Space card, Git LFS ---------------------------------------
+
+TARGETS = ("heroku", "spaces")
+SPACES_PORT = 7860  # where Spaces sends visitors unless the Space card's app_port names another
+# The YAML header Spaces reads from the top of the README.md in the Space's repository (its "card").
+SPACE_CARD = "---\ntitle: whatsthat\nemoji: 🐻\nsdk: docker\napp_port: 7860\n---\n"
+# The Hub refuses a push that holds a binary file over 1 MB outside Git LFS (or its Xet storage).
+HUB_BINARY_LIMIT = 1_000_000
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, its arguments) for each instruction of a Dockerfile: comments dropped, continued lines joined."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        word, _, rest = (pending + line).strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+        pending = ""
+    if pending.strip():
+        word, _, rest = pending.strip().partition(" ")
+        out.append((word.upper(), rest.strip()))
+    return out
+
+
+def exec_form(arguments: str) -> list[str] | None:
+    """A CMD or RUN in exec form (a JSON array of strings) as a list; None for the shell form."""
+    try:
+        value = json.loads(arguments)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
+
+
+def unpinned_installs(command: str) -> list[str]:
+    """What a shell command's `pip install`s name without an exact version (requirement files and paths are fine)."""
+    unpinned = []
+    for part in re.split(r"&&|\|\||;", command):
+        words = shlex.split(part)
+        if "pip" not in [w.rsplit("/", 1)[-1] for w in words] or "install" not in words:
+            continue
+        args = words[words.index("install") + 1 :]
+        skip = False
+        for word in args:
+            if skip:
+                skip = False
+            elif word in ("-r", "--requirement", "-c", "--constraint", "-e", "--editable", "-i", "--index-url",
+                          "--extra-index-url", "-f", "--find-links", "-t", "--target", "--root-user-action"):
+                skip = True
+            elif not word.startswith("-") and "==" not in word and not word.startswith((".", "/")):
+                unpinned.append(word)
+    return unpinned
+
+
+def check_dockerfile(root: Path, version: tuple[int, int] | None = None, port: int = SPACES_PORT) -> list[str]:
+    """Problems with the Dockerfile Spaces builds: another Python than the model's, not the serving lock,
+    run as root, not `whatsthat serve` on `port` and all interfaces."""
+    path = root / "Dockerfile"
+    if not path.is_file():
+        return ["Dockerfile is missing: Spaces builds the image from it (copy the whatsthat repository's)"]
+    major_minor = "{}.{}".format(*(version or sys.version_info[:2]))
+    steps = dockerfile_instructions(path.read_text(encoding="utf-8"))
+    args = {op: [a for o, a in steps if o == op] for op in ("FROM", "RUN", "USER", "CMD")}
+    problems = []
+    base = re.match(r"(?:docker\.io/)?(?:library/)?python:(\d+)\.(\d+)", args["FROM"][-1]) if args["FROM"] else None
+    if base is None:
+        problems.append(f"Dockerfile does not build FROM an official python:{major_minor} image")
+    elif f"{base[1]}.{base[2]}" != major_minor:
+        problems.append(f"Dockerfile builds FROM Python {base[1]}.{base[2]} but the model was made with Python {major_minor}")
+    if not any(re.search(r"\bpip install\b.*(?:-r|--requirement)[ =]requirements\.txt\b", run) for run in args["RUN"]):
+        problems.append("Dockerfile does not `pip install -r requirements.txt`: the image would not be the serving "
+                        "environment a dyno gets (every version pinned, CPU-only torch)")
+    for name in [n for run in args["RUN"] for n in unpinned_installs(run)]:
+        problems.append(f"Dockerfile installs {name!r} without a version: pip would pick its own (for torch, a CUDA "
+                        "build of GBs); add it to requirements/serve.in and run `make lock`")
+    if not args["USER"] or args["USER"][-1].split(":")[0] in ("root", "0"):
+        problems.append("Dockerfile runs the page as root: Spaces runs containers as uid 1000 "
+                        "(`RUN useradd --uid 1000 user`, then `USER user` before the CMD)")
+    argv = exec_form(args["CMD"][-1]) if args["CMD"] else None
+    opts = serve_options(argv) if argv else None
+    if not args["CMD"]:
+        problems.append("Dockerfile has no CMD: the container would not start the page")
+    elif argv is None:
+        problems.append("Dockerfile's CMD is in shell form: write it as a JSON array, so that `whatsthat serve` itself "
+                        "gets the SIGTERM of a restart and stops gracefully (a shell would not pass it on)")
+    elif opts is None:
+        problems.append(f"Dockerfile's CMD is not `whatsthat serve`: {NOT_SERVE}")
+    else:
+        if opts.get("port") != str(port):
+            problems.append(f"Dockerfile's CMD serves on port {opts.get('port') or 'the default, 8866'} but Spaces "
+                            f"sends visitors to {port} (the Space card's app_port): --port={port}")
+        if opts.get("host") != "0.0.0.0":
+            problems.append("Dockerfile's CMD does not listen on all interfaces (--host=0.0.0.0): Spaces' proxy could not reach it")
+        notebook = opts.get("notebook", "app.ipynb")
+        if not (root / notebook).is_file():
+            problems.append(f"Dockerfile's CMD serves {notebook}, which does not exist in {root}")
+    return problems
+
+
+def read_space_card(readme: Path) -> dict[str, str] | None:
+    """The top-level `key: value` pairs of the YAML header at the top of `readme`; None where there is none."""
+    lines = readme.read_text(encoding="utf-8").splitlines() if readme.is_file() else []
+    if not lines or lines[0].strip() != "---":
+        return None
+    card = {}
+    for line in lines[1:]:
+        if line.strip() == "---":
+            return card
+        key, sep, value = line.partition(":")
+        if sep and not line[:1].isspace() and not key.startswith("#"):
+            card[key.strip()] = value.split(" #", 1)[0].strip().strip("'\"")
+    return None  # never closed: not a header
+
+
+def check_space_card(root: Path) -> tuple[list[str], int]:
+    """(problems with README.md's Space card, the port Spaces will send visitors to)."""
+    card = read_space_card(root / "README.md")
+    if card is None:
+        shown = "\n".join("    " + line for line in SPACE_CARD.splitlines())
+        return [("README.md has no Space card: Spaces reads its settings from a YAML header at the top of the "
+                 "README.md it is pushed. Put these lines first in that README.md (docs/deploy.md, on a branch "
+                 f"for the Space):\n{shown}")], SPACES_PORT
+    problems = []
+    if card.get("sdk") != "docker":
+        problems.append(f"README.md's Space card says sdk: {card.get('sdk') or '(nothing)'}; the page needs "
+                        "`sdk: docker` (Spaces then builds the Dockerfile)")
+    port = card.get("app_port", str(SPACES_PORT))
+    if not port.isdigit():
+        problems.append(f"README.md's Space card says app_port: {port}; it must be a port number, e.g. {SPACES_PORT}")
+        port = str(SPACES_PORT)
+    return problems, int(port)
+
+
+def _is_binary(path: Path) -> bool:
+    with path.open("rb") as f:
+        return b"\0" in f.read(8000)  # git's own test
+
+
+def check_lfs(root: Path, model: Path) -> list[str]:
+    """Model files the Hub would refuse: binary files over 1 MB that .gitattributes does not put in Git LFS."""
+    from fnmatch import fnmatch
+
+    from whatsthat.model.files import ModelFiles
+
+    attributes = root / ".gitattributes"
+    lines = attributes.read_text(encoding="utf-8").splitlines() if attributes.is_file() else []
+    lfs = [words[0] for words in map(str.split, lines) if words and "filter=lfs" in words[1:]]
+    big = [p for p in ModelFiles(model).all if p.is_file() and p.stat().st_size > HUB_BINARY_LIMIT and _is_binary(p)]
+    outside = [p.name for p in big if not any(fnmatch(p.name, pattern) for pattern in lfs)]
+    if not outside:
+        return []
+    return [f"{', '.join(outside)}: binary files over 1 MB outside Git LFS, which the Hub refuses in a push: "
+            f"`git lfs track {' '.join(outside)}`, then commit them with .gitattributes in a commit that has no "
+            "history of them as plain files (docs/deploy.md)"]
+
+
+def check_spaces(root: Path, model: Path) -> list[str]:
+    """Everything Hugging Face Spaces needs beyond the serving environment: the card, the Dockerfile, LFS."""
+    card_problems, port = check_space_card(root)
+    return [*card_problems, *check_dockerfile(root, port=port), *check_lfs(root, model)]
 
 
 DEV_LOCK = Path("requirements") / "dev.lock"
@@ -324,10 +504,16 @@ def check_model(model: Path) -> list[str]:
     return []
 
 
-def check_deploy(root: str | Path = ".", model: str | Path | None = None) -> list[str]:
-    """Everything wrong with the deployment files in `root` (empty list: ready to push)."""
+def check_deploy(root: str | Path = ".", model: str | Path | None = None, target: str = "heroku") -> list[str]:
+    """Everything wrong with the deployment files in `root` for `target` (empty list: ready to push).
+
+    Both targets install requirements.txt and serve the same model; "heroku" starts it from the Procfile,
+    "spaces" (Hugging Face) from the Dockerfile, with the Space card and Git LFS the Hub requires.
+    """
     from whatsthat.model.files import ModelFiles
 
+    if target not in TARGETS:
+        raise WhatsthatError(f"unknown deploy target {target!r}: {' or '.join(TARGETS)}")
     root = Path(root)
     if not root.is_dir():
         raise WhatsthatError(f"not a folder: {root}")
@@ -341,7 +527,7 @@ def check_deploy(root: str | Path = ".", model: str | Path | None = None) -> lis
     artifact = ModelFiles(model).has_artifact() or bool(model_problems)
     return [
         *check_requirements(root / "requirements.txt", has_artifact=artifact),
-        *check_procfile(root),
+        *(check_procfile(root) if target == "heroku" else check_spaces(root, model)),
         *check_python_version(root),
         *([] if _is_serving_environment() else check_lock(root, card)),  # the dyno has no dev.lock environment
         *model_problems,
