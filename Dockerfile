@@ -28,5 +28,7 @@ USER user
 EXPOSE 7860
 # `whatsthat serve`, as the Procfile runs it, on all interfaces and the port Spaces expects (the Space
 # card's app_port). Spaces' proxy sets X-Forwarded-For: trusting it makes the per-visitor kernel cap
-# count visitors, not the proxy (its address is the same for everyone).
-CMD ["whatsthat", "serve", "--host=0.0.0.0", "--port=7860", "--model=export.pkl", "--notebook=app.ipynb", "--trust-forwarded-for"]
+# count visitors, not the proxy (its address is the same for everyone). The Space's page on
+# huggingface.co shows the app in a frame, which Jupyter's default policy would leave empty.
+CMD ["whatsthat", "serve", "--host=0.0.0.0", "--port=7860", "--model=export.pkl", "--notebook=app.ipynb", \
+     "--trust-forwarded-for", "--frame-ancestors=https://huggingface.co"]

@@ -237,7 +237,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args.model, port=args.port, host=args.host, notebook=args.notebook, examples=args.examples,
                  cull_idle_timeout=args.cull_idle_timeout, cull_interval=args.cull_interval,
                  kernel_factory=args.kernel_factory, memory_mb=args.memory_mb,
-                 trust_forwarded_for=args.trust_forwarded_for, public_url=args.public_url, voila_args=voila_args,
+                 trust_forwarded_for=args.trust_forwarded_for, public_url=args.public_url,
+                 frame_ancestors=args.frame_ancestors, voila_args=voila_args,
                  **given)  # fmt: skip
 
 
@@ -449,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "router sets it)")
     sv.add_argument("--public-url", help="the site's public address, for absolute links in link previews "
                                          "(default: Heroku's app address where dyno metadata gives it)")
+    sv.add_argument("--frame-ancestors", default="",
+                    help="sites that may show the page in a frame, besides its own, separated by spaces "
+                         "(a Hugging Face Space: https://huggingface.co; default: none)")
     sv.add_argument("voila_args", nargs=argparse.REMAINDER, help="after --: more Voila options")
     sv.set_defaults(func=cmd_serve)
 

@@ -32,6 +32,7 @@ from browser_support import START_TIMEOUT, kernel_factories_of, kernels_of, mode
 from conftest import ROOT, isolated_env
 from model_fixture import tiny_model  # noqa: F401  (pytest fixture)
 
+from whatsthat.errors import WhatsthatError
 from whatsthat.model.files import ModelFiles
 from whatsthat.web.deploy import (
     SPACE_CARD,
@@ -45,6 +46,7 @@ from whatsthat.web.deploy import (
     read_space_card,
 )
 from whatsthat.web.preview import page_meta
+from whatsthat.web.serve import tornado_settings, voila_settings
 
 PY = tuple(sys.version_info[:2])
 # RUN commands that set up the image's operating system, not the environment: not run on this machine.
@@ -118,12 +120,23 @@ def edit(path: Path, old: str, new: str) -> None:
         ('"--notebook=app.ipynb"', '"--notebook=page.ipynb"', "page.ipynb, which does not exist"),
         ('CMD ["whatsthat", "serve", ', 'CMD ["voila", ', "not `whatsthat serve`"),
         ('CMD ["whatsthat", "serve", ', "CMD whatsthat serve #", "shell form"),
+        (', "--frame-ancestors=https://huggingface.co"', "", "in a frame"),
     ],
 )
 def test_a_broken_dockerfile_says_what_is_wrong(space, old, new, expect):
     edit(space / "Dockerfile", old, new)
     problems = check_dockerfile(space, version=(3, 11))
     assert any(expect in p for p in problems), problems
+
+
+def test_the_page_may_be_framed_by_other_sites_only_when_asked():
+    assert "headers" not in tornado_settings()  # Jupyter Server's own policy: frame-ancestors 'self'
+    csp = tornado_settings(frame_ancestors="https://huggingface.co")["headers"]["Content-Security-Policy"]
+    assert csp == "frame-ancestors 'self' https://huggingface.co"
+    with pytest.raises(WhatsthatError, match="sites separated by spaces"):
+        tornado_settings(frame_ancestors="https://x; script-src *")
+    _, args = voila_settings(frame_ancestors="https://huggingface.co")
+    assert any("frame-ancestors 'self' https://huggingface.co" in a for a in args if a.startswith("--Voila.tornado_settings="))
 
 
 def test_no_dockerfile(space):
@@ -343,6 +356,7 @@ def test_the_dockerfiles_commands_serve_the_page_on_7860(tmp_path):
             try:
                 with urllib.request.urlopen(url, timeout=10) as r:
                     body = r.read().decode("utf-8", errors="replace") if r.status == 200 else None
+                    csp = r.headers.get("Content-Security-Policy", "")
             except OSError:
                 time.sleep(0.5)
         # the page came from this server (not another one that took the port meanwhile) ...
@@ -354,6 +368,7 @@ def test_the_dockerfiles_commands_serve_the_page_on_7860(tmp_path):
         card = ModelFiles(workdir / "export.pkl").read_card()
         assert f'content="{html.escape(page_meta(card)["description"], quote=True)}"' in body, body[:3000]
         assert model_processes_of(proc), log.read_text(errors="replace")[-3000:]
+        assert "frame-ancestors 'self' https://huggingface.co" in csp, csp  # the Space's page may frame it
         # the serving environment the RUN built: the pinned CPU torch, no training stack
         probe = subprocess.run([str(python / "bin" / "python"), "-c",
                                 "import importlib.util as u, torch; print(torch.__version__, "

@@ -247,6 +247,8 @@ TARGETS = ("heroku", "spaces")
 SPACES_PORT = 7860  # where Spaces sends visitors unless the Space card's app_port names another
 # The YAML header Spaces reads from the top of the README.md in the Space's repository (its "card").
 SPACE_CARD = "---\ntitle: whatsthat\nemoji: 🐻\nsdk: docker\napp_port: 7860\n---\n"
+# The Space's page on the Hub shows the app in a frame from this site.
+SPACE_FRAMER = "https://huggingface.co"
 # The Hub refuses a push that holds a binary file over 1 MB outside Git LFS (or its Xet storage).
 HUB_BINARY_LIMIT = 1_000_000
 
@@ -339,6 +341,9 @@ def check_dockerfile(root: Path, version: tuple[int, int] | None = None, port: i
                             f"sends visitors to {port} (the Space card's app_port): --port={port}")
         if opts.get("host") != "0.0.0.0":
             problems.append("Dockerfile's CMD does not listen on all interfaces (--host=0.0.0.0): Spaces' proxy could not reach it")
+        if SPACE_FRAMER not in opts.get("frame-ancestors", "").split():
+            problems.append(f"Dockerfile's CMD does not let {SPACE_FRAMER} show the page in a frame, as the Space's "
+                            f"page does: it would stay empty there (--frame-ancestors={SPACE_FRAMER})")
         notebook = opts.get("notebook", "app.ipynb")
         if not (root / notebook).is_file():
             problems.append(f"Dockerfile's CMD serves {notebook}, which does not exist in {root}")

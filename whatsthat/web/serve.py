@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -79,15 +80,24 @@ TEMPLATE = "whatsthat"
 UNNEEDED_OPTIONAL_MODULES = ("rfc3987_syntax",)
 
 
-def tornado_settings(max_upload_mb: int = MAX_UPLOAD_MB) -> dict[str, Any]:
+def tornado_settings(max_upload_mb: int = MAX_UPLOAD_MB, frame_ancestors: str = "") -> dict[str, Any]:
     """Tornado settings for the web server, Voila's own or (on Binder) Jupyter Server's.
 
     - `websocket_max_message_size`: one upload travels in one websocket message (see MAX_UPLOAD_MB);
     - `compress_response`: gzip the ~5 MB of JavaScript every new visitor fetches. Jupyter Server
       honours it; Voila applies these settings after tornado has read this one, so `whatsthat serve`
-      runs `whatsthat.web.voilaapp.PageVoila`, which passes them to tornado's constructor.
+      runs `whatsthat.web.voilaapp.PageVoila`, which passes them to tornado's constructor;
+    - `frame_ancestors`: sites that may show the page in a frame, besides its own (Jupyter Server's
+      default policy is `frame-ancestors 'self'`, which it replaces). A Hugging Face Space's page shows
+      the app in a frame from https://huggingface.co.
     """
-    return {"websocket_max_message_size": int(max_upload_mb) * 2**20, "compress_response": True}
+    settings: dict[str, Any] = {"websocket_max_message_size": int(max_upload_mb) * 2**20, "compress_response": True}
+    if frame_ancestors:
+        if not re.fullmatch(r"[\w.:/*' -]+", frame_ancestors):
+            raise WhatsthatError(f"--frame-ancestors takes sites separated by spaces (e.g. https://huggingface.co), "
+                                 f"not {frame_ancestors!r}")
+        settings["headers"] = {"Content-Security-Policy": f"frame-ancestors 'self' {frame_ancestors}"}
+    return settings
 
 
 def voila_settings(
@@ -109,6 +119,7 @@ def voila_settings(
     join_timeout: float = JOIN_TIMEOUT,
     trust_forwarded_for: bool | None = None,
     public_url: str | None = None,
+    frame_ancestors: str = "",
     meta: dict[str, Any] | None = None,
     extra_args: Sequence[str] = (),
 ) -> tuple[dict[str, str], list[str]]:
@@ -156,7 +167,7 @@ def voila_settings(
         "--VoilaConfiguration.multi_kernel_manager_class=whatsthat.web.kernelpool.PageKernelManager",
         # a Python literal, which traitlets evaluates (key=value pairs would reach tornado as strings,
         # and JSON's `true` is not a Python literal)
-        "--Voila.tornado_settings=" + repr(tornado_settings(max_upload_mb)),
+        "--Voila.tornado_settings=" + repr(tornado_settings(max_upload_mb, frame_ancestors)),
         f"--template={TEMPLATE}",
         "--VoilaConfiguration.resources=" + repr(resources),
         # admission control (whatsthat.web.kernelpool); PageVoila's options are ignored by Voila alone
@@ -271,6 +282,7 @@ def serve(
     join_timeout: float = JOIN_TIMEOUT,
     trust_forwarded_for: bool | None = None,
     public_url: str | None = None,
+    frame_ancestors: str = "",
     voila_args: Sequence[str] = (),
     echo: Callable[[str], None] | None = None,
 ) -> int:
@@ -318,6 +330,7 @@ def serve(
             join_timeout=join_timeout,
             trust_forwarded_for=trust_forwarded_for,
             public_url=public_url,
+            frame_ancestors=frame_ancestors,
             meta=meta,
             extra_args=voila_args,
         )
