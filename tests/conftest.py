@@ -60,6 +60,13 @@ def isolated_home(tmp_path_factory, monkeypatch):
     return home
 
 
+def edit(path: Path, old: str, new: str) -> None:
+    """Replace `old` (which must be there) with `new` in the text file `path`: a broken copy of a real file."""
+    text = path.read_text()
+    assert old in text, (old, path)
+    path.write_text(text.replace(old, new))
+
+
 def draw_image(kind: str, size: int = 64, seed: int = 0, mode: str = "RGB") -> Image.Image:
     """A generated picture whose class is visible: 'red' circles vs 'blue' squares vs 'green' bars."""
     rng = random.Random(f"{kind}-{seed}")

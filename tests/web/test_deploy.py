@@ -12,7 +12,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, edit
 from model_fixture import tiny_model  # noqa: F401  (pytest fixture)
 
 from whatsthat.errors import WhatsthatError
@@ -51,12 +51,6 @@ def deployable(repo_copy, tiny_model):  # noqa: F811
     for name in MODEL_FILES:  # what a maintainer commits: the learner, its card and the serving artifact
         shutil.copy(tiny_model.with_name(name), repo_copy / name)
     return repo_copy
-
-
-def edit(path, old, new):
-    text = path.read_text()
-    assert old in text, (old, path)
-    path.write_text(text.replace(old, new))
 
 
 # -- the real repository's files --

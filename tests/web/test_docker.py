@@ -29,7 +29,7 @@ from pathlib import Path
 import psutil
 import pytest
 from browser_support import START_TIMEOUT, kernel_factories_of, kernels_of, model_processes_of, stop_server
-from conftest import ROOT, isolated_env
+from conftest import ROOT, edit, isolated_env
 from model_fixture import tiny_model  # noqa: F401  (pytest fixture)
 
 from whatsthat.errors import WhatsthatError
@@ -98,12 +98,6 @@ def space(tmp_path):
         shutil.copy(ROOT / name, tmp_path / name)
     (tmp_path / "README.md").write_text(SPACE_CARD + "# my classifier\n")
     return tmp_path
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, (old, path)
-    path.write_text(text.replace(old, new))
 
 
 @pytest.mark.parametrize(
