@@ -36,8 +36,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -47,7 +45,7 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-from common import ROOT, machine, median, require_bears, table
+from common import ROOT, BenchServer, kind_of, machine, median, require_bears, table, temp_env
 
 from whatsthat.web.serve import voila_command
 
@@ -67,10 +65,6 @@ BARE_NOTEBOOK = {
     "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
     "nbformat": 4, "nbformat_minor": 5,
 }  # fmt: skip
-TEMP_DIRS = [("HOME", ""), ("XDG_CACHE_HOME", ".cache"), ("XDG_CONFIG_HOME", ".config"),
-             ("XDG_DATA_HOME", ".local/share"), ("JUPYTER_CONFIG_DIR", ".jupyter"),
-             ("JUPYTER_DATA_DIR", ".local/share/jupyter"), ("JUPYTER_RUNTIME_DIR", ".local/share/jupyter/runtime"),
-             ("IPYTHONDIR", ".ipython"), ("MPLCONFIGDIR", ".config/matplotlib"), ("TORCH_HOME", ".cache/torch")]  # fmt: skip
 
 
 def serve_venv() -> Path | None:
@@ -106,44 +100,12 @@ def require_current_package() -> None:
                  f"{' ...' if len(stale) > 5 else ''} differ): run `make serve-env` first")
 
 
-def temp_env(home: Path) -> dict[str, str]:
-    env = dict(os.environ, JUPYTER_PLATFORM_DIRS="1", MPLBACKEND="Agg")
-    for var, sub in TEMP_DIRS:
-        (home / sub).mkdir(parents=True, exist_ok=True)
-        env[var] = str(home / sub)
-    for var in ("WHATSTHAT_EXAMPLES", "WHATSTHAT_MODEL_SOCKET", "WHATSTHAT_MODEL_AUTHKEY"):
-        env.pop(var, None)
-    return env
-
-
 def wait_until(check, timeout: float, what: str, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what}: not within {timeout:.0f}s")
         time.sleep(interval)
-
-
-def cmdline(p: psutil.Process) -> str:
-    try:
-        return " ".join(p.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return ""
-
-
-def kind_of(p: psutil.Process) -> str:
-    line = cmdline(p)
-    if "ipykernel_launcher" in line or "whatsthat.web.pagekernel" in line:
-        return "kernel"
-    if "whatsthat.web.kernelfactory" in line:  # the factory, or a kernel it forked (which shares its command line)
-        try:
-            parent = p.parent()
-        except psutil.NoSuchProcess:
-            parent = None
-        return "kernel" if parent is not None and "whatsthat.web.kernelfactory" in cmdline(parent) else "factory"
-    if "whatsthat.web.modelprocess" in line:
-        return "model"
-    return "server"
 
 
 def pss_mb(p: psutil.Process) -> float:
@@ -160,25 +122,15 @@ def loads_torch(p: psutil.Process) -> bool:
         return False
 
 
-class Server:
+class Server(BenchServer):
     """One server on a free port in a temp dir: `after` is `whatsthat serve`, `before` is Voila alone."""
 
     def __init__(self, mode: str, model: Path, code: Path | None = None) -> None:
+        super().__init__(mode, f"whatsthat-app-bench-{mode}-", code)
         self.mode, self.model = mode, model
-        self.code = code  # another checkout's package, first on PYTHONPATH (common.checkout), or None
-        self.tmp = tempfile.TemporaryDirectory(prefix=f"whatsthat-app-bench-{mode}-")
-        self.log = Path(self.tmp.name) / "server.log"
-        self.pids: set[int] = set()
 
     def __enter__(self) -> Server:
-        tmp = Path(self.tmp.name)
-        env = temp_env(tmp / "home")
-        if self.code is not None:  # inherited by the model process and the kernels too
-            env["PYTHONPATH"] = str(self.code)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        tmp, env, port = self.prepare()
         extra = [f"--Voila.connection_dir_root={tmp}"]
         if self.mode in ("after", "no-factory"):
             factory = ["--no-kernel-factory"] if self.mode == "no-factory" else []
@@ -195,35 +147,10 @@ class Server:
         else:
             cmd = voila_command("app.ipynb", port, "127.0.0.1", self.model, examples=tmp / "none",
                                 voila=[str(bin_dir() / "python"), "-m", "voila"], extra_args=extra)  # fmt: skip
-        with self.log.open("wb") as out:
-            self.started = time.monotonic()
-            self.started_wall = time.time()  # the server log's timestamps are wall-clock
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)  # fmt: skip
+        self.started = time.monotonic()
+        self.started_wall = time.time()  # the server log's timestamps are wall-clock
+        self.launch(cmd, env)
         return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is not None:
-            print(f"{self.mode} server log (tail):\n{self.log_text()[-4000:]}", file=sys.stderr)
-        self.processes()
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        for pid in self.pids:  # kernels run in their own sessions, outside the server's process group
-            try:
-                p = psutil.Process(pid)
-                if kind_of(p) in ("kernel", "model", "factory"):
-                    p.kill()
-            except psutil.NoSuchProcess:
-                continue
-        self.tmp.cleanup()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
 
     def alive(self) -> bool:
         if self.proc.poll() is not None:
@@ -246,15 +173,6 @@ class Server:
                     stamp = dt.datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S").timestamp() + int(found[2]) / 1000
                     return stamp - self.started_wall
         return None
-
-    def processes(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.proc.pid)
-            found = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-        self.pids |= {p.pid for p in found}
-        return found
 
     def kernels(self) -> list[psutil.Process]:
         return [p for p in self.processes() if kind_of(p) == "kernel"]

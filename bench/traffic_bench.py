@@ -33,13 +33,8 @@ import argparse
 import asyncio
 import concurrent.futures
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -51,13 +46,11 @@ from app_bench import (
     CHROMIUM,
     CHROMIUM_ARGS,
     bin_dir,
-    kind_of,
     require_current_package,
     serve_venv,
-    temp_env,
     wait_until,
 )
-from common import ROOT, checkout, median, percentile, require_bears, table
+from common import ROOT, BenchServer, checkout, median, percentile, require_bears, table
 
 from whatsthat.web.admission import measure
 
@@ -79,64 +72,24 @@ PHONES = {  # name: (CPU slowdown, network)
 MODEL_LOADED = "whatsthat.web.app: model "  # each kernel's line once its page can classify
 
 
-class TrafficServer:
+class TrafficServer(BenchServer):
     """`whatsthat serve` on a free local port, every user dir in a temp dir; `code`: another commit's package."""
 
+    stop_group = False  # `whatsthat serve` stops its model process and kernels itself, as on a dyno
+    stop_timeout = 40.0
+
     def __init__(self, name: str, model: Path, code: Path | None = None, args: tuple[str, ...] = ()) -> None:
-        self.name, self.model, self.code, self.args = name, model, code, args
-        self.tmp = tempfile.TemporaryDirectory(prefix=f"whatsthat-traffic-{name}-")
-        self.log = Path(self.tmp.name) / "server.log"
-        self.pids: set[int] = set()
+        super().__init__(name, f"whatsthat-traffic-{name}-", code)
+        self.name, self.model, self.args = name, model, args
 
     def __enter__(self) -> TrafficServer:
-        tmp = Path(self.tmp.name)
-        env = temp_env(tmp / "home")
+        tmp, env, self.port = self.prepare()
         env.pop("DYNO", None)
-        if self.code is not None:
-            env["PYTHONPATH"] = str(self.code)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
         cmd = [str(bin_dir() / "whatsthat"), "serve", f"--model={self.model}", f"--port={self.port}",
                "--host=127.0.0.1", f"--examples={tmp / 'none'}", *self.args, "--",
                f"--Voila.connection_dir_root={tmp}"]  # fmt: skip
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)  # fmt: skip
+        self.launch(cmd, env)
         return self
-
-    def __exit__(self, exc_type, *exc) -> None:
-        if exc_type is not None:
-            print(f"{self.name} server log (tail):\n{self.log_text()[-4000:]}", file=sys.stderr)
-        self.processes()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
-        for pid in self.pids:  # kernels run in sessions of their own, outside the server's process group
-            try:
-                p = psutil.Process(pid)
-                if kind_of(p) in ("kernel", "model", "factory"):
-                    p.kill()
-            except psutil.NoSuchProcess:
-                continue
-        self.tmp.cleanup()
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def processes(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.proc.pid)
-            found = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-        self.pids |= {p.pid for p in found}
-        return found
 
     def sample(self) -> tuple[float, int]:
         """(the whole server's PSS in MB, its kernels)."""
