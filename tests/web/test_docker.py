@@ -179,6 +179,17 @@ def test_the_projects_readme_is_not_a_space_card():
     assert read_space_card(ROOT / "README.md") is None
 
 
+def test_the_docs_command_that_adds_the_space_card_writes_the_card_deploy_check_asks_for(tmp_path):
+    line = next(ln.strip() for ln in (ROOT / "docs" / "deploy.md").read_text().splitlines()
+                if ln.strip().startswith("printf") and "sdk: docker" in ln)
+    (tmp_path / "README.md").write_text("# whatsthat\n")
+    proc = subprocess.run(["bash", "-c", line + " && mv README.tmp README.md"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "README.md").read_text(encoding="utf-8") == SPACE_CARD + "# whatsthat\n"
+    assert check_space_card(tmp_path) == ([], SPACES_PORT)
+
+
 def test_binary_model_files_over_a_megabyte_must_go_through_git_lfs(tmp_path):
     model = tmp_path / "export.pkl"
     model.write_bytes(b"\0" * 2_000_000)
@@ -397,3 +408,4 @@ def test_docker_builds_the_image_where_a_daemon_runs(tmp_path):
         assert probe.stdout.split() == ["1000", "2.13.0+cpu"], probe.stdout + probe.stderr
     finally:
         subprocess.run([docker, "image", "rm", "--force", tag], capture_output=True, timeout=120)
+
