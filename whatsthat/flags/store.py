@@ -387,7 +387,7 @@ class _Postgres(_Backend):
             return None
         self.close()  # whatever happened, the next call starts from a fresh connection
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if e.sqlstate and e.sqlstate.startswith("53"):  # insufficient resources: disk full, out of memory
+        if e.sqlstate in ("53100", "53200"):  # disk full, out of memory
             return FlagStoreDown("full", f"the flags database {describe_url(self.url)} is full ({text})")
         if isinstance(e, psycopg.OperationalError | psycopg.InterfaceError):
             return FlagStoreDown("unreachable", f"the flags database {describe_url(self.url)} "
