@@ -236,8 +236,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args.model, port=args.port, host=args.host, notebook=args.notebook, examples=args.examples,
                  cull_idle_timeout=args.cull_idle_timeout, cull_interval=args.cull_interval,
                  kernel_factory=args.kernel_factory, memory_mb=args.memory_mb,
-                 trust_forwarded_for=args.trust_forwarded_for, public_url=args.public_url, voila_args=voila_args,
-                 **given)  # fmt: skip
+                 trust_forwarded_for=args.trust_forwarded_for, public_url=args.public_url, flags=args.flags,
+                 voila_args=voila_args, **given)  # fmt: skip
 
 
 def cmd_artifact(args: argparse.Namespace) -> int:
@@ -446,6 +446,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "router sets it)")
     sv.add_argument("--public-url", help="the site's public address, for absolute links in link previews "
                                          "(default: Heroku's app address where dyno metadata gives it)")
+    sv.add_argument("--flags", default="off", metavar="off|on|URL",
+                    help="visitors' flags ('Wrong? Tell us what it is'): off (default); on: stored in $DATABASE_URL, "
+                         "else the default SQLite file that `whatsthat flags pull` reads; or a database URL "
+                         "(sqlite:///PATH, postgresql://...)")
     sv.add_argument("voila_args", nargs=argparse.REMAINDER, help="after --: more Voila options")
     sv.set_defaults(func=cmd_serve)
 
