@@ -42,9 +42,10 @@ lint: install
 
 # pytest exits 5 when it collects nothing: a missing suite must fail, not pass silently. Browser tests
 # must run: Chromium is installed first where we may, and a missing browser fails them instead of skipping.
+# So must the flags tests against a real PostgreSQL server: installed first the same way.
 test: lint serve-env
-	bash .ci/ensure-chromium
-	WHATSTHAT_BROWSER_TESTS=required WHATSTHAT_SERVE_VENV=$(abspath $(SERVE_VENV)) $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	bash .ci/ensure-chromium && bash .ci/ensure-postgres
+	WHATSTHAT_BROWSER_TESTS=required WHATSTHAT_POSTGRES_TESTS=required WHATSTHAT_SERVE_VENV=$(abspath $(SERVE_VENV)) $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 # Everything but the slow (training, notebooks) and browser tests: seconds, for the edit-test loop.

@@ -161,3 +161,33 @@ def browser(chromium):
             yield b
         finally:
             b.close()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (tests/pgserver.py): Debian's, on a Unix socket, never as root.
+
+    Skipped where PostgreSQL is not installed, except under `make test`/CI (WHATSTHAT_POSTGRES_TESTS=required
+    or CI=true), where that is a failure.
+    """
+    from pgserver import PostgresServer, find_bin
+
+    bindir = find_bin()
+    if bindir is None:
+        if os.environ.get("CI") == "true" or os.environ.get("WHATSTHAT_POSTGRES_TESTS") == "required":
+            pytest.fail("these tests need PostgreSQL (initdb, pg_ctl); `bash .ci/ensure-postgres` installs it")
+        pytest.skip("needs PostgreSQL (initdb, pg_ctl): sudo apt-get install postgresql")
+    server = PostgresServer(bindir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A URL to an empty flags database: a SQLite file, then a fresh database on the `postgres` server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'flags.db'}"
+    return request.getfixturevalue("postgres").new_database()

@@ -2,9 +2,10 @@
 
 The layers, bottom up (docs/development.md, "The package"): the base modules (errors, atomic, images,
 progress), model/ (a trained model's files, loading, verdict, detector scoring: torch only), dataset/
-(gathering pictures), training/ (fastai), cleaning/, web/ (the page and its server), cli. A module may
-import from its own layer and the layers below, never from above; the imports include the ones made
-inside functions, since a lazy import upward is still a dependency upward.
+(gathering pictures), flags/ (visitors' flags in a database), training/ (fastai), cleaning/, web/ (the
+page and its server), cli. A module may import from its own layer and the layers below, never from
+above; the imports include the ones made inside functions, since a lazy import upward is still a
+dependency upward.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import pytest
 from conftest import ROOT
 
 PACKAGE = ROOT / "whatsthat"
-LAYERS = ["base", "model", "dataset", "training", "cleaning", "web", "cli"]
+LAYERS = ["base", "model", "dataset", "flags", "training", "cleaning", "web", "cli"]
 BASE = {"whatsthat", "whatsthat.errors", "whatsthat.atomic", "whatsthat.images", "whatsthat.progress"}
 COMPAT = {"whatsthat.models"}  # only for export.pkl files that pickle this path; nothing imports it
 # what a page's kernel imports to show the page (app.ipynb, whatsthat serve's kernels)
