@@ -6,8 +6,9 @@ server side, through `whatsthat.flags.store` (parameterised SQL, caps, rate limi
 sends a `flag` request over the model channel (`whatsthat.web.protocol`) and never reads flags back.
 
 - **Opened once**, in a worker thread at the start, so a slow or stopped database delays neither the
-  model's start nor a classification. A store that cannot be opened is logged with the reason, and
-  tried again on a later flag (at most every REOPEN seconds); meanwhile flags are answered "down".
+  model's start nor a classification. A database that cannot be reached then is logged with the reason,
+  and the store is opened lazily instead: each later flag tries to connect again (and is answered "down"
+  while it cannot). A URL the store cannot use at all is logged, and every flag is answered "down".
 - **Bounded time**: every write runs on that one worker thread (SQLite wants one writer anyway), and a
   visitor's request waits at most WAIT seconds for it. A database that hangs (a network partition) thus
   costs that visitor's flag, never the classification of anyone: classification runs on other threads
@@ -26,13 +27,11 @@ import json
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from whatsthat.errors import WhatsthatError
 from whatsthat.web.protocol import ENV_FLAG_SECRET, ENV_FLAGS_URL
@@ -42,23 +41,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("whatsthat.web.flagdesk")
 
-WAIT = 5.0  # s a visitor's flag waits for the store before the page says "could not send"
+# s a visitor's flag waits for the store before the page says "could not send": more than the store's
+# own connect time-out (whatsthat.flags.store.CONNECT_TIMEOUT_S, 5 s), so a stopped database says so itself
+WAIT = 8.0
 PENDING = 8  # flags waiting for the store at once; more are "down" at once (the store is not keeping up)
-REOPEN = 30.0  # s between tries to open a store that could not be opened
 MAX_KERNELS = 4096  # kernel -> client hash entries kept (the oldest go first: their kernels are long culled)
-
-
-def redact(url: str) -> str:
-    """`url` without its password, for the log (Heroku's DATABASE_URL carries one)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def model_fingerprint(card: Mapping[str, Any]) -> str:
@@ -74,11 +61,12 @@ class FlagDesk:
     """The model process's side of visitors' flags (see the module docstring)."""
 
     def __init__(self, url: str, secret: bytes, classes: Sequence[str], *, wait: float = WAIT,
-                 pending: int = PENDING, reopen: float = REOPEN) -> None:  # fmt: skip
-        self.url, self.secret, self.classes = url, secret, list(classes)
-        self.wait, self.reopen = wait, reopen
+                 pending: int = PENDING) -> None:  # fmt: skip
+        from whatsthat.flags.store import describe_url
+
+        self.url, self.secret, self.classes, self.wait = url, secret, list(classes), wait
+        self.where = describe_url(url)  # for the log: without the password Heroku's DATABASE_URL carries
         self._store: FlagStore | None = None
-        self._opened_at = 0.0  # monotonic time of the last try to open
         self._clients: OrderedDict[str, str] = OrderedDict()  # kernel id -> client hash
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(pending)
@@ -97,42 +85,38 @@ class FlagDesk:
             secret = bytes.fromhex(key) if key else os.urandom(32)
         except ValueError:
             secret = key.encode()  # an operator's own secret need not be hex
-        log.info("visitors' flags on: store %s", redact(url))
         return cls(url, secret, classes, **kwargs)
 
     # -- the store, on the worker thread only --
 
-    def _open(self) -> FlagStore | None:
-        from whatsthat.flags.store import open_store  # the store's driver loads here, in the model process only
+    def _open(self) -> None:
+        from whatsthat.flags.store import FlagStoreDown, open_store  # the driver loads here, in the model process only
 
-        self._opened_at = time.monotonic()
         try:
             self._store = open_store(self.url, classes=self.classes)
-        except WhatsthatError as e:  # FlagStoreDown, a bad URL: flags are "down", classification goes on
-            log.error("visitors' flags: cannot open the store %s: %s (flags are answered 'could not send' until "
-                      "it can be opened; tried again at most every %.0fs)", redact(self.url), e, self.reopen)  # fmt: skip
-            self._store = None
+        except FlagStoreDown as e:  # classification goes on; each flag tries to connect again
+            log.error("visitors' flags: cannot reach the store %s: %s; flags are answered 'could not send' until "
+                      "it can be reached (each flag tries again)", self.where, e)  # fmt: skip
+            self._store = open_store(self.url, classes=self.classes, lazy=True)
+        except WhatsthatError as e:  # a URL or schema the store cannot use: nothing to retry
+            log.error("visitors' flags: cannot use the store %s: %s; every flag is answered 'could not send'",
+                      self.where, e)  # fmt: skip
         else:
-            log.info("visitors' flags: store %s open", redact(self.url))
-        return self._store
+            log.info("visitors' flags on: store %s open", self.where)
 
     def _add(self, flag: Any) -> dict:
         from whatsthat.flags.store import FlagRefused, FlagStoreDown
 
         store = self._store
         if store is None:
-            if time.monotonic() - self._opened_at < self.reopen:
-                return {"ok": True, "sent": False, "down": True}
-            store = self._open()
-            if store is None:
-                return {"ok": True, "sent": False, "down": True}
+            return {"ok": True, "sent": False, "down": True}
         try:
             row = store.add(flag)
         except FlagRefused as e:
             log.info("flag refused (%s): %s", getattr(e, "reason", "refused"), e)
             return {"ok": True, "sent": False, "refused": str(e)}
         except FlagStoreDown as e:
-            log.warning("flag not stored: the store %s is down: %s", redact(self.url), e)
+            log.warning("flag not stored: the store %s is down: %s", self.where, e)
             return {"ok": True, "sent": False, "down": True}
         log.info("flag %d stored (label %r, photo %s)", row, flag.label, "yes" if flag.photo else "no")
         return {"ok": True, "sent": True, "id": int(row)}
@@ -173,7 +157,7 @@ class FlagDesk:
         if isinstance(flag, str):
             return {"ok": False, "error": f"malformed flag: {flag}"}
         if not self._slots.acquire(blocking=False):
-            log.warning("flag not stored: %d flags already wait for the store %s", PENDING, redact(self.url))
+            log.warning("flag not stored: %d flags already wait for the store %s", PENDING, self.where)
             return {"ok": True, "sent": False, "down": True}
         try:
             future: Future = self._worker.submit(self._add, flag)
@@ -184,10 +168,10 @@ class FlagDesk:
         try:
             return future.result(timeout=self.wait)
         except FutureTimeout:
-            log.warning("flag not answered: the store %s took more than %.0fs", redact(self.url), self.wait)
+            log.warning("flag not answered: the store %s took more than %.0fs", self.where, self.wait)
             return {"ok": True, "sent": False, "down": True}
         except Exception:  # a bug in the store must cost this flag, never the model process
-            log.exception("flag failed in the store %s", redact(self.url))
+            log.exception("flag failed in the store %s", self.where)
             return {"ok": True, "sent": False, "down": True}
 
     def _flag(self, header: Mapping[str, Any], blobs: Sequence[bytes], card: Mapping[str, Any], kernel: str) -> Any:
