@@ -304,7 +304,7 @@ def test_voila_settings_turn_the_control_on_for_the_kernels_only(tmp_path):
     assert env[ENV_FLAGS] == "on" and "--PageKernelManager.flags=True" in args
     assert not any("sqlite" in v or "postgres" in v for v in env.values())  # kernels never get the store's URL
     env, args = voila_settings("app.ipynb")
-    assert env[ENV_FLAGS] == "off" and "--PageKernelManager.flags=False" in args
+    assert ENV_FLAGS not in env and "--PageKernelManager.flags=False" in args
 
 
 def test_cli_says_what_is_wrong_with_a_bad_flags_value(tmp_path, capsys):

@@ -106,8 +106,9 @@ class RemoteClassifier:
         log.info("model process %s (%s) answered this kernel", self.pid, self.backend)
 
     def classify_files(self, files: Sequence[tuple[str, bytes]], thumb_side: int) -> list[dict]:
-        # with flags on, a copy of at most PHOTO_SIDE px of each photo too: what a flag keeps with consent
-        return self.client.classify_files(files, thumb_side, PHOTO_SIDE if flags_on() else 0)
+        if flags_on():  # then a copy of at most PHOTO_SIDE px of each photo too: what a flag keeps with consent
+            return self.client.classify_files(files, thumb_side, PHOTO_SIDE)
+        return self.client.classify_files(files, thumb_side)
 
 
 @dataclass

@@ -172,7 +172,7 @@ def voila_settings(
     if public_url is None:
         public_url = heroku_url()
     meta = meta or page_meta({})
-    env = {"MPLBACKEND": "Agg", ENV_FLAGS: "on" if flags else "off"}  # kernels inherit both
+    env = {"MPLBACKEND": "Agg"}  # no GUI backend on a server; kernels inherit it
     # the page kernelspec first (before the user's, the venv's and ipykernel's own python3 spec), then the template
     paths = [*([str(kernel_path)] if kernel_path is not None else []), str(TEMPLATES)]
     env["JUPYTER_PATH"] = os.pathsep.join([*paths, *filter(None, [os.environ.get("JUPYTER_PATH")])])
@@ -182,6 +182,8 @@ def voila_settings(
         env["WHATSTHAT_MODEL"] = str(model)
     if examples is not None:
         env["WHATSTHAT_EXAMPLES"] = str(examples)
+    if flags:
+        env[ENV_FLAGS] = "on"  # the kernels show the flag control; the store's URL goes to the model process only
     args = [
         f"--port={port}",
         f"--Voila.ip={host}",
