@@ -6,6 +6,7 @@ Heavy imports (torch, fastai) happen inside the commands, so `whatsthat --help` 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import signal
@@ -29,6 +30,7 @@ examples:
   whatsthat clean data --apply cleaning-decisions.json   (then: whatsthat undo data)
   whatsthat predict photo.jpg --json
   whatsthat not-sure fit export.pkl data   (statistics for a model trained before they existed)
+  whatsthat flags pull flagged/   (visitors' flagged photos, for the cleaner's "Flagged by visitors")
 """
 
 
@@ -227,6 +229,41 @@ def cmd_journal(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_flags_pull(args: argparse.Namespace) -> int:
+    from whatsthat.flags.pull import pull_flags
+    from whatsthat.flags.store import database_url
+
+    print(pull_flags(database_url(args.db), args.out))
+    return 0
+
+
+def cmd_flags_stats(args: argparse.Namespace) -> int:
+    from whatsthat.flags.stats import stats_of
+    from whatsthat.flags.store import database_url
+
+    print(stats_of(database_url(args.db)))
+    return 0
+
+
+def cmd_flags_delete(args: argparse.Namespace) -> int:
+    from whatsthat.flags.store import database_url, delete_flags
+
+    print(delete_flags(database_url(args.db), args.before))
+    return 0
+
+
+def _before(text: str) -> dt.datetime:
+    """--before: a date (UTC midnight), a date and time (UTC unless it says), or Nd (N days ago)."""
+    if text.endswith("d") and text[:-1].isdigit():
+        return dt.datetime.now(dt.UTC) - dt.timedelta(days=int(text[:-1]))
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date like 2026-12-01, a time like 2026-12-01T12:00, or "
+                                         f"a number of days like 90d; got {text!r}") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from whatsthat.web.serve import serve
 
@@ -418,6 +455,27 @@ def build_parser() -> argparse.ArgumentParser:
     jo.add_argument("-v", "--verbose", action="store_true", help="list every move of each batch")
     jo.add_argument("--json", action="store_true", help="print the raw journal records")
     jo.set_defaults(func=cmd_journal)
+
+    fl = sub.add_parser("flags", help="visitors' flags: pull their photos into a folder, show stats, delete old ones",
+                        description="The flags visitors sent from the page (whatsthat serve --flags); see docs/flags.md.")
+    fsub = fl.add_subparsers(dest="action", metavar="ACTION", required=True)
+    db_help = ("the database: sqlite:///PATH or postgresql://... (default: $DATABASE_URL, else the default SQLite "
+               "file ~/.local/share/whatsthat/flags.db)")
+    fp = fsub.add_parser("pull", help="write the photos kept with consent as a folder per visitor label",
+                         description="Write the flagged photos (those kept with the visitor's consent) into OUT as a "
+                                     "folder per visitor label, each with a manifest row (flag id, time, model "
+                                     "fingerprint, model answer). Pulling again adds only new flags.")
+    fp.add_argument("out", type=Path, metavar="OUT", help="the folder to write, e.g. flagged/")
+    fp.add_argument("--db", metavar="URL", help=db_help)
+    fp.set_defaults(func=cmd_flags_pull)
+    fs = fsub.add_parser("stats", help="counts per class, the confusions visitors report, 'none of these' by week")
+    fs.add_argument("--db", metavar="URL", help=db_help)
+    fs.set_defaults(func=cmd_flags_stats)
+    fd = fsub.add_parser("delete", help="delete the flags (photos included) stored before a date")
+    fd.add_argument("--before", type=_before, metavar="WHEN", required=True,
+                    help="a date (2026-12-01, UTC), a time (2026-12-01T12:00), or a number of days ago (90d)")
+    fd.add_argument("--db", metavar="URL", help=db_help)
+    fd.set_defaults(func=cmd_flags_delete)
 
     sv = sub.add_parser("serve", help="serve the web page (Voila) for a model, locally",
                         description="Run Voila on app.ipynb with kernel culling and a preheated kernel.")

@@ -301,6 +301,7 @@ class _Sqlite(_Backend):
         try:
             conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
             conn.execute("PRAGMA synchronous=FULL")  # a committed flag survives a power cut
+            conn.execute("PRAGMA secure_delete=ON")  # a deleted photo's bytes are overwritten, not left in free pages
         except sqlite3.Error as e:
             conn.close()
             raise self.down(e) or FlagStoreDown("unreachable", f"{self.path}: {e}") from e
@@ -493,11 +494,18 @@ class FlagStore:
             ).fetchone()
             return int(row[0])
 
-    def rows(self, *, after: int = 0, photos: bool = True) -> list[StoredFlag]:
-        """Stored flags with an id above `after`, oldest first; without the photo bytes unless `photos`."""
+    def rows(self, *, after: int = 0, photos: bool = True, with_photo_only: bool = False,
+             limit: int | None = None) -> list[StoredFlag]:
+        """Stored flags with an id above `after`, oldest first, at most `limit` of them.
+
+        `photos=False` leaves the photo bytes out (`photo_bytes` still says whether there was one);
+        `with_photo_only` reads only the flags that kept a photo.
+        """
         cols = _COLUMNS if photos else _COLUMNS.replace("photo,", "NULL,")
+        where = "id > ?" + (" AND photo IS NOT NULL" if with_photo_only else "")
         with self._transaction() as db:
-            got = db.execute(f"SELECT {cols} FROM flags WHERE id > ? ORDER BY id", (after,)).fetchall()
+            got = db.execute(f"SELECT {cols} FROM flags WHERE {where} ORDER BY id" + (" LIMIT ?" if limit else ""),
+                             (after, limit) if limit else (after,)).fetchall()
         return [StoredFlag(int(r[0]), _parse_time(r[1]), r[2], [(c, float(p)) for c, p in json.loads(r[3])],
                            r[4], r[5], r[6], bytes(r[7]) if r[7] is not None else None, r[8], int(r[9]))
                 for r in got]  # fmt: skip
@@ -547,3 +555,12 @@ def open_store(url: str | None = None, *, caps: Caps | None = None, classes: Seq
     if not lazy:
         store.check()
     return store
+
+
+def delete_flags(url: str | None, before: dt.datetime) -> str:
+    """Delete the flags stored before `before` in the database at `url`; says how many, and how many are left."""
+    with open_store(url, create=False) as store:
+        n = store.delete(before)
+        left = store.count()
+    return (f"deleted {n} flag(s) stored before {_time(before)[:19]}Z from {describe_url(url)}, photos "
+            f"included; {left} left")
