@@ -21,6 +21,8 @@ import pytest
 from browser_support import classify, pick_model_and_photo, running_server, upload
 from PIL import Image
 
+from whatsthat.cli import main
+from whatsthat.dataset.manifest import read_manifest
 from whatsthat.flags.store import NONE_OF_THESE, client_hash, open_store
 from whatsthat.web.flagform import CONSENT, COULD_NOT_SEND, QUESTION, THANKS
 from whatsthat.web.protocol import ENV_FLAG_SECRET, PHOTO_SIDE
@@ -80,7 +82,7 @@ def rows(url: str):
         return store.rows()
 
 
-def test_a_visitor_flags_a_wrong_answer_with_consent(browser, sqlite_server):
+def test_a_visitor_flags_a_wrong_answer_with_consent(browser, sqlite_server, tmp_path):
     server = sqlite_server
     context, page = open_page(browser, server)
     try:
@@ -106,6 +108,15 @@ def test_a_visitor_flags_a_wrong_answer_with_consent(browser, sqlite_server):
         assert row.ranked and row.ranked[0][0] in choices
         # the keyed hash of the visitor's address: the server told the model process which client the kernel serves
         assert row.client == client_hash(VISITOR, SECRET)
+
+        # the maintainer's side: `whatsthat flags pull` brings it, with its provenance
+        pulled = tmp_path / "flagged"
+        assert main(["flags", "pull", str(pulled), "--db", server.flags_url]) == 0
+        photo = pulled / wrong / f"flag-{row.id}.jpg"
+        assert photo.read_bytes() == row.photo
+        [entry] = read_manifest(pulled)
+        assert (entry["url"], entry["flag_id"], entry["label"]) == (f"flag:{row.id}", str(row.id), wrong)
+        assert entry["flag_answer"] == row.ranked[0][0] and entry["flag_model"] == row.model
 
         # another photo, flagged without consent: no photo kept
         upload(page, (name, data))

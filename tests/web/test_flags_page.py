@@ -313,3 +313,35 @@ def test_cli_says_what_is_wrong_with_a_bad_flags_value(tmp_path, capsys):
     assert main(["serve", "--model", str(tmp_path / "none.pkl"), "--flags", "maybe"]) == 1
     err = capsys.readouterr().err
     assert "--flags takes off, on or a database URL" in err and "'maybe'" in err and "Traceback" not in err
+
+
+def test_a_thousand_flags_in_a_minute_from_one_client_and_classification_does_not_slow(tmp_path, desk, db_url):
+    flooder = start(tmp_path, desk)
+    visitor = ModelClient(flooder.path, flooder.authkey, connect_wait=5)  # another kernel on the same model process
+    flooder.tell_client("flood", "198.51.100.66")
+
+    def classify_times(n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            t0 = time.monotonic()
+            assert visitor.classify_files([("a.jpg", red())], 32)[0]["ranked"]
+            times.append(time.monotonic() - t0)
+        return times
+
+    quiet = sorted(classify_times(10))[5]
+    replies: list[dict] = []
+    flood = threading.Thread(target=lambda: replies.extend(
+        flooder.flag("flood", [("red", 0.9)], None, "blue") for _ in range(1000)))  # fmt: skip
+    t0 = time.monotonic()
+    flood.start()
+    during = []
+    while flood.is_alive():
+        during += classify_times(1)
+    flood.join()
+    took = time.monotonic() - t0
+    assert took < 60 and len(replies) == 1000  # a thousand in well under a minute
+    sent = [r for r in replies if r["sent"]]
+    assert len(sent) == Caps().per_client_per_minute and len(stored(db_url)) == len(sent)  # the limit holds
+    assert all("minute" in r["refused"] for r in replies if not r["sent"])
+    # the other visitor's classifications: no slower than a tenth of a second beyond the quiet median
+    assert during and sorted(during)[len(during) // 2] < quiet + 0.1, (quiet, sorted(during)[-5:])

@@ -16,6 +16,10 @@ so a kernel never holds a decoded 100-megapixel picture.
   would only fight over the same cores.
 - Failures: a bad upload is an error for that file only; an exception in one request is logged and
   answered as a refusal on that connection; the other kernels' connections never notice.
+- Visitors' flags (`whatsthat serve --flags`): with them on, each answer also carries a copy of the
+  photo of at most 512 px (what a flag keeps, with the visitor's consent), and `flag` requests are
+  written by `whatsthat.web.flagdesk.FlagDesk`, which owns the store; a store that is down never
+  touches classification.
 - Supervision: `Supervisor` (used by `whatsthat serve` and the Binder start script) runs this module
   as a child process and restarts it when it exits, with a growing delay if it keeps failing.
 - Stopping: on SIGTERM (Heroku sends it to every process of a dyno at once, 30 s before SIGKILL) it
