@@ -190,7 +190,9 @@ class PageKernelManager(AsyncMappingKernelManager):
     def _tell_model(self, kernel_id: str, client: str) -> None:
         """Tell the model process which client `kernel_id` serves (a thread: it may wait for a restarting process)."""
         if self._model is None:
-            self._model = ModelClient.from_env(connect_wait=5.0, request_timeout=5.0)
+            # a page may come while the model process still loads (the page is built from the model card
+            # without waiting for it): wait for it as a kernel does, in this thread of its own
+            self._model = ModelClient.from_env(request_timeout=10.0)
         if self._model is None:
             return  # no model process beside this server: the kernel loads the model itself, and flags are off
         try:
