@@ -16,6 +16,15 @@ maintainer accepts it (its button, or "Accept all on this page") or picks anothe
 (a change), and Apply applies pending decisions only, through the same journal and undo. Dismissing (or
 picking <Keep>) drops it. A suggestion never reviewed is never applied.
 
+With `flagged` (a folder `whatsthat flags pull` wrote), a "Flagged by visitors" view follows: each photo a
+visitor flagged and agreed to share, with what the visitor said it is and what the model had answered.
+A flag whose label is a class is proposed for adding to that class (dashed, Accept/Dismiss, as a
+suggestion); accepting it (or picking a class in its dropdown) makes a pending ``add`` decision, and Apply
+copies the photo into the dataset's folder of that class through the same journal, with its flag's
+provenance in the manifest; undo takes the copy out again. A "none of these" flag is not added to any
+class: the model has no class for it (it is what its out-of-class detector should answer "not sure" to),
+so it stays in the pulled folder, unless the maintainer picks a class for it.
+
 Why the strip is drawn here rather than by fastai's ``ImageClassifierCleaner`` as it is: fastai's
 ``ImagesCleaner`` draws each thumbnail by ``display()``-ing a PIL image into an ``Output`` widget, and its
 carousel is a ``flex-flow: row`` box whose units are ``flex: 0 0 auto``, as wide as their max-content. Two
@@ -67,6 +76,7 @@ from whatsthat.cleaning.journal import (
 )
 from whatsthat.cleaning.suggest import Suggestion, SuggestReport, load_suggestions
 from whatsthat.errors import WhatsthatError
+from whatsthat.flags.pull import PulledFlag, pulled
 from whatsthat.images import ImageError, encode_jpeg, load_image
 
 # A unit is never narrower than this, so its dropdown and a wrapped caption fit under a portrait picture.
@@ -75,6 +85,8 @@ THUMB_QUALITY = 85  # JPEG thumbnails: a page of 30 is a few hundred KB over the
 BORDER = {"keep": "#d0d0d0", "delete": "#d9534f", "relabel": "#f0ad4e"}
 MARK_TEXT = {"delete": "✗ delete (to the trash)", "relabel": "→ move to {label}"}
 SUGGESTED = "Suggested"  # the view of the suggestions, first in the category dropdown
+FLAGGED = "Flagged by visitors"  # the view of a pulled folder of visitors' flags, after Suggested
+NOT_ADDED = "<Not added>"  # a flagged photo's dropdown: not added to the data (the other values: the classes)
 # a suggestion's review: open (pre-marked, not a decision yet), accepted, changed (another value picked), dismissed
 OPEN, ACCEPTED, CHANGED, DISMISSED = "open", "accepted", "changed", "dismissed"
 
@@ -163,7 +175,8 @@ class Cleaner:
 
     def __init__(self, learn, root: str | Path | None = None, *, page_size: int = 30, height: int = 128,
                  width: int = 256, predictions: bool = True,
-                 suggestions: SuggestReport | Iterable[Suggestion] | str | Path | None = None):  # fmt: skip
+                 suggestions: SuggestReport | Iterable[Suggestion] | str | Path | None = None,
+                 flagged: str | Path | None = None):  # fmt: skip
         _require_display()
         if page_size < 1:
             raise WhatsthatError(f"page_size must be 1 or more, not {page_size}")
@@ -183,6 +196,12 @@ class Cleaner:
         # suggestions (whatsthat.suggest) of changes to pictures still on disk, most confident first, and their review
         self.suggested: dict[str, Suggestion] = _suggested_changes(self.root, suggestions)
         self.review: dict[str, str] = dict.fromkeys(self.suggested, OPEN)
+        # visitors' flagged photos (whatsthat.flags.pull), by absolute path, and their review: OPEN for a class
+        # label (proposed), DISMISSED for "none of these" (nothing proposed); `added`: source -> copy after Apply
+        self.flagged: dict[str, PulledFlag] = {str(f.path): f for f in pulled(flagged)} if flagged is not None else {}
+        self.flag_review: dict[str, str] = {k: OPEN if f.label in self._classes else DISMISSED
+                                            for k, f in self.flagged.items()}
+        self.added: dict[str, str] = {}
 
         # max_n=0: fastai computes the losses and its view dropdowns but draws no thumbnails; ours replace them
         self.icc = ImageClassifierCleaner(learn, max_n=0, height=height, width=width)
@@ -193,11 +212,18 @@ class Cleaner:
         self._all_info = tuple([(Path(os.path.abspath(p)), t, loss) for p, t, loss in info] for info in self.icc.iwis)
         self.icc.iwis = self._all_info
         self._suggested_view: str | None = None
+        self._flagged_view: str | None = None
+        categories = tuple(self.icc.dd_cats.options)
+        views = []
         if self.suggested:  # the Suggested view comes first (fastai draws nothing for it: see view_files)
-            name = SUGGESTED if SUGGESTED not in self.icc.dd_cats.options else f"{SUGGESTED} (whatsthat)"
-            self.icc.dd_cats.options = (name, *self.icc.dd_cats.options)
-            self.icc.dd_cats.value = name
-            self._suggested_view = name
+            self._suggested_view = SUGGESTED if SUGGESTED not in categories else f"{SUGGESTED} (whatsthat)"
+            views.append(self._suggested_view)
+        if self.flagged:  # then the visitors' flags (fastai draws nothing for it either)
+            self._flagged_view = FLAGGED if FLAGGED not in categories else f"{FLAGGED} (whatsthat)"
+            views.append(self._flagged_view)
+        if views:
+            self.icc.dd_cats.options = (*views, *categories)
+            self.icc.dd_cats.value = views[0]
 
         self._prev = Button(description="◀ previous", layout=Layout(width="auto"))
         self._next = Button(description="next ▶", layout=Layout(width="auto"))
@@ -213,7 +239,8 @@ class Cleaner:
         self._save_button = Button(description="Save decisions to", icon="save", layout=Layout(width="auto"))
         self._save_path = Text(value=str(Path("cleaning-decisions.json").resolve()), layout=Layout(width="40em"))
         self._accept_page_button = Button(description="Accept all on this page", icon="check-square",
-                                          layout=Layout(width="auto", display="" if self.suggested else "none"))
+                                          layout=Layout(width="auto",
+                                                        display="" if self.suggested or self.flagged else "none"))
         self._accept_page_button.on_click(lambda _: self._guarded(self.accept_page))
         self._apply_button.on_click(lambda _: self._guarded(self.apply))
         self._undo_button.on_click(lambda _: self._guarded(self.undo))
@@ -252,8 +279,17 @@ class Cleaner:
 
     @property
     def files(self) -> list[str]:
-        """The files of the current view, root-relative, in thumbnail order."""
-        return [relative_path(self.root, os.path.abspath(f)) for f in self.icc.iw.fns]
+        """The files of the current view, root-relative (a flagged photo: its absolute path), in thumbnail order."""
+        return [self._key(f) for f in self.icc.iw.fns]
+
+    @property
+    def _classes(self) -> list[str]:
+        return [str(v) for v in self.learn.dls.vocab]
+
+    def _key(self, path: str | Path) -> str:
+        """How a file is known here: root-relative, or a flagged photo's absolute path (it is outside the data)."""
+        absolute = os.path.abspath(path)
+        return absolute if absolute in self.flagged else relative_path(self.root, absolute)
 
     def select(self, category: str | None = None, split: str | None = None) -> None:
         """Switch the view as the two dropdowns do: a category, and "Train" or "Valid"."""
@@ -266,6 +302,10 @@ class Cleaner:
     def in_suggested_view(self) -> bool:
         return self._suggested_view is not None and self.icc.dd_cats.value == self._suggested_view
 
+    @property
+    def in_flagged_view(self) -> bool:
+        return self._flagged_view is not None and self.icc.dd_cats.value == self._flagged_view
+
     def view_files(self) -> list[Path]:
         """Every file of the selected category and split, worst loss first (all pages).
 
@@ -274,6 +314,8 @@ class Cleaner:
         """
         if self.in_suggested_view:
             return [self.root / rel for rel in self.suggested if (self.root / rel).is_file()]
+        if self.in_flagged_view:  # in the order they were flagged; added ones stay, marked so
+            return [Path(k) for k in self.flagged if Path(k).is_file()]
         info = [o for o in self.icc.iwis[self.icc.dd_ds.index] if o[1] == self.icc.dd_cats.value]
         return [o[0] for o in sorted(info, key=lambda o: float(o[2]), reverse=True)]
 
@@ -302,6 +344,7 @@ class Cleaner:
             raise
         self.pending.clear()
         self.refused = []
+        self.added.update(report.added)
         self.last_report = report
         self.refresh()
         return report
@@ -312,6 +355,9 @@ class Cleaner:
         for _, back in report.restored:
             if self.review.get(back) in (ACCEPTED, CHANGED):
                 self.review[back] = OPEN
+        for _, source in report.removed:  # an added flag taken out again: proposed again, as at the start
+            if self.added.pop(source, None) is not None and source in self.flagged:
+                self.flag_review[source] = OPEN if self.flagged[source].label in self._classes else DISMISSED
         self.last_report = report
         self.refresh()
         return report
@@ -321,12 +367,16 @@ class Cleaner:
 
         A suggestion that was accepted or changed is open again, pre-marked as it was at the start.
         """
-        paths = list(self.pending) if paths is None else [relative_path(self.root, p) for p in paths]
+        paths = list(self.pending) if paths is None else [self._key(p) for p in paths]
         for p in paths:
             self.pending.pop(p, None)
         reopened = [p for p in paths if self.review.get(p) in (ACCEPTED, CHANGED)]
         for p in reopened:
             self.review[p] = OPEN
+        for p in paths:
+            if self.flag_review.get(p) in (ACCEPTED, CHANGED):
+                self.flag_review[p] = OPEN if self.flagged[p].label in self._classes else DISMISSED
+                reopened.append(p)
         if reopened:
             self.refused = [p for p in self.refused if p in self.pending]
             self.show_page(self.page)  # redrawn: the reopened ones pre-marked again
@@ -377,8 +427,54 @@ class Cleaner:
                 self._show_decision(rel, shown[rel])
         self._update_summary()
 
+    def accept_flags(self, paths: Iterable[str | Path] | None = None) -> list[str]:
+        """Accept visitors' flags (all open ones, or those for `paths`): each becomes a pending add to its label.
+
+        A "none of these" flag cannot be accepted as it is (no class to add it to): pick a class in its
+        dropdown instead. Returns the paths accepted.
+        """
+        wanted = [k for k, state in self.flag_review.items() if state == OPEN] if paths is None else \
+            [os.path.abspath(p) for p in paths]
+        unknown = [p for p in wanted if p not in self.flagged]
+        if unknown:
+            raise WhatsthatError(f"no flagged photo {', '.join(unknown[:3])}" + (" ..." if len(unknown) > 3 else ""))
+        shown = dict(zip(self.files, self.icc.iw.widget.children, strict=True))
+        done = []
+        for key in wanted:
+            flag = self.flagged[key]
+            if flag.label not in self._classes:
+                raise WhatsthatError(f"flag {flag.flag_id} says {flag.label!r}, which is not a class of this model: "
+                                     "it is not added; pick a class in its dropdown if it is one")
+            if not Path(key).is_file() or key in self.added or self.flag_review[key] == ACCEPTED:
+                continue
+            self.pending[key] = Decision(key, "add", flag.label, sha256=self._shas.get(key) or file_sha256(key))
+            self.flag_review[key] = ACCEPTED
+            done.append(key)
+            if key in shown:
+                self._show_flag(key, shown[key])
+        self._update_summary()
+        return done
+
+    def dismiss_flags(self, paths: Iterable[str | Path]) -> None:
+        """Dismiss visitors' flags: the photos are not added (their dropdowns back to <Not added>)."""
+        shown = dict(zip(self.files, self.icc.iw.widget.children, strict=True))
+        for key in [os.path.abspath(p) for p in paths]:
+            if key not in self.flagged:
+                raise WhatsthatError(f"no flagged photo {key}")
+            self.flag_review[key] = DISMISSED
+            self.pending.pop(key, None)
+            if key in shown:
+                dd = shown[key].children[1]
+                if dd.value != NOT_ADDED:
+                    dd.value = NOT_ADDED
+                self._show_flag(key, shown[key])
+        self._update_summary()
+
     def accept_page(self) -> str:
-        """Accept every open suggestion on the page shown ("Accept all on this page")."""
+        """Accept every open suggestion (or visitor's flag) on the page shown ("Accept all on this page")."""
+        if self.in_flagged_view:
+            done = self.accept_flags([k for k in self.files if self.flag_review.get(k) == OPEN])
+            return f"accepted {len(done)} flag(s) on this page: {len(self.pending)} pending decision(s); Apply applies them"
         done = self.accept([rel for rel in self.files if self.review.get(rel) == OPEN])
         return f"accepted {len(done)} suggestion(s) on this page: {len(self.pending)} pending decision(s); Apply applies them"
 
@@ -407,7 +503,7 @@ class Cleaner:
 
     def _on_select(self, change: dict | None = None) -> None:
         self.page = 0  # fastai has already drawn the first page of the new view
-        if self.in_suggested_view:
+        if self.in_suggested_view or self.in_flagged_view:
             self.show_page(0)  # fastai knows no such category and drew nothing
             return
         self._update_pager()
@@ -417,6 +513,9 @@ class Cleaner:
         units = list(self.icc.iw.widget.children)
         if len(fns) != len(units):  # set_fns sets fns, then children: a mismatch means another writer
             raise WhatsthatError(f"cleaner view out of step ({len(fns)} files, {len(units)} thumbnails)")
+        if self.in_flagged_view:
+            self._on_flagged_view(fns, units)
+            return
         if self.predictions:
             self._predict(fns)
         for f, unit in zip(fns, units, strict=True):
@@ -433,6 +532,88 @@ class Cleaner:
                        names="value")  # fmt: skip
             self._show_decision(rel, unit)
         self._update_summary()
+
+    def _on_flagged_view(self, fns: list[Path], units: list) -> None:
+        for f, unit in zip(fns, units, strict=True):
+            key = str(f)
+            sha = file_sha256(f)
+            self._shas[key] = sha
+            dd = unit.children[1]
+            dd.options = (NOT_ADDED, *self._classes)  # add it to a class, or not: keep/delete mean nothing here
+            flag = self.flagged[key]
+            if key in self.added and self.added[key].split("/")[0] in dd.options:
+                dd.value = self.added[key].split("/")[0]  # where it went (the dropdown is disabled: undo takes it out)
+            elif key in self.pending:
+                dd.value = str(self.pending[key].label)
+            elif self.flag_review[key] == OPEN:  # pre-marked, before the observer: not a decision until accepted
+                dd.value = flag.label
+            dd.observe(lambda change, key=key, sha=sha, unit=unit: self._on_flag_pick(key, sha, change["new"], unit),
+                       names="value")  # fmt: skip
+            self._show_flag(key, unit)
+        self._update_summary()
+
+    def _on_flag_pick(self, key: str, sha: str, value: str, unit) -> None:
+        if key in self.added:  # added already: undo takes it out; the dropdown shows where it went
+            return
+        if value == NOT_ADDED:
+            self.pending.pop(key, None)
+            self.flag_review[key] = DISMISSED
+        else:
+            self.pending[key] = Decision(key, "add", value, sha256=sha)
+            self.flag_review[key] = ACCEPTED if value == self.flagged[key].label else CHANGED
+        self._show_flag(key, unit)
+        self._update_summary()
+
+    def _show_flag(self, key: str, unit) -> None:
+        """A flagged photo's caption (what the visitor said, what the model answered, what becomes of it)."""
+        flag, review, d = self.flagged[key], self.flag_review[key], self.pending.get(key)
+        said = html.escape(flag.label)
+        answer = html.escape(flag.answer or "(nothing)") + (f" {flag.probability:.0%}" if flag.probability is not None else "")
+        lines = [f"visitor said <b>{said}</b>", f"model answered {answer}"]
+        if flag.text:
+            lines.append(f'<i style="color:#555">“{html.escape(flag.text)}”</i>')
+        action = "keep"
+        if key in self.added:
+            lines.append(f'<span style="color:#3c763d">✓ added as {html.escape(self.added[key])}</span>')
+        elif d is not None:
+            action = "relabel"
+            lines.append(f'<b style="color:{BORDER[action]}">+ add to {html.escape(str(d.label))}</b>' +
+                         (" (changed)" if review == CHANGED else ""))
+        elif review == OPEN:
+            lines.append(f'<b class="whatsthat-suggestion" style="color:{BORDER["relabel"]}">proposed: add to {said}</b>')
+        elif flag.none_of_these:
+            lines.append('<span style="color:#777">not added: the model has no class for it (its "not sure" '
+                         "case); pick a class if it is one</span>")
+        else:
+            lines.append('<span style="color:#777">dismissed: not added</span>')
+        lines.append(f'<span style="color:#777;font-size:85%;word-break:break-all">flag {flag.flag_id} · '
+                     f'{html.escape(Path(key).name)}</span>')
+        caption = lines[0] + "".join(f'<div style="line-height:1.3">{x}</div>' for x in lines[1:])
+        if review == OPEN and d is None and key not in self.added:
+            Thumbnails.mark(unit, "relabel", caption)
+            unit.layout.border = f"3px dashed {BORDER['relabel']}"
+            unit.add_class("whatsthat-suggested")
+        else:
+            Thumbnails.mark(unit, action, caption)
+            unit.remove_class("whatsthat-suggested")
+        unit.children[1].disabled = key in self.added
+        buttons = list(unit.children[3:])
+        want = review == OPEN and d is None and key not in self.added
+        if want and not buttons:
+            unit.children = (*unit.children[:3], self._flag_buttons(key))
+        elif not want and buttons:
+            unit.children = unit.children[:3]
+
+    def _flag_buttons(self, key: str) -> HBox:
+        """Accept and Dismiss under a flagged photo whose visitor label is a class."""
+        accept = Button(description="Accept", button_style="success", layout=Layout(width="50%"),
+                        tooltip=f"add it to {self.flagged[key].label}")  # fmt: skip
+        dismiss = Button(description="Dismiss", tooltip="do not add it", layout=Layout(width="50%"))
+        accept.add_class("whatsthat-accept")
+        dismiss.add_class("whatsthat-dismiss")
+        accept.on_click(lambda _: self._guarded(lambda: self.accept_flags([key]) and None))
+        dismiss.on_click(lambda _: self._guarded(lambda: self.dismiss_flags([key])))
+        return HBox([accept, dismiss], layout=Layout(width="100%"))
 
     def _on_pick(self, rel: str, sha: str, value: str, unit) -> None:
         suggested = self.suggested.get(rel)
@@ -508,8 +689,9 @@ class Cleaner:
 
     def _update_pager(self) -> None:
         n = len(self.view_files())
-        order = "most confident suggestion first" if self.in_suggested_view else "worst loss first"
-        self.icc.dd_ds.disabled = self.in_suggested_view  # the suggestions span both splits
+        order = ("most confident suggestion first" if self.in_suggested_view else
+                 "in the order they were flagged" if self.in_flagged_view else "worst loss first")
+        self.icc.dd_ds.disabled = self.in_suggested_view or self.in_flagged_view  # these span both splits
         self._page_label.value = f"page {self.page + 1} of {self.pages} ({n} images, {order})"
         self._prev.disabled = self.page == 0
         self._next.disabled = self.page >= self.pages - 1
@@ -521,6 +703,10 @@ class Cleaner:
         still = sum(state == OPEN and (self.root / rel).is_file() for rel, state in self.review.items())
         to_review = (f"<div class='whatsthat-to-review'><b>{still} suggestion(s) to review</b>: accept, change or "
                      f"dismiss each; Apply applies only what you accepted.</div>") if still else ""
+        flags = sum(state == OPEN and Path(k).is_file() and k not in self.added for k, state in self.flag_review.items())
+        if flags:
+            to_review += (f"<div class='whatsthat-to-review'><b>{flags} visitor flag(s) to review</b> "
+                          f"(\"{self._flagged_view}\"): accept, change or dismiss each.</div>")
         if not ds:
             self._summary.value = ("<i>No pending decisions. Mark images as &lt;Delete&gt; or pick their right "
                                    "label.</i>" + to_review)

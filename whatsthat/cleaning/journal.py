@@ -18,6 +18,11 @@ Rules (see docs/cleaning.md):
   two different relabel targets refuse the batch.
 * `undo` reverts the latest batch not yet undone (call again to go further back), or a given
   batch when no later batch touched its files; it restores files and manifest rows exactly.
+* An ``add`` brings a picture from outside the dataset in (a visitor's flagged photo, pulled by
+  `whatsthat flags pull`): it is *copied* to ``<root>/<label>/<name>`` (never replacing a file) with a
+  manifest row carrying the provenance its own folder's manifest gave it. Its undo removes that copy
+  and its row: the bytes are still in the folder it came from (checked; when they are not, the copy
+  goes to the trash instead). The same bytes already in the dataset are not added twice.
 
 This module is the engine only and knows nothing of Jupyter: the notebook widget that makes the
 decisions (`whatsthat.cleaning.cleaner.Cleaner`) and the CLI (`whatsthat clean|undo|trash|journal`) both call it.
@@ -33,6 +38,8 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -50,7 +57,7 @@ except ImportError:  # pragma: no cover - exercised on Windows only
 
 TRASH_DIR = ".trash"
 JOURNAL_NAME = ".journal.jsonl"
-ACTIONS = ("keep", "delete", "relabel")
+ACTIONS = ("keep", "delete", "relabel", "add")
 KEEP, DELETE = "<Keep>", "<Delete>"  # the values of fastai's per-image dropdowns
 JOURNAL_VERSION = 1
 TRASHED_REASON = "cleaned"
@@ -72,6 +79,8 @@ class StaleDecisionError(WhatsthatError):
 class Decision:
     """What to do with one image: `path` is `<label>/<file>` relative to the dataset root.
 
+    For ``add``, `path` is a picture outside the dataset (absolute) and `label` the folder it joins.
+
     `sha256` is the content seen when the decision was made; when given, the decision is refused
     if the file's bytes changed since.
     """
@@ -84,9 +93,11 @@ class Decision:
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path).as_posix() if isinstance(self.path, Path) else str(self.path))
         if self.action not in ACTIONS:
-            raise WhatsthatError(f"{self.path}: unknown action {self.action!r} (use keep, delete or relabel)")
-        if self.action == "relabel" and not self.label:
-            raise WhatsthatError(f"{self.path}: relabel needs the new label")
+            raise WhatsthatError(f"{self.path}: unknown action {self.action!r} (use keep, delete, relabel or add)")
+        if self.action in ("relabel", "add") and not self.label:
+            raise WhatsthatError(f"{self.path}: {self.action} needs the " + ("new label" if self.action == "relabel" else "label"))
+        if self.action == "add" and not Path(self.path).is_absolute():
+            raise WhatsthatError(f"{self.path}: add takes the absolute path of a picture outside the dataset")
 
     @classmethod
     def from_value(cls, path: str | Path, value: str, sha256: str | None = None) -> Decision:
@@ -119,6 +130,8 @@ class Decision:
     def describe(self) -> str:
         if self.action == "relabel":
             return f"{self.path} -> {self.label}"
+        if self.action == "add":
+            return f"add {self.path} as {self.label}"
         return f"{self.path}: {self.action}"
 
 
@@ -180,6 +193,7 @@ class ApplyReport:
     batch: str | None
     trashed: list[tuple[str, str]] = field(default_factory=list)  # (was, now in .trash)
     relabelled: list[tuple[str, str]] = field(default_factory=list)  # (was, now)
+    added: list[tuple[str, str]] = field(default_factory=list)  # (absolute source, copy in the dataset)
     kept: int = 0
     skipped: list[str] = field(default_factory=list)  # already applied earlier
     notes: list[str] = field(default_factory=list)
@@ -187,18 +201,20 @@ class ApplyReport:
 
     @property
     def changed(self) -> bool:
-        return bool(self.trashed or self.relabelled) and not self.dry_run
+        return bool(self.trashed or self.relabelled or self.added) and not self.dry_run
 
     def summary(self) -> str:
         verb = "would move" if self.dry_run else "moved"
-        if not self.trashed and not self.relabelled:
+        if not self.trashed and not self.relabelled and not self.added:
             head = "nothing to apply" + (f" ({len(self.skipped)} decision(s) already applied)" if self.skipped else "")
         else:
             head = (f"batch {self.batch}: " if self.batch and not self.dry_run else "") + \
-                   f"{verb} {len(self.trashed)} image(s) to the trash, relabelled {len(self.relabelled)}"
+                   f"{verb} {len(self.trashed)} image(s) to the trash, relabelled {len(self.relabelled)}" + \
+                   (f", added {len(self.added)}" if self.added else "")
         lines = [head + (f"; {self.kept} kept" if self.kept else "")]
         lines += [f"  trash    {a} -> {b}" for a, b in self.trashed]
         lines += [f"  relabel  {a} -> {b}" for a, b in self.relabelled]
+        lines += [f"  add      {a} -> {b}" for a, b in self.added]
         lines += [f"  skipped  {s}" for s in self.skipped]
         lines += [f"  note     {n}" for n in self.notes]
         if self.changed:
@@ -216,12 +232,16 @@ class UndoReport:
     root: Path
     batch: str
     restored: list[tuple[str, str]] = field(default_factory=list)
+    removed: list[tuple[str, str]] = field(default_factory=list)  # added copies taken out: (copy, its source)
     manifest_rows: int = 0
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        lines = [f"undid batch {self.batch}: restored {len(self.restored)} image(s), {self.manifest_rows} manifest row(s)"]
+        lines = [f"undid batch {self.batch}: restored {len(self.restored)} image(s)" +
+                 (f", removed {len(self.removed)} added one(s)" if self.removed else "") +
+                 f", {self.manifest_rows} manifest row(s)"]
         lines += [f"  restored {b} (from {a})" for a, b in self.restored]
+        lines += [f"  removed  {a} (added from {b}, which still has it)" for a, b in self.removed]
         lines += [f"  note     {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -282,8 +302,9 @@ class Batch:
         return "trash emptied" if self.purged else "applied"
 
     def summary(self) -> str:
-        n_trash = sum(a["op"] == "trash" for a in self.actions)
-        return f"{self.id}  {self.time}  {self.state:<13}  {n_trash} trashed, {len(self.actions) - n_trash} relabelled"
+        n = {op: sum(a["op"] == op for a in self.actions) for op in ("trash", "relabel", "add")}
+        return (f"{self.id}  {self.time}  {self.state:<13}  {n['trash']} trashed, {n['relabel']} relabelled" +
+                (f", {n['add']} added" if n["add"] else ""))
 
 
 # --- journal --------------------------------------------------------------------------------------
@@ -463,6 +484,21 @@ def _move_no_replace(src: Path, dst: Path) -> None:
     os.unlink(src)
 
 
+def _copy_no_replace(src: Path, dst: Path) -> None:
+    """Copy `src` to `dst`, flushed to disk, without ever replacing an existing `dst`."""
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}-", suffix=".part")  # a dot-file: not a picture
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only, unlike every other picture
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        _move_no_replace(Path(tmp), dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _fsync_dirs(dirs: Iterable[Path]) -> None:
     if not hasattr(os, "O_DIRECTORY"):  # Windows cannot open folders; NTFS journals renames itself
         return
@@ -487,8 +523,8 @@ def _rmdir_if_empty(path: Path) -> bool:
 
 @dataclass
 class _Action:
-    op: str  # "trash" or "relabel"
-    src: str
+    op: str  # "trash", "relabel" or "add"
+    src: str  # root-relative; for "add", the absolute path it is copied from
     dst: str
     sha256: str
     size: int
@@ -518,7 +554,10 @@ def _plan(root: Path, decisions: Sequence[Decision], state: dict[str, Batch], ba
     problems: list[str] = []
     bad_paths: list[str] = []
     by_path: dict[str, list[Decision]] = {}
+    adds = [d for d in decisions if d.action == "add"]
     for d in decisions:
+        if d.action == "add":
+            continue
         try:
             by_path.setdefault(relative_path(root, d.path), []).append(d)
         except WhatsthatError as e:
@@ -620,6 +659,7 @@ def _plan(root: Path, decisions: Sequence[Decision], state: dict[str, Batch], ba
                                src.stat().st_size, chosen.label if chosen.action == "relabel" else None,
                                _missing_dirs(dst.parent, root, planned_dirs), changes))  # fmt: skip
 
+    actions += _plan_adds(root, adds, state, rows, taken, planned_dirs, report, problems, bad_paths)
     if problems:
         raise StaleDecisionError(problems, bad_paths)
     new_rows = None
@@ -627,8 +667,81 @@ def _plan(root: Path, decisions: Sequence[Decision], state: dict[str, Batch], ba
         new_rows = [dict(r) for r in rows]
         for a in actions:
             for c in a.manifest:
-                new_rows[c["index"]] = dict(c["after"])
+                if c["before"] is None:  # an added picture's new row, at the end
+                    new_rows.append(dict(c["after"]))
+                else:
+                    new_rows[c["index"]] = dict(c["after"])
     return actions, new_rows
+
+
+def _source_row(src: Path) -> dict[str, str] | None:
+    """The manifest row its own folder gives a picture from outside (a pulled flag's provenance), if any."""
+    folder = src.parent.parent
+    if not manifest_path(folder).is_file():
+        return None
+    rel = f"{src.parent.name}/{src.name}"
+    return next((r for r in read_manifest(folder) if r.get("file") == rel and r.get("status") == "ok"), None)
+
+
+def _plan_adds(root: Path, adds: list[Decision], state: dict[str, Batch], rows: list[dict[str, str]],
+               taken: set[str], planned_dirs: set[str], report: ApplyReport, problems: list[str],
+               bad_paths: list[str]) -> list[_Action]:  # fmt: skip
+    """Plan the copies of pictures from outside the dataset into it (see the module docstring)."""
+    in_data = {r.get("sha256"): r.get("file") for r in rows if r.get("status") == "ok" and r.get("sha256")}
+    added: dict[str, tuple[str, str]] = {}  # source -> (batch, dst) of adds still in effect
+    for b in state.values():
+        if b.committed and not b.undone:
+            for a in b.actions:
+                if a["op"] == "add":
+                    added[a["src"]] = (b.id, a["dst"])
+    actions, index = [], len(rows)
+    for d in adds:
+        src = Path(d.path)
+        label = str(d.label)
+        if src.is_relative_to(root):
+            problems.append(f"{d.path}: already inside the dataset; relabel it instead of adding it")
+            bad_paths.append(d.path)
+            continue
+        if not src.is_file():
+            problems.append(f"{d.path}: no longer exists (moved or deleted since the decision was made)")
+            bad_paths.append(d.path)
+            continue
+        sha = file_sha256(src)
+        if d.sha256 and sha != d.sha256:
+            problems.append(f"{d.path}: its bytes changed since the decision was made; look at it again")
+            bad_paths.append(d.path)
+            continue
+        if str(src) in added:
+            batch, dst = added[str(src)]
+            report.skipped.append(f"{d.path}: already added in batch {batch} (now {dst})")
+            continue
+        if sha in in_data:
+            report.skipped.append(f"{d.path}: the same picture is in the dataset already, as {in_data[sha]}")
+            continue
+        if not (root / label).is_dir():
+            try:
+                check_label(label)
+            except WhatsthatError as e:
+                problems.append(f"{d.path}: {e}")
+                bad_paths.append(d.path)
+                continue
+            if label not in planned_dirs:
+                report.notes.append(f"new label folder {label}/ (no image had this label before)")
+        dst = _free_name(root / label, src.name, taken, root)
+        dst_rel = dst.relative_to(root).as_posix()
+        taken.add(dst_rel)
+        in_data[sha] = dst_rel
+        source = _source_row(src)
+        row = {**(source or {}), "label": label, "file": dst_rel, "status": "ok", "sha256": sha}
+        if source is None:
+            row |= {"url": src.as_uri(), "backend": "import", "reason": ""}
+        elif source.get("label") != label:
+            row["reason"] = f"added as {label} (its folder said {source.get('label')})"
+        actions.append(_Action("add", str(src), dst_rel, sha, src.stat().st_size, label,
+                               _missing_dirs(dst.parent, root, planned_dirs),
+                               [{"index": index, "before": None, "after": row}]))  # fmt: skip
+        index += 1
+    return actions
 
 
 def _new_batch_id() -> str:
@@ -669,10 +782,14 @@ def apply_decisions(root: str | Path, decisions: Iterable[Decision], *, dry_run:
             for a in actions:
                 for d in a.dirs:
                     (root / d).mkdir(exist_ok=True)
-                _move_no_replace(root / a.src, root / a.dst)
+                if a.op == "add":
+                    _copy_no_replace(Path(a.src), root / a.dst)
+                else:
+                    _move_no_replace(root / a.src, root / a.dst)
             if new_rows is not None:
                 write_manifest(root, new_rows)
-            _fsync_dirs([(root / a.src).parent for a in actions] + [(root / a.dst).parent for a in actions])
+            _fsync_dirs([(root / a.src).parent for a in actions if a.op != "add"] +
+                        [(root / a.dst).parent for a in actions])
         except (OSError, WhatsthatError) as e:
             try:
                 _undo_batch(root, jf, _batches(journal(root))[batch])
@@ -687,7 +804,7 @@ def apply_decisions(root: str | Path, decisions: Iterable[Decision], *, dry_run:
 
 def _fill(report: ApplyReport, actions: list[_Action]) -> None:
     for a in actions:
-        (report.trashed if a.op == "trash" else report.relabelled).append((a.src, a.dst))
+        {"trash": report.trashed, "relabel": report.relabelled, "add": report.added}[a.op].append((a.src, a.dst))
 
 
 # --- undo -----------------------------------------------------------------------------------------
@@ -732,9 +849,13 @@ def undo(root: str | Path, batch: str | None = None) -> UndoReport:
 def _undo_batch(root: Path, jf: Any, target: Batch) -> UndoReport:
     """Move every file of `target` back and restore its manifest rows; validate all first."""
     report = UndoReport(root, target.id)
-    moves, problems = [], []
+    moves, problems, copies = [], [], []
     for a in target.actions:
         src, dst = root / a["src"], root / a["dst"]
+        if a["op"] == "add":
+            if dst.exists() or dst.is_symlink():
+                copies.append(a)  # else: never copied (the batch was interrupted) or already removed
+            continue
         at_src, at_dst = src.exists() or src.is_symlink(), dst.exists() or dst.is_symlink()
         if at_dst and not at_src:
             moves.append(a)
@@ -758,14 +879,37 @@ def _undo_batch(root: Path, jf: Any, target: Batch) -> UndoReport:
         if file_sha256(src) != a["sha256"]:
             report.notes.append(f"{a['src']} was edited after the batch; restored as it is now")
         report.restored.append((a["dst"], a["src"]))
+    for a in reversed(copies):
+        _remove_copy(root, a, target.id, report)
     report.manifest_rows = _restore_manifest(root, target, report)
     for a in reversed(target.actions):
         for d in reversed(a["dirs"]):
             _rmdir_if_empty(root / d)  # only folders this batch created, and only when empty
-    _fsync_dirs([(root / a["src"]).parent for a in moves])
+    _fsync_dirs([(root / a["src"]).parent for a in moves] + [(root / a["dst"]).parent for a in copies])
     _append(jf, [{"v": JOURNAL_VERSION, "type": "undo", "batch": target.id, "time": _now(),
                   "restored": len(report.restored)}])  # fmt: skip
     return report
+
+
+def _remove_copy(root: Path, a: dict, batch: str, report: UndoReport) -> None:
+    """Undo an add: the copy goes, as its source still holds the same bytes; else it goes to the trash."""
+    src, dst = Path(a["src"]), root / a["dst"]
+    if file_sha256(dst) == a["sha256"] and src.is_file() and file_sha256(src) == a["sha256"]:
+        os.unlink(dst)  # the only unlink outside empty_trash: the same bytes stay at src
+        report.removed.append((a["dst"], a["src"]))
+        return
+    trash = _free_name(root / TRASH_DIR / batch / dst.parent.name, dst.name, set(), root)
+    trash.parent.mkdir(parents=True, exist_ok=True)
+    _move_no_replace(dst, trash)
+    report.notes.append(f"{a['dst']} was added from {a['src']}, which no longer holds the same bytes (or it was "
+                        f"edited since): moved to {trash.relative_to(root).as_posix()} rather than deleted")
+    report.removed.append((a["dst"], a["src"]))
+
+
+def _same(row: dict[str, str], recorded: dict[str, str]) -> bool:
+    """A manifest row as read now is the one a batch recorded: equal but for empty columns (an added picture's
+    provenance columns, e.g. a flag's, stay in the file, empty for every other row)."""
+    return {k: v for k, v in row.items() if v} == {k: v for k, v in recorded.items() if v}
 
 
 def _restore_manifest(root: Path, target: Batch, report: UndoReport) -> int:
@@ -776,12 +920,19 @@ def _restore_manifest(root: Path, target: Batch, report: UndoReport) -> int:
     restored = 0
     for c in changes:
         i, before, after = c["index"], c["before"], c["after"]
-        if i < len(rows) and rows[i] == after:
+        if before is None:  # an added picture's row: taken out
+            j = i if i < len(rows) and _same(rows[i], after) else \
+                next((k for k, r in enumerate(rows) if _same(r, after)), None)
+            if j is not None:
+                del rows[j]
+                restored += 1
+            continue
+        if i < len(rows) and _same(rows[i], after):
             rows[i] = dict(before)
-        elif i < len(rows) and rows[i] == before:
+        elif i < len(rows) and _same(rows[i], before):
             continue  # the manifest was never written (interrupted batch)
         else:
-            j = next((k for k, r in enumerate(rows) if r == after), None)
+            j = next((k for k, r in enumerate(rows) if _same(r, after)), None)
             if j is None:
                 report.notes.append(f"manifest row for {before.get('file')} changed since the batch; left as it is")
                 continue

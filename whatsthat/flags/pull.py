@@ -134,3 +134,40 @@ def pull_flags(url: str | None, out: str | Path) -> PullReport:
     """`pull` from the database at `url` (None: the default SQLite file), which must exist already."""
     with open_store(url, create=False) as store:
         return pull(store, out, source=describe_url(url))
+
+
+@dataclass(frozen=True)
+class PulledFlag:
+    """A flagged photo in a pulled folder, with what its manifest row says."""
+
+    path: Path  # absolute
+    flag_id: int
+    label: str  # the visitor's label (NONE_OF_THESE included)
+    answer: str  # the model's top answer
+    probability: float | None  # the model's probability for it
+    text: str
+    model: str
+    time: str
+
+    @property
+    def none_of_these(self) -> bool:
+        return self.label == NONE_OF_THESE
+
+
+def pulled(out: str | Path) -> list[PulledFlag]:
+    """The flagged photos in pulled folder `out` that are still there, in flag order."""
+    out = Path(out).resolve()
+    if not out.is_dir():
+        raise WhatsthatError(f"no pulled flags at {out}: make it with `whatsthat flags pull {out}`")
+    found = []
+    for row in read_manifest(out):
+        if row.get("backend") != BACKEND or row.get("status") != "ok" or not (out / row["file"]).is_file():
+            continue
+        try:
+            ranked = json.loads(row.get("flag_ranked") or "[]")
+            top = float(ranked[0][1]) if ranked else None
+            found.append(PulledFlag(out / row["file"], int(row["flag_id"]), row["label"], row.get("flag_answer", ""),
+                                    top, row.get("flag_text", ""), row.get("flag_model", ""), row["fetched_at"]))
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise WhatsthatError(f"{out}/manifest.csv: the row for {row.get('file')} is not a pulled flag's ({e})") from e
+    return sorted(found, key=lambda f: f.flag_id)
