@@ -5,20 +5,26 @@
   hash of the visitor's address, which the server told the model process (behind a trusted router:
   X-Forwarded-For's); a second flag without the box ticked keeps no photo;
 - the control's parts are labelled and at least 44 px tall (tap targets);
+- the whole loop on a tiny model: the flag pulled (`whatsthat flags pull`), shown in the cleaner's
+  "Flagged by visitors" view and accepted into the data, and `whatsthat train` trains on it, the
+  dataset's manifest naming the flag;
 - PostgreSQL stopped mid-session (pg_ctl stop): classification goes on, and the control says it
   could not send; started again, the next flag goes through.
 """
 
 from __future__ import annotations
 
+import copy
 import io
+import json
 import os
 import secrets
+import shutil
 import time
 from pathlib import Path
 
 import pytest
-from browser_support import classify, pick_model_and_photo, running_server, upload
+from browser_support import classify, draw_image, image_bytes, pick_model_and_photo, running_server, upload
 from PIL import Image
 
 from whatsthat.cli import main
@@ -170,3 +176,84 @@ def test_the_database_stopped_mid_session(browser, pg_server):
         assert [r.text for r in rows(server.flags_url)] == ["first", "third"]  # nothing stored was lost
     finally:
         context.close()
+
+
+@pytest.fixture
+def tiny_chain(chromium, tiny_training, tmp_path):
+    """The whole loop on the tiny red/blue model: its server with flags on, and a copy of its training data."""
+    from whatsthat.model.verdict import decide
+    from whatsthat.web.app import NOT_SURE
+    from whatsthat.web.modelprocess import classify_files, load_predictor
+
+    model = Path(tiny_training.model_path)
+    photo = ("red.jpg", image_bytes(draw_image("red", 300, seed=7)))
+    predictor = load_predictor(model)
+    [r] = classify_files(predictor, [photo], 32)
+    answer = decide(r["ranked"], {**predictor.card, "threshold": predictor.threshold}, r["ood_score"])
+    expected = answer.label if answer.kind == "sure" and answer.label else NOT_SURE
+    data = tmp_path / "data"
+    shutil.copytree(tiny_training.card["dataset"]["path"], data)
+    url = f"sqlite:///{tmp_path / 'flags.db'}"
+    (tmp_path / "srv").mkdir()
+    with running_server((model, photo, expected), tmp_path / "srv", 600, 60, (*UNCAPPED, f"--flags={url}")) as srv:
+        srv.flags_url, srv.data = url, data
+        yield srv, tiny_training
+
+
+def test_a_flag_goes_from_the_page_through_pull_and_the_cleaner_into_training(browser, tiny_chain, tmp_path,
+                                                                               monkeypatch):  # fmt: skip
+    """Issue 33's loop: page -> `whatsthat flags pull` -> the cleaner's Flagged view, accepted -> `whatsthat train`."""
+    import builtins
+
+    from fastai.learner import Learner
+    from IPython.display import display
+
+    from whatsthat.cleaning.cleaner import Cleaner
+    from whatsthat.training.backbones import get_arch
+    from whatsthat.training.data import make_dataloaders
+
+    server, tiny = tiny_chain
+    classes = list(tiny.card["classes"])
+    context, page = open_page(browser, server)
+    try:
+        upload(page, server.photo)
+        classify(page, "Prediction:")
+        wrong = next(c for c in classes if c != server.expected)  # the visitor says it is the other class
+        flag(page, wrong, "not what it said", True, THANKS)
+    finally:
+        context.close()
+    [row] = rows(server.flags_url)
+    assert row.label == wrong and row.photo is not None
+
+    # pulled: a folder per visitor label, a manifest row naming the flag
+    flagged = tmp_path / "flagged"
+    assert main(["flags", "pull", str(flagged), "--db", server.flags_url]) == 0
+    pulled = flagged / wrong / f"flag-{row.id}.jpg"
+    assert pulled.read_bytes() == row.photo
+
+    # the cleaner shows it in "Flagged by visitors", and accepting it adds the photo to the data (journaled)
+    monkeypatch.setattr(builtins, "display", display, raising=False)
+    data = server.data
+    n_before = len(list(data.rglob("*.jpg")))
+    dls = make_dataloaders(data, size=64, bs=8, stats=get_arch("resnet18").stats)
+    learn = Learner(dls, copy.deepcopy(tiny.learn.model), loss_func=tiny.learn.loss_func)
+    with learn.no_bar():
+        cleaner = Cleaner(learn, data, page_size=10, flagged=flagged)
+    assert cleaner.in_flagged_view and cleaner.files == [str(pulled)]
+    caption = cleaner.icc.iw.widget.children[0].children[2].value
+    assert f"visitor said <b>{wrong}</b>" in caption and "not what it said" in caption
+    cleaner.accept_flags([str(pulled)])
+    report = cleaner.apply()
+    added = data / wrong / pulled.name
+    assert report.added == [(str(pulled), f"{wrong}/{pulled.name}")] and added.read_bytes() == row.photo
+    [entry] = [e for e in read_manifest(data) if e["file"] == f"{wrong}/{pulled.name}"]
+    assert (entry["url"], entry["flag_id"], entry["backend"]) == (f"flag:{row.id}", str(row.id), "flag")
+
+    # `whatsthat train` on that data: the flagged photo is one of its pictures, and the manifest names its flag
+    out = tmp_path / "retrained"
+    assert main(["train", str(data), "--out", str(out), "--arch", "resnet18", "--no-pretrained", "--head-epochs", "0",
+                 "--top-epochs", "0", "--epochs", "1", "--size", "64", "--bs", "8"]) == 0  # fmt: skip
+    card = json.loads((out / "export.card.json").read_text())
+    assert card["dataset"]["n_images"] == n_before + 1
+    assert card["dataset"]["per_class"][wrong] == len(list((data / wrong).glob("*.jpg")))
+    assert card["dataset"]["sha256"] != tiny.card["dataset"]["sha256"]
