@@ -37,8 +37,9 @@ def flag(label: str = "grizzly", **kw) -> Flag:
 
 
 def raw_rows(url: str) -> list[tuple]:
-    """The flags table as the database holds it, read past the store."""
-    q = "SELECT id, label, text, photo, photo_bytes, client FROM flags ORDER BY id"
+    """The flags and their photos as the database holds them, read past the store."""
+    q = ("SELECT f.id, f.label, f.text, p.jpeg, f.photo_bytes, f.client FROM flags f "
+         "LEFT JOIN flag_photos p ON p.flag_id = f.id ORDER BY f.id")
     if url.startswith("sqlite"):
         with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
             return conn.execute(q).fetchall()
@@ -71,6 +72,16 @@ def test_no_photo_is_stored_without_consent(db_url):
     rows = raw_rows(db_url)
     assert [(r[3] is None, r[4]) for r in rows[:3]] == [(True, 0)] * 3
     assert rows[3][3] is not None and rows[3][4] == len(rows[3][3])
+    assert _raw_count(db_url, "flag_photos") == 1  # not one byte of the other three anywhere
+
+
+def _raw_count(url: str, table: str) -> int:
+    q = f"SELECT COUNT(*) FROM {table}"  # a table name written here, not input
+    if url.startswith("sqlite"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            return conn.execute(q).fetchone()[0]
+    with psycopg.connect(url) as conn:
+        return conn.execute(q).fetchone()[0]
 
 
 @pytest.mark.parametrize("label, reason, words", [
@@ -201,6 +212,7 @@ def test_delete_before_a_date(db_url):
             store.add(flag(client=str(i), photo=jpeg()), now=t0 + dt.timedelta(days=i))
         assert store.delete(t0 + dt.timedelta(days=2)) == 2
         assert [r.time.day for r in store.rows()] == [3, 4]
+    assert _raw_count(db_url, "flag_photos") == 2  # their photos went with them
 
 
 # --- the schema and its migrations ------------------------------------------------------------------
@@ -328,3 +340,29 @@ def test_a_lazy_store_opens_without_the_database_and_connects_when_it_is_back(po
         postgres.start()
     assert store.add(flag()) > 0 and store.count() == 1
     store.close()
+
+
+def test_two_writers_at_once_never_pass_a_cap_together(db_url):
+    # the caps are counted and the row written as one step under the database's write lock: two page
+    # kernels (here two connections in two threads) racing for the last places take exactly the cap
+    import threading
+
+    caps = Caps(total=25, per_client_per_minute=1000)
+    stores = [open_store(db_url, caps=caps, classes=CLASSES) for _ in range(2)]
+    refused: list[str] = []
+
+    def flood(store, name):
+        for i in range(20):
+            try:
+                store.add(flag(client=f"{name}{i}"))
+            except FlagRefused as e:
+                refused.append(e.reason)
+
+    threads = [threading.Thread(target=flood, args=(s, n)) for s, n in zip(stores, "ab", strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert stores[0].count() == 25 and refused == ["total-cap"] * 15
+    for s in stores:
+        s.close()

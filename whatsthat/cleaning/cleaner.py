@@ -198,6 +198,9 @@ class Cleaner:
         self.review: dict[str, str] = dict.fromkeys(self.suggested, OPEN)
         # visitors' flagged photos (whatsthat.flags.pull), by absolute path, and their review: OPEN for a class
         # label (proposed), DISMISSED for "none of these" (nothing proposed); `added`: source -> copy after Apply
+        if flagged is not None and Path(flagged).resolve().is_relative_to(self.root):
+            raise WhatsthatError(f"{flagged} is inside the dataset {self.root}: pull the flags into a folder of their "
+                                 "own (its folders would be taken for labels)")
         self.flagged: dict[str, PulledFlag] = {str(f.path): f for f in pulled(flagged)} if flagged is not None else {}
         self.flag_review: dict[str, str] = {k: OPEN if f.label in self._classes else DISMISSED
                                             for k, f in self.flagged.items()}
