@@ -345,3 +345,29 @@ def test_a_thousand_flags_in_a_minute_from_one_client_and_classification_does_no
     assert all("minute" in r["refused"] for r in replies if not r["sent"])
     # the other visitor's classifications: no slower than a tenth of a second beyond the quiet median
     assert during and sorted(during)[len(during) // 2] < quiet + 0.1, (quiet, sorted(during)[-5:])
+
+
+def test_the_server_tells_the_model_process_which_client_a_page_kernel_serves(tmp_path, desk, db_url, monkeypatch):
+    """The hook behind the client hash: the kernel manager hands a kernel to a page, the model process learns its client."""
+    import asyncio
+
+    from whatsthat.web.kernelpool import PageKernelManager
+    from whatsthat.web.protocol import ENV_AUTHKEY, ENV_SOCKET
+
+    model = start(tmp_path, desk)
+    monkeypatch.setenv(ENV_SOCKET, model.path)
+    monkeypatch.setenv(ENV_AUTHKEY, model.authkey.hex())
+
+    async def hand(flags: bool) -> None:
+        mgr = PageKernelManager(flags=flags)
+        assert mgr.admit("198.51.100.7") is None
+        mgr.handed("198.51.100.7", f"kernel-{flags}")
+        await asyncio.sleep(0)
+
+    asyncio.run(hand(False))
+    asyncio.run(hand(True))
+    deadline = time.monotonic() + 10
+    while desk.client_of("kernel-True") != client_hash("198.51.100.7", SECRET):
+        assert time.monotonic() < deadline, "the model process was not told"
+        time.sleep(0.05)
+    assert desk.client_of("kernel-False") == client_hash("kernel:kernel-False", SECRET)  # flags off: nothing told

@@ -185,18 +185,17 @@ class PageKernelManager(AsyncMappingKernelManager):
         self.release(client)
         self._pages[kernel_id] = Page(client, time.monotonic())
         if self.flags:  # see the module docstring: the flag's client hash
-            IOLoop.current().run_in_executor(None, self._tell_model, kernel_id, client)
+            if self._model is None:  # one connection for all pages (its lock sends one request at a time)
+                self._model = ModelClient.from_env(request_timeout=10.0)
+            if self._model is not None:  # else no model process runs beside this server: no flags either
+                IOLoop.current().run_in_executor(None, self._tell_model, self._model, kernel_id, client)
 
-    def _tell_model(self, kernel_id: str, client: str) -> None:
-        """Tell the model process which client `kernel_id` serves (a thread: it may wait for a restarting process)."""
-        if self._model is None:
-            # a page may come while the model process still loads (the page is built from the model card
-            # without waiting for it): wait for it as a kernel does, in this thread of its own
-            self._model = ModelClient.from_env(request_timeout=10.0)
-        if self._model is None:
-            return  # no model process beside this server: the kernel loads the model itself, and flags are off
+    def _tell_model(self, model: ModelClient, kernel_id: str, client: str) -> None:
+        """Tell the model process which client `kernel_id` serves. In a thread: a page may come while the
+        model process still loads (the page is built from the model card without waiting), and this waits
+        for it as a kernel does."""
         try:
-            self._model.tell_client(kernel_id, client)
+            model.tell_client(kernel_id, client)
         except WhatsthatError as e:  # flags from this page then count per page, not per client
             self.log.warning("could not tell the model process which client kernel %s serves: %s", kernel_id, e)
 
