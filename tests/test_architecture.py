@@ -98,6 +98,13 @@ def test_model_never_imports_fastai(module):
     assert not bad, f"{module} imports {bad}: serving has no fastai"
 
 
+@pytest.mark.parametrize("module", [m for m in MODULES if m.startswith("whatsthat.flags.")])
+def test_flags_never_imports_torch_or_fastai(module):
+    # the model process writes flags beside the model, and the maintainer's commands read them: no ML here
+    bad = sorted(m for m in imports(MODULES[module]) if m.split(".")[0] in ("torch", "fastai", "fastcore", "torchvision"))
+    assert not bad, f"{module} imports {bad}"
+
+
 @pytest.mark.parametrize("module", [m for m in MODULES if m.startswith("whatsthat.web.")])
 def test_web_imports_no_torch_or_fastai_at_module_level(module):
     bad = sorted(m for m in imports(MODULES[module], top_level_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -366,3 +367,24 @@ def test_two_writers_at_once_never_pass_a_cap_together(db_url):
     assert stores[0].count() == 25 and refused == ["total-cap"] * 15
     for s in stores:
         s.close()
+
+
+def test_as_a_database_owner_without_superuser_rights_as_on_heroku(postgres):
+    # Heroku's DATABASE_URL user owns its database and is no superuser (PostgreSQL 15: no CREATE on the
+    # public schema for others); a superuser would also ignore the connection limit tried below
+    name, role = "t_owner_" + uuid.uuid4().hex[:8], "app_" + uuid.uuid4().hex[:8]  # made up here: no injection
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f'CREATE DATABASE "{name}" OWNER {role}')
+        url = postgres.url(name).replace("postgres@", f"{role}@")
+        with open_store(url, classes=CLASSES) as store:
+            first = store.add(flag(client="a", photo=jpeg()))
+            admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT 0")  # no more connections for it
+            try:
+                store._db.close()  # the next call must connect again (as after a dyno restart)
+                with pytest.raises(FlagStoreDown) as e:
+                    store.add(flag(client="b"))
+                assert e.value.reason == "unreachable" and "too many connections" in str(e.value)
+            finally:
+                admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT -1")
+            assert [r.id for r in store.rows()] == [first]

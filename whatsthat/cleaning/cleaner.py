@@ -587,6 +587,9 @@ class Cleaner:
         elif flag.none_of_these:
             lines.append('<span style="color:#777">not added: the model has no class for it (its "not sure" '
                          "case); pick a class if it is one</span>")
+        elif flag.label not in self._classes:
+            lines.append(f'<span style="color:#777">not added: {said} is not a class of this model; pick a class '
+                         "if it is one</span>")
         else:
             lines.append('<span style="color:#777">dismissed: not added</span>')
         lines.append(f'<span style="color:#777;font-size:85%;word-break:break-all">flag {flag.flag_id} · '

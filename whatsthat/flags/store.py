@@ -280,7 +280,7 @@ class _Backend:
         return q
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:  # yields something with .execute(sql, params) -> cursor
+    def transaction(self, write: bool = True) -> Iterator[Any]:  # yields something with .execute(sql, params)
         yield None
 
     def down(self, e: Exception) -> FlagStoreDown | None:
@@ -322,10 +322,12 @@ class _Sqlite(_Backend):
             self.conn = None
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self, write: bool = True) -> Iterator[Any]:
         self.connect()
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")  # the write lock, taken first: counts and insert are one step
+        # a writer takes the write lock first, so its counts and its insert are one step; a reader (WAL)
+        # reads a snapshot and never holds up the page's writers
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
             yield conn
         except BaseException:
@@ -374,10 +376,11 @@ class _Postgres(_Backend):
         return q.replace("?", "%s")
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Any]:
+    def transaction(self, write: bool = True) -> Iterator[Any]:
         self.connect()
         with self.conn.transaction():
-            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
+            if write:
+                self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_LOCK,))
             yield self.conn
 
     def down(self, e: Exception) -> FlagStoreDown | None:
@@ -387,7 +390,7 @@ class _Postgres(_Backend):
             return None
         self.close()  # whatever happened, the next call starts from a fresh connection
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if e.sqlstate and e.sqlstate.startswith("53"):  # insufficient resources: disk full, out of memory
+        if e.sqlstate in ("53100", "53200"):  # disk full, out of memory
             return FlagStoreDown("full", f"the flags database {describe_url(self.url)} is full ({text})")
         if isinstance(e, psycopg.OperationalError | psycopg.InterfaceError):
             return FlagStoreDown("unreachable", f"the flags database {describe_url(self.url)} "
@@ -426,12 +429,12 @@ class FlagStore:
         return self._db.dialect
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
+    def _transaction(self, write: bool = True) -> Iterator[Any]:
         with self._lock:
             try:
                 if not self._migrated:
                     self._migrate()
-                with self._db.transaction() as conn:
+                with self._db.transaction(write) as conn:
                     yield _Exec(conn, self._db)
             except WhatsthatError:
                 raise
@@ -465,7 +468,7 @@ class FlagStore:
             pass
 
     def schema_version(self) -> int:
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             return db.execute("SELECT version FROM schema_version").fetchone()[0]
 
     def add(self, flag: Flag, *, now: dt.datetime | None = None) -> int:
@@ -515,7 +518,7 @@ class FlagStore:
         cols = _COLUMNS.format(photo="p.jpeg" if photos else "NULL")
         join = "JOIN" if with_photo_only else "LEFT JOIN"
         tables = f"flags f {join} flag_photos p ON p.flag_id = f.id" if photos or with_photo_only else "flags f"
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             got = db.execute(f"SELECT {cols} FROM {tables} WHERE f.id > ? ORDER BY f.id" + (" LIMIT ?" if limit else ""),
                              (after, limit) if limit else (after,)).fetchall()
         return [StoredFlag(int(r[0]), _parse_time(r[1]), r[2], [(c, float(p)) for c, p in json.loads(r[3])],
@@ -523,7 +526,7 @@ class FlagStore:
                 for r in got]  # fmt: skip
 
     def count(self) -> int:
-        with self._transaction() as db:
+        with self._transaction(write=False) as db:
             return int(db.execute("SELECT COUNT(*) FROM flags").fetchone()[0])
 
     def delete(self, before: dt.datetime) -> int:
