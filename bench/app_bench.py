@@ -1,6 +1,6 @@
 """The page as visitors get it, before and after the model moved out of the kernels: memory and times.
 
-    .venv/bin/python bench/app_bench.py [--runs 3] [--model export.pkl] [--no-before] [--no-factory]
+    .venv/bin/python bench/app_bench.py [--runs 3] [--model export.pkl] [--no-before] [--no-factory] [--flags]
     WHATSTHAT_SERVE_VENV=.venv-serve .venv/bin/python bench/app_bench.py   # the servers run in the serving venv
 
 Two set-ups, measured in the same run with the same photo (a shipped grizzly) and headless Chromium:
@@ -8,6 +8,8 @@ Two set-ups, measured in the same run with the same photo (a shipped grizzly) an
 - after: `whatsthat serve` as the Procfile runs it: the supervisor, one model process, Voila with thin
   kernels (preheated pool of 1) forked by the kernel factory;
 - no-factory (with --no-factory): the same with `--no-kernel-factory`, each kernel a process of its own;
+- flags (with --flags): the same with `--flags` on (a SQLite file); only its memory is measured, each
+  visitor also sending a flag with the photo (the kernels hold the form and the photo's 512 px copy);
 - before: Voila alone (the old Procfile), so every kernel loads the model itself. In the dev venv its
   kernels load a bare copy of export.pkl with fastai, as the page did before the artifact existed; in the
   serving venv (no fastai) they load the torch-only artifact in-process.
@@ -132,8 +134,10 @@ class Server(BenchServer):
     def __enter__(self) -> Server:
         tmp, env, port = self.prepare()
         extra = [f"--Voila.connection_dir_root={tmp}"]
-        if self.mode in ("after", "no-factory"):
+        if self.mode in ("after", "no-factory", "flags"):
             factory = ["--no-kernel-factory"] if self.mode == "no-factory" else []
+            if self.mode == "flags":  # each visitor a client of its own (X-Forwarded-For), or the rate limit refuses
+                factory = [f"--flags=sqlite:///{tmp / 'flags.db'}", "--trust-forwarded-for"]
             # this bench measures 10 visitors from one address, past a 512 MB budget on purpose: no caps
             # (bench/traffic_bench.py measures them); a baseline commit from before the caps has no such flags
             uncapped = ["--per-client=0", "--memory-mb=100000"] if self.code is None else []
@@ -213,10 +217,10 @@ class Server(BenchServer):
         return {**by_kind, "total": sum(sum(v) for v in by_kind.values()), "torch_kernels": torch_kernels}
 
 
-def open_app(browser, url: str):
+def open_app(browser, url: str, headers: dict[str, str] | None = None):
     from playwright.sync_api import expect
 
-    context = browser.new_context()
+    context = browser.new_context(extra_http_headers=headers)
     page = context.new_page()
     t0 = time.monotonic()
     page.goto(url + "/", wait_until="domcontentloaded", timeout=PAGE_TIMEOUT_MS)
@@ -369,8 +373,18 @@ def five_at_once(browser, mode: str, model: Path) -> float:
     return elapsed
 
 
+def send_flag(page) -> None:
+    """Say the answer is wrong ("none of these"), with the photo, and wait for the thank-you."""
+    form = page.locator(".whatsthat-flag")
+    select = form.get_by_label("It is")
+    select.select_option(index=select.locator("option").count() - 1)
+    form.get_by_label("Keep my photo to improve this classifier").check()
+    form.get_by_role("button", name="Send").click()
+    form.get_by_text("Thank you").wait_for(timeout=60_000)
+
+
 def visitors_memory(browser, mode: str, model: Path, photo: Path, counts: list[int]) -> dict[int, dict]:
-    """Visitors arrive one by one and classify once; memory after each count in `counts`."""
+    """Visitors arrive one by one and classify once (with flags on, and send a flag); memory after each count in `counts`."""
     out: dict[int, dict] = {}
     contexts = []
     with Server(mode, model) as srv:
@@ -378,10 +392,12 @@ def visitors_memory(browser, mode: str, model: Path, photo: Path, counts: list[i
         try:
             for n in range(1, max(counts) + 1):
                 srv.wait_ready(n - 1)
-                context, page, _ = open_app(browser, srv.url)
+                context, page, _ = open_app(browser, srv.url, {"X-Forwarded-For": f"192.0.2.{n}"})
                 contexts.append(context)
                 upload(page, photo)
                 classify(page)
+                if mode == "flags":
+                    send_flag(page)
                 if n in counts:
                     srv.wait_ready(n)
                     out[n] = srv.memory()
@@ -399,6 +415,8 @@ def main() -> None:
     ap.add_argument("--no-factory", action="store_true",
                     help="also measure `whatsthat serve --no-kernel-factory` (each kernel a process of its own)")
     ap.add_argument("--before-visitors", type=int, default=3, help="visitors for the before memory (default 3)")
+    ap.add_argument("--flags", action="store_true",
+                    help="also measure the memory of `whatsthat serve --flags` (each visitor also flags the photo)")
     args = ap.parse_args()
     model = Path(args.model).resolve()
     photos = sorted((require_bears() / "grizzly").glob("*.jpg"))
@@ -439,6 +457,8 @@ def main() -> None:
                         r["timeline"] = page_timeline(browser, m, args.runs)
                     results[mode] = r
                     print(f"{mode}: done", file=sys.stderr)
+                if args.flags:  # memory only: the rest of the page is after's
+                    results["flags"] = {"memory": visitors_memory(browser, "flags", model, photo, [3, 10])}
             finally:
                 browser.close()
 
@@ -474,6 +494,7 @@ def main() -> None:
         row(f"  kernels: count ({n} visitors + preheated)", lambda r, n=n: len(r["memory"][n]["kernel"]), "", "", "{:d}")
         row(f"  kernels: largest PSS ({n} visitors)", lambda r, n=n: max(r["memory"][n]["kernel"]), "MB", "<= 80", mb)
         row(f"  kernels: sum PSS ({n} visitors)", lambda r, n=n: sum(r["memory"][n]["kernel"]), "MB", "", mb)
+        row(f"  kernels: median PSS ({n} visitors)", lambda r, n=n: median(r["memory"][n]["kernel"]), "MB", "", "{:.1f}")
         row(f"  kernels with torch loaded ({n} visitors)", lambda r, n=n: r["memory"][n]["torch_kernels"], "", "0", "{:d}")
 
     venv = serve_venv()

@@ -275,7 +275,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                  cull_idle_timeout=args.cull_idle_timeout, cull_interval=args.cull_interval,
                  kernel_factory=args.kernel_factory, memory_mb=args.memory_mb,
                  trust_forwarded_for=args.trust_forwarded_for, public_url=args.public_url,
-                 frame_ancestors=args.frame_ancestors, voila_args=voila_args,
+                 frame_ancestors=args.frame_ancestors, flags=args.flags, voila_args=voila_args,
                  **given)  # fmt: skip
 
 
@@ -511,6 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--frame-ancestors", default="",
                     help="sites that may show the page in a frame, besides its own, separated by spaces "
                          "(a Hugging Face Space: https://huggingface.co; default: none)")
+    sv.add_argument("--flags", default="off", metavar="off|on|URL",
+                    help="visitors' flags ('Wrong? Tell us what it is'): off (default); on: stored in $DATABASE_URL, "
+                         "else the default SQLite file that `whatsthat flags pull` reads; or a database URL "
+                         "(sqlite:///PATH, postgresql://...)")
     sv.add_argument("voila_args", nargs=argparse.REMAINDER, help="after --: more Voila options")
     sv.set_defaults(func=cmd_serve)
 

@@ -350,7 +350,7 @@ def test_serve_runs_voila_in_the_notebook_folder_beside_the_model_process(tmp_pa
     model = tmp_path / "export.pkl"
     model.write_bytes(b"x")
     calls = []
-    def fake_run(m, env, args, *, cwd, kernel_factory):
+    def fake_run(m, env, args, *, cwd, kernel_factory, flags_url=None):
         spec = Path(env["JUPYTER_PATH"].split(os.pathsep)[0]) / "kernels" / "python3" / "kernel.json"
         calls.append((m, env, args, cwd, json.loads(spec.read_text()), kernel_factory))  # the spec exists while serving
         return 0
@@ -373,7 +373,7 @@ def test_serve_turns_the_kernel_factory_off_where_its_provisioner_is_not_registe
     (tmp_path / "export.pkl").write_bytes(b"x")
     specs, said = [], []
 
-    def fake_run(m, env, args, *, cwd, kernel_factory):
+    def fake_run(m, env, args, *, cwd, kernel_factory, flags_url=None):
         spec = Path(env["JUPYTER_PATH"].split(os.pathsep)[0]) / "kernels" / "python3" / "kernel.json"
         specs.append((json.loads(spec.read_text()), kernel_factory))
         return 0
@@ -397,7 +397,7 @@ def test_serve_turns_the_kernel_factory_off_where_its_provisioner_is_not_registe
 def test_serve_accepts_an_artifact_without_export_pkl(tmp_path, monkeypatch):
     (tmp_path / "export.safetensors").write_bytes(b"x")
     (tmp_path / "export.serving.json").write_text("{}")
-    monkeypatch.setattr(servemod, "run_voila_beside_model", lambda m, env, args, cwd, kernel_factory: 0)
+    monkeypatch.setattr(servemod, "run_voila_beside_model", lambda m, env, args, cwd, kernel_factory, flags_url=None: 0)
     assert serve(tmp_path / "export.pkl", echo=lambda s: None) == 0
 
 

@@ -41,8 +41,9 @@ from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
 from whatsthat.model.files import ModelFiles
 from whatsthat.model.quality import card_quality  # pure Python: the page states the card's honest numbers
 from whatsthat.model.verdict import DEFAULT_THRESHOLD, NOT_SURE, decide
+from whatsthat.web.flagform import FlagForms, flags_on
 from whatsthat.web.preview import TITLE  # one title for the page and its link previews
-from whatsthat.web.protocol import MAX_FILES, THUMB_SIDE, ModelClient, ModelLost, ModelUnavailable
+from whatsthat.web.protocol import MAX_FILES, PHOTO_SIDE, THUMB_SIDE, ModelClient, ModelLost, ModelUnavailable
 
 log = logging.getLogger("whatsthat.web.app")
 
@@ -105,6 +106,8 @@ class RemoteClassifier:
         log.info("model process %s (%s) answered this kernel", self.pid, self.backend)
 
     def classify_files(self, files: Sequence[tuple[str, bytes]], thumb_side: int) -> list[dict]:
+        if flags_on():  # then a copy of at most PHOTO_SIDE px of each photo too: what a flag keeps with consent
+            return self.client.classify_files(files, thumb_side, PHOTO_SIDE)
         return self.client.classify_files(files, thumb_side)
 
 
@@ -122,6 +125,7 @@ class FileResult:
     error: str = ""  # friendly message for the visitor
     reason: str = ""  # short stable code (ImageError.reason, "error")
     thumbnail: bytes = b""  # small JPEG of the image as the model saw it (upright, RGB)
+    photo: bytes = b""  # with flags on: a JPEG of at most PHOTO_SIDE px, sent only if the visitor consents
 
     @property
     def ok(self) -> bool:
@@ -378,6 +382,7 @@ class App:
         self.label = label if label is not None else widgets.Label()
         if connect:
             self.classify_button.on_click(self.on_classify)
+        self.flag_forms = FlagForms.for_classifier(classifier)  # "Wrong? Tell us": None unless flags are on
 
         self.example_buttons: list[widgets.Button] = []
         example_items = []
@@ -455,7 +460,8 @@ class App:
 
     def _shown(self, results: list[FileResult], text: str) -> Shown:
         self.results = results
-        return Shown(tuple(_bundle(r) for r in results), text, results)
+        cards = tuple(_bundle(r) for r in results)
+        return Shown(self.flag_forms.attach(cards, results) if self.flag_forms else cards, text, results)
 
     def classify(self, files: Sequence[tuple[str, bytes]]) -> list[FileResult]:
         """Classify (name, bytes) pairs; a bad file gets a friendly error, the others still run."""
@@ -473,7 +479,7 @@ class App:
         results = []
         for r in raw:
             result = FileResult(name=str(r["name"]), error=r.get("error") or "", reason=r.get("reason") or "",
-                                thumbnail=r.get("thumbnail") or b"")  # fmt: skip
+                                thumbnail=r.get("thumbnail") or b"", photo=r.get("photo") or b"")  # fmt: skip
             if result.ok:
                 result.ranked = [(str(label), float(prob)) for label, prob in r["ranked"]]
                 answer = decide(result.ranked, self._verdict_card(), r.get("ood_score"))

@@ -19,6 +19,13 @@ left 31 kernels and 940 MB on a 512 MB dyno (issue 29). This manager adds, to ju
   its HTML arrived; curl, crawlers, prefetches and link previews never do. A kernel handed to a page
   that has not opened its websocket `join_timeout` seconds after the HTML was sent is shut down then,
   not 10 minutes later. The preheated kernel waiting in Voila's pool was handed to nobody: it stays.
+- **Who a kernel serves, for visitors' flags** (`flags`, set by `whatsthat serve --flags`): the flag's
+  client hash needs the visitor's address, which only this process knows, and only from the moment it
+  hands a kernel to a page. A kernel's environment cannot carry it: Voila's pool starts and preheats
+  kernels before anyone asks for them. So `handed` tells the model process, which owns the flag store,
+  "kernel K serves address A" (the `client` request of `whatsthat.web.protocol`, off the event loop);
+  the kernel names itself with each flag (VOILA_KERNEL_ID, which Voila sets in every kernel), and the
+  model process keeps only the keyed hash (`whatsthat.web.flagdesk`).
 - **Draining** for a graceful stop: no new page, no kernel restarted, and a way to see which kernels
   are still working (`busy_kernels`).
 - **Culling that spares a page still connecting.** Voila's pool protects its kernels from the culler
@@ -45,7 +52,7 @@ from typing import Any
 from jupyter_server._tz import utcnow
 from jupyter_server.services.kernels.kernelmanager import AsyncMappingKernelManager
 from tornado.ioloop import IOLoop
-from traitlets import Float, Integer
+from traitlets import Bool, Float, Integer
 
 from whatsthat.errors import WhatsthatError
 from whatsthat.web.admission import (
@@ -98,6 +105,7 @@ class PageKernelManager(AsyncMappingKernelManager):
     join_timeout = Float(JOIN_TIMEOUT, config=True,
                          help="seconds after its HTML was sent within which a page must open its kernel's websocket")  # fmt: skip
     measure_interval = Float(MEASURE_INTERVAL, config=True, help="seconds between measurements of the memory")
+    flags = Bool(False, config=True, help="visitors' flags are on: tell the model process which client each page's kernel serves")
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -112,6 +120,7 @@ class PageKernelManager(AsyncMappingKernelManager):
         self.sampled_mb: float | None = None  # the whole server, at the last measurement
         self._sampled: set[str] = set()  # the kernels that measurement saw
         self._measuring = False
+        self._model: ModelClient | None = None  # the server's own connection to the model process, for flags
 
     # -- counting --
 
@@ -175,6 +184,20 @@ class PageKernelManager(AsyncMappingKernelManager):
         """An admitted page request got `kernel_id` (from the pool or newly started)."""
         self.release(client)
         self._pages[kernel_id] = Page(client, time.monotonic())
+        if self.flags:  # see the module docstring: the flag's client hash
+            if self._model is None:  # one connection for all pages (its lock sends one request at a time)
+                self._model = ModelClient.from_env(request_timeout=10.0)
+            if self._model is not None:  # else no model process runs beside this server: no flags either
+                IOLoop.current().run_in_executor(None, self._tell_model, self._model, kernel_id, client)
+
+    def _tell_model(self, model: ModelClient, kernel_id: str, client: str) -> None:
+        """Tell the model process which client `kernel_id` serves. In a thread: a page may come while the
+        model process still loads (the page is built from the model card without waiting), and this waits
+        for it as a kernel does."""
+        try:
+            model.tell_client(kernel_id, client)
+        except WhatsthatError as e:  # flags from this page then count per page, not per client
+            self.log.warning("could not tell the model process which client kernel %s serves: %s", kernel_id, e)
 
     def page_sent(self, kernel_id: str) -> None:
         """The page's HTML has been sent (or its request ended): its websocket must come within `join_timeout`."""

@@ -16,6 +16,10 @@ so a kernel never holds a decoded 100-megapixel picture.
   would only fight over the same cores.
 - Failures: a bad upload is an error for that file only; an exception in one request is logged and
   answered as a refusal on that connection; the other kernels' connections never notice.
+- Visitors' flags (`whatsthat serve --flags`): with them on, each answer also carries a copy of the
+  photo of at most 512 px (what a flag keeps, with the visitor's consent), and `flag` requests are
+  written by `whatsthat.web.flagdesk.FlagDesk`, which owns the store; a store that is down never
+  touches classification.
 - Supervision: `Supervisor` (used by `whatsthat serve` and the Binder start script) runs this module
   as a child process and restarts it when it exits, with a growing delay if it keeps failing.
 - Stopping: on SIGTERM (Heroku sends it to every process of a dyno at once, 30 s before SIGKILL) it
@@ -33,6 +37,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import secrets
 import select
 import signal
 import sys
@@ -48,10 +53,14 @@ from typing import Any
 from whatsthat.errors import WhatsthatError
 from whatsthat.model.files import ModelFiles
 from whatsthat.model.verdict import DEFAULT_THRESHOLD, rank
+from whatsthat.web.flagdesk import FlagDesk
 from whatsthat.web.protocol import (
     ENV_AUTHKEY,
+    ENV_FLAG_SECRET,
+    ENV_FLAGS_URL,
     ENV_SOCKET,
     MAX_FILES,
+    PHOTO_SIDE,
     THUMB_SIDE,
     ModelClient,
     ModelLost,
@@ -149,11 +158,12 @@ def _artifact_predictor(model_path: Path, card: dict, threshold: float) -> Predi
 
 
 
-def classify_files(predictor: Any, files: Sequence[tuple[str, bytes]], thumb_side: int) -> list[dict]:
+def classify_files(predictor: Any, files: Sequence[tuple[str, bytes]], thumb_side: int, photo_side: int = 0) -> list[dict]:
     """Decode, thumbnail and classify (name, bytes) pairs; a bad file gets an error, the others still run.
 
     `predictor` has `score(images)` (ranked, ood_score) or just `predict_many(images)` (ranked). Each
-    result: name, ranked, ood_score, error, reason, thumbnail (JPEG bytes, b"" when there is none).
+    result: name, ranked, ood_score, error, reason, thumbnail (JPEG bytes, b"" when there is none), and
+    with `photo_side` a photo: a JPEG of at most that many px a side (what a visitor's flag may keep).
     """
     # imported here: the supervisor (`whatsthat serve`'s own process) imports this module and never decodes
     from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
@@ -170,6 +180,8 @@ def classify_files(predictor: Any, files: Sequence[tuple[str, bytes]], thumb_sid
             result["error"], result["reason"] = str(e), e.reason
             continue
         result["thumbnail"] = encode_jpeg(resize_max(im, thumb_side), quality=80)
+        if photo_side:  # re-encoded from the pixels: no EXIF (place, camera) travels with it
+            result["photo"] = encode_jpeg(resize_max(im, photo_side), quality=85)
         good.append((result, im))
     if not good:
         return results
@@ -249,7 +261,8 @@ class _Trimmer:
 _trimmer = _Trimmer()
 
 
-def _handle(predictor: Predictor, header: dict, blobs: list[bytes]) -> tuple[dict, list[bytes]]:
+def _handle(predictor: Predictor, header: dict, blobs: list[bytes],
+            flags: FlagDesk | None = None) -> tuple[dict, list[bytes]]:  # fmt: skip
     op = header.get("op")
     if op == "info":
         return {"ok": True, "classes": predictor.classes, "card": predictor.card, "threshold": predictor.threshold,
@@ -262,18 +275,24 @@ def _handle(predictor: Predictor, header: dict, blobs: list[bytes]) -> tuple[dic
             return {"ok": False, "error": f"at most {MAX_FILES} images per request"}, []
         side = header.get("thumb_side", THUMB_SIDE)
         side = side if isinstance(side, int) and 16 <= side <= 1024 else THUMB_SIDE
-        results = classify_files(predictor, list(zip(map(str, names), blobs, strict=True)), side)
-        thumbs: list[bytes] = []
+        photo_side = PHOTO_SIDE if header.get("photo_side") and flags is not None else 0  # only while flags are on
+        results = classify_files(predictor, list(zip(map(str, names), blobs, strict=True)), side, photo_side)
+        out: list[bytes] = []
         for r in results:
-            jpeg = r.pop("thumbnail")
-            r["thumbnail"] = len(thumbs) if jpeg else -1
-            if jpeg:
-                thumbs.append(jpeg)
-        return {"ok": True, "results": results}, thumbs
+            for key in ("thumbnail", "photo"):
+                jpeg = r.pop(key, b"")
+                r[key] = len(out) if jpeg else -1
+                if jpeg:
+                    out.append(jpeg)
+        return {"ok": True, "results": results}, out
+    if op in ("flag", "client"):
+        if flags is None:
+            return {"ok": False, "error": "visitors' flags are off on this server"}, []
+        return flags.handle(header, blobs, predictor.card), []
     return {"ok": False, "error": f"unknown request {op!r}"}, []
 
 
-def _serve_connection(predictor: Predictor, conn: Connection, peer: int) -> None:
+def _serve_connection(predictor: Predictor, conn: Connection, peer: int, flags: FlagDesk | None = None) -> None:
     with conn:
         while True:
             try:
@@ -289,7 +308,7 @@ def _serve_connection(predictor: Predictor, conn: Connection, peer: int) -> None
             log.log(level, "request %s from connection %d: %d file(s)", header.get("op"), peer, len(blobs))
             with _trimmer.request():
                 try:
-                    reply, out = _handle(predictor, header, blobs)
+                    reply, out = _handle(predictor, header, blobs, flags)
                 except Exception:  # one request's failure must not end the process or other visitors' requests
                     log.exception("request %s from connection %d failed", header.get("op"), peer)
                     reply, out = {"ok": False, "error": "the classifier failed on this request"}, []
@@ -308,8 +327,11 @@ QUIET = 0.5  # s without a request in flight after which a stopping model proces
 
 
 def serve_forever(predictor: Predictor, socket_path: str | Path, authkey: bytes,
-                  ready: Callable[[], None] | None = None, stop: Callable[[], None] | None = None) -> None:  # fmt: skip
+                  ready: Callable[[], None] | None = None, stop: Callable[[], None] | None = None,
+                  flags: FlagDesk | None = None) -> None:  # fmt: skip
     """Accept kernels on the Unix socket, a thread per connection, for ever, or until `stop()` returns.
+
+    `flags`: visitors' flags are on, written through this desk (it owns the store); None: off.
 
     Then it takes no new connection, answers what the connected kernels still ask while it drains, and
     returns once no request has been in flight for QUIET seconds (DRAIN seconds at most).
@@ -327,7 +349,8 @@ def serve_forever(predictor: Predictor, socket_path: str | Path, authkey: bytes,
     if ready is not None:
         ready()
     stopping = threading.Event()
-    accepting = threading.Thread(target=_accept, args=(predictor, listener, stopping), daemon=True, name="accept")
+    accepting = threading.Thread(target=_accept, args=(predictor, listener, stopping, flags), daemon=True,
+                                 name="accept")  # fmt: skip
     accepting.start()
     if stop is None:
         accepting.join()
@@ -340,7 +363,7 @@ def serve_forever(predictor: Predictor, socket_path: str | Path, authkey: bytes,
     listener.close()
 
 
-def _accept(predictor: Predictor, listener: Listener, stopping: threading.Event) -> None:
+def _accept(predictor: Predictor, listener: Listener, stopping: threading.Event, flags: FlagDesk | None) -> None:
     peer = 0
     while True:
         try:
@@ -354,7 +377,7 @@ def _accept(predictor: Predictor, listener: Listener, stopping: threading.Event)
             conn.close()
             continue
         peer += 1
-        threading.Thread(target=_serve_connection, args=(predictor, conn, peer), daemon=True,
+        threading.Thread(target=_serve_connection, args=(predictor, conn, peer, flags), daemon=True,
                          name=f"kernel-{peer}").start()  # fmt: skip
 
 
@@ -407,9 +430,14 @@ def model_main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot load the model: %s", e)
         return LOAD_FAILED
     log.info("model %s loaded in %.1fs", args.model, time.monotonic() - t0)
+    flags = FlagDesk.from_env(predictor.classes)  # None when flags are off; a store that is down is logged, not fatal
     _trimmer.trim()  # what loading and the warm-up pass freed
     # until now a SIGTERM simply ended the process: nothing was in flight
-    serve_forever(predictor, args.socket, authkey, stop=until_sigterm())
+    try:
+        serve_forever(predictor, args.socket, authkey, stop=until_sigterm(), flags=flags)
+    finally:
+        if flags is not None:
+            flags.close()
     return 0
 
 
@@ -434,13 +462,16 @@ class Supervisor(Restarter):
     name = "model process"
     socket_var, key_var = ENV_SOCKET, ENV_AUTHKEY
 
-    def __init__(self, model: str | Path, *, python: str | None = None, stderr: Any = None,
+    def __init__(self, model: str | Path, *, flags_url: str | None = None, python: str | None = None, stderr: Any = None,
                  min_delay: float = 0.5, max_delay: float = 30.0, probe_interval: float = PROBE_INTERVAL,
                  probe_timeout: float = PROBE_TIMEOUT, probe_failures: int = PROBE_FAILURES) -> None:  # fmt: skip
         super().__init__(python=python, stderr=stderr, min_delay=min_delay, max_delay=max_delay,
                          dir_prefix="whatsthat-model-", socket_name="model.sock")  # fmt: skip
         self.probe_interval, self.probe_timeout, self.probe_failures = probe_interval, probe_timeout, probe_failures
         self.model = Path(model).resolve()
+        self.flags_url = flags_url
+        # the client hash's key: the operator's, else random per server, so it outlives model-process restarts
+        self.flag_secret = os.environ.get(ENV_FLAG_SECRET) or secrets.token_hex(32)
 
     def command(self) -> list[str]:
         return [self.python, "-m", "whatsthat.web.modelprocess", "--model", str(self.model), "--socket", str(self.socket)]
@@ -448,7 +479,11 @@ class Supervisor(Restarter):
     def child_env(self) -> dict[str, str]:
         # glibc gives each thread that allocates its own malloc arena and keeps freed memory there: with a
         # thread per kernel, ten visitors grew the process from 281 to 539 MB PSS; two arenas kept it at 348
-        return {"MALLOC_ARENA_MAX": "2", **super().child_env()}
+        env = {"MALLOC_ARENA_MAX": "2", **super().child_env()}
+        env.pop(ENV_FLAGS_URL, None)  # flags are this server's option, never an inherited variable's
+        if self.flags_url:
+            env.update({ENV_FLAGS_URL: self.flags_url, ENV_FLAG_SECRET: self.flag_secret})
+        return env
 
     def why(self, returncode: int) -> str:
         return "could not load the model" if returncode == LOAD_FAILED else f"exited with {returncode}"

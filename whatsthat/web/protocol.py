@@ -11,8 +11,12 @@ Messages are never pickled (Connection.send/recv would unpickle whatever arrives
 one JSON header frame followed by `header["blobs"]` raw byte frames (uploads, thumbnails).
 
     request  {"op": "info"}                                          -> {"ok", "classes", "card", "threshold", "backend", ...}
-    request  {"op": "classify", "names": [...], "thumb_side": 192} + one blob per file
-             -> {"ok", "results": [{"name", "ranked", "ood_score", "error", "reason", "thumbnail": i | -1}]} + thumbnails
+    request  {"op": "classify", "names": [...], "thumb_side": 192, "photo_side": 0 | 512} + one blob per file
+             -> {"ok", "results": [{"name", "ranked", "ood_score", "error", "reason", "thumbnail": i | -1,
+                 "photo": i | -1}]} + thumbnails and photos (a photo only where "photo_side" asked for one)
+    request  {"op": "flag", "kernel", "ranked", "ood_score", "label", "text"} + one blob (the photo, with consent) or none
+             -> {"ok", "sent": true, "id"} | {"ok", "sent": false, "refused": sentence} | {"ok", "sent": false, "down": true}
+    request  {"op": "client", "kernel", "address"}  (from the server: which client a page kernel belongs to) -> {"ok"}
     failure  {"ok": false, "error": "..."}  (the request was refused; the connection stays usable)
 """
 
@@ -35,6 +39,15 @@ ENV_AUTHKEY = "WHATSTHAT_MODEL_AUTHKEY"  # hex
 MAX_HEADER = 1 << 20
 MAX_FILES = 12  # images per click and per request: bounds the CPU one visitor can take from a shared server
 THUMB_SIDE = 192  # px, the longer side of the thumbnail sent back with each answer
+# px, the longer side of the copy of each photo a page keeps while visitors' flags are on: what a flag
+# sends with the visitor's consent (issue 33). The model process makes it from the picture it decoded
+# anyway, so a kernel never decodes an upload and never keeps one (64 MiB at most) after the click.
+PHOTO_SIDE = 512
+# Visitors' flags (`whatsthat serve --flags`, whatsthat.web.flagdesk): the model process reads the store's
+# URL and the per-server secret of the client hash; kernels only read whether flags are on, never the URL.
+ENV_FLAGS = "WHATSTHAT_FLAGS"  # "on" in the kernels' environment when the page offers the flag control
+ENV_FLAGS_URL = "WHATSTHAT_FLAGS_URL"  # the model process's store: sqlite:///PATH or postgresql://...
+ENV_FLAG_SECRET = "WHATSTHAT_FLAG_SECRET"  # hex; the key of the client hash (random per server when unset)
 MAX_BLOB = 80 << 20  # above the 64 MiB websocket limit: whatever reached the kernel fits
 CONNECT_WAIT = 90.0  # s a kernel waits for the model process: a cold start loads torch and the model
 REQUEST_TIMEOUT = 120.0  # s for one click's images (12 at most, some of them 100-megapixel photos)
@@ -205,17 +218,31 @@ class ModelClient:
         self.info = reply
         return reply
 
-    def classify_files(self, files: Sequence[tuple[str, bytes]], thumb_side: int) -> list[dict]:
-        """Per file: name, ranked [(label, prob)], ood_score, error, reason, thumbnail (JPEG bytes or b"")."""
-        reply, thumbs = self.request(
-            {"op": "classify", "names": [name for name, _ in files], "thumb_side": int(thumb_side)},
-            [data for _, data in files],
-        )
+    def classify_files(self, files: Sequence[tuple[str, bytes]], thumb_side: int, photo_side: int = 0) -> list[dict]:
+        """Per file: name, ranked [(label, prob)], ood_score, error, reason, thumbnail (JPEG bytes or b""),
+        and photo (a JPEG of at most `photo_side` px, or b""; none unless `photo_side` is given)."""
+        header = {"op": "classify", "names": [name for name, _ in files], "thumb_side": int(thumb_side)}
+        if photo_side:
+            header["photo_side"] = int(photo_side)
+        reply, blobs = self.request(header, [data for _, data in files])
         results = reply.get("results")
         if not isinstance(results, list) or len(results) != len(files):
             raise WhatsthatError("the model process answered with the wrong number of results")
         for r in results:
-            i = r.get("thumbnail", -1)
-            r["thumbnail"] = thumbs[i] if isinstance(i, int) and 0 <= i < len(thumbs) else b""
+            for key in ("thumbnail", "photo"):
+                i = r.get(key, -1)
+                r[key] = blobs[i] if isinstance(i, int) and 0 <= i < len(blobs) else b""
             r["ranked"] = [(str(label), float(p)) for label, p in r.get("ranked") or []]
         return results
+
+    def flag(self, kernel: str, ranked: Sequence[tuple[str, float]], ood_score: float | None, label: str,
+             text: str = "", photo: bytes | None = None) -> dict:  # fmt: skip
+        """Send a visitor's flag; the reply says "sent" (with "id"), else "refused" (a sentence) or "down"."""
+        header = {"op": "flag", "kernel": str(kernel), "ranked": [[str(c), float(p)] for c, p in ranked],
+                  "ood_score": None if ood_score is None else float(ood_score), "label": str(label), "text": str(text)}  # fmt: skip
+        reply, _ = self.request(header, [photo] if photo else [])
+        return reply
+
+    def tell_client(self, kernel: str, address: str) -> None:
+        """Tell the model process which client address page kernel `kernel` serves (the server's side)."""
+        self.request({"op": "client", "kernel": str(kernel), "address": str(address)})

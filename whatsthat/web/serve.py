@@ -18,6 +18,9 @@ variables Voila passes on.
 - only as many kernels start as fit in the memory budget, at most `per_client` per client address, and
   a kernel whose page never opens its websocket is shut down `join_timeout` seconds after its HTML was
   sent (`whatsthat.web.kernelpool`); beyond that a visitor gets a small busy page (HTTP 503);
+- visitors' flags ("Wrong? Tell us what it is", issue 33) are off unless `flags` says `on` or gives a
+  database URL (`flags_url`); then the model process writes them (`whatsthat.web.flagdesk`) and the
+  kernels show the control (`whatsthat.web.flagform`);
 - the page is Voila's `lab` template plus link-preview tags and a "went to sleep" banner (the
   `whatsthat` template in whatsthat/web/templates, put on JUPYTER_PATH), and SIGTERM stops it gracefully
   (`whatsthat.web.voilaapp`).
@@ -52,6 +55,7 @@ from whatsthat.web.kernelfactory import unsupported as kernel_factory_unsupporte
 from whatsthat.web.modelprocess import Supervisor, setup_logging
 from whatsthat.web.pagekernel import mark_not_importable
 from whatsthat.web.preview import meta_tags, page_meta
+from whatsthat.web.protocol import ENV_FLAGS
 
 log = logging.getLogger("whatsthat.web.serve")
 
@@ -78,6 +82,39 @@ TEMPLATE = "whatsthat"
 # those two formats go unchecked. A None in sys.modules is the import system's documented way to
 # say "not importable"; nothing of the module or of jsonschema is changed.
 UNNEEDED_OPTIONAL_MODULES = ("rfc3987_syntax",)
+FLAG_SCHEMES = ("sqlite", "postgresql", "postgres")  # what whatsthat.flags.store opens
+
+
+def flags_url(value: str | None, environ: dict[str, str] | None = None) -> str | None:
+    """`whatsthat serve --flags VALUE` as the store's URL, or None for off.
+
+    - off (the default): no flag control on the page, nothing stored;
+    - on: $DATABASE_URL where it is set (Heroku Postgres sets it: a dyno's disk is wiped at every
+      restart), else the flags store's default SQLite file, the very file `whatsthat flags pull` and
+      `whatsthat flags stats` read when given no --db, so a local `make app` needs no URL passed around;
+    - a URL: sqlite:///PATH (a relative PATH is taken from the current folder) or postgresql://...
+    """
+    env = os.environ if environ is None else environ
+    text = (value or "off").strip()
+    if text.lower() == "off":
+        return None
+    if text.lower() == "on":
+        if env.get("DATABASE_URL"):
+            return env["DATABASE_URL"]
+        from whatsthat.flags.store import default_path  # the store's own default, one place for it
+
+        return f"sqlite:///{default_path()}"  # an absolute path after sqlite:/// (four slashes in all)
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in FLAG_SCHEMES:
+        raise WhatsthatError(f"--flags takes off, on or a database URL (sqlite:///PATH, postgresql://USER@HOST/DB), "
+                             f"not {text.split('@')[-1]!r}")  # fmt: skip
+    if scheme.lower() == "sqlite":
+        if not rest.startswith("/") or not rest[1:].strip("/"):
+            raise WhatsthatError(f"--flags {text!r}: a SQLite URL is sqlite:///PATH (e.g. sqlite:///flags.db)")
+        # sqlite:///flags.db is relative to this folder, sqlite:////srv/flags.db absolute: made absolute here,
+        # since the model process does not run in this folder
+        return f"sqlite:///{Path(rest[1:]).resolve()}"
+    return text
 
 
 def tornado_settings(max_upload_mb: int = MAX_UPLOAD_MB, frame_ancestors: str = "") -> dict[str, Any]:
@@ -121,6 +158,7 @@ def voila_settings(
     public_url: str | None = None,
     frame_ancestors: str = "",
     meta: dict[str, Any] | None = None,
+    flags: bool = False,
     extra_args: Sequence[str] = (),
 ) -> tuple[dict[str, str], list[str]]:
     """(environment, Voila's arguments) that serve `notebook`: the one place for the flags.
@@ -129,7 +167,8 @@ def voila_settings(
     through the environment, which Voila passes on to every kernel it starts. `memory_mb` None: the
     container's limit, else 512 MB. `trust_forwarded_for` None: only on a Heroku dyno. `public_url` None:
     Heroku's app address where dyno metadata gives it, else none (link previews then carry paths).
-    `meta`: what link previews show (`whatsthat.web.preview.page_meta`).
+    `meta`: what link previews show (`whatsthat.web.preview.page_meta`). `flags`: the page shows the flag
+    control (the store's URL goes to the model process only, `Supervisor(flags_url=...)`).
     """
     if cull_idle_timeout <= 0 or cull_interval <= 0:
         raise WhatsthatError("kernel culling must stay on: cull_idle_timeout and cull_interval must be positive")
@@ -154,6 +193,8 @@ def voila_settings(
         env["WHATSTHAT_MODEL"] = str(model)
     if examples is not None:
         env["WHATSTHAT_EXAMPLES"] = str(examples)
+    if flags:
+        env[ENV_FLAGS] = "on"  # the kernels show the flag control; the store's URL goes to the model process only
     args = [
         f"--port={port}",
         f"--Voila.ip={host}",
@@ -176,6 +217,7 @@ def voila_settings(
         f"--PageKernelManager.join_timeout={float(join_timeout)}",
         f"--PageVoila.trust_forwarded_for={bool(trust_forwarded_for)}",
         f"--PageVoila.public_url={public_url or ''}",
+        f"--PageKernelManager.flags={bool(flags)}",  # it tells the model process which client each kernel serves
     ]
     if preheat:
         args += ["--preheat_kernel=True", f"--pool_size={int(pool_size)}"]
@@ -283,6 +325,7 @@ def serve(
     trust_forwarded_for: bool | None = None,
     public_url: str | None = None,
     frame_ancestors: str = "",
+    flags: str | None = None,
     voila_args: Sequence[str] = (),
     echo: Callable[[str], None] | None = None,
 ) -> int:
@@ -291,8 +334,9 @@ def serve(
     The model path is made absolute (the kernel runs in the notebook's folder). A missing model
     or notebook raises WhatsthatError before anything starts. `kernel_factory=False` starts each
     kernel as a process of its own instead of forking it (see `whatsthat.web.kernelfactory`). The
-    admission options are `voila_settings`'.
+    admission options are `voila_settings`'. `flags`: off (default), on or a database URL (`flags_url`).
     """
+    store = flags_url(flags)  # a bad value stops here, before anything starts
     nb = find_notebook(notebook)
     model_path = Path(model).resolve()
     if not model_exists(model_path):
@@ -313,6 +357,13 @@ def serve(
         echo(f"kernel factory off: {why}; each kernel starts as a process of its own")
         kernel_factory = False
     shown = "localhost" if host in ("127.0.0.1", "0.0.0.0") else host
+    if store is not None:
+        from whatsthat.flags.store import describe_url
+
+        echo(f"visitors' flags on: stored in {describe_url(store)}")
+        if os.environ.get("DYNO") and store.startswith("sqlite"):
+            echo("warning: a Heroku dyno's disk is wiped at every restart, and the flags with it: add Heroku "
+                 "Postgres (it sets DATABASE_URL) to keep them (docs/deploy.md)")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="whatsthat-kernels-") as kernels:
         env, args = voila_settings(
             nb.name,
@@ -332,11 +383,13 @@ def serve(
             public_url=public_url,
             frame_ancestors=frame_ancestors,
             meta=meta,
+            flags=store is not None,
             extra_args=voila_args,
         )
         echo(f"serving {nb} with {model_path} at http://{shown}:{port}/ (Ctrl-C stops)")
         # the kernel's cwd is the notebook's folder, as in Voila; the model process runs beside Voila
-        return run_voila_beside_model(model_path, env, args, cwd=nb.parent, kernel_factory=kernel_factory)
+        return run_voila_beside_model(model_path, env, args, cwd=nb.parent, kernel_factory=kernel_factory,
+                                      flags_url=store)  # fmt: skip
 
 
 def skip_unneeded_imports(names: Sequence[str] = UNNEEDED_OPTIONAL_MODULES) -> list[str]:
@@ -348,7 +401,8 @@ def skip_unneeded_imports(names: Sequence[str] = UNNEEDED_OPTIONAL_MODULES) -> l
 
 
 @contextlib.contextmanager
-def beside_model(model: Path, kernel_factory: bool = False) -> Iterator[tuple[dict[str, str], Callable[[], None]]]:
+def beside_model(model: Path, kernel_factory: bool = False,
+                 flags_url: str | None = None) -> Iterator[tuple[dict[str, str], Callable[[], None]]]:  # fmt: skip
     """The supervised model process (and the kernel factory) for as long as the page runs.
 
     Yields the environment the page's server passes on to its kernels (the channel to the model
@@ -357,7 +411,7 @@ def beside_model(model: Path, kernel_factory: bool = False) -> Iterator[tuple[di
     `whatsthat serve` (Heroku, local: Voila in this process) and `run_beside_model` (Binder: Jupyter
     as a child).
     """
-    with Supervisor(model) as sup, (KernelFactory() if kernel_factory else contextlib.nullcontext()) as factory:
+    with Supervisor(model, flags_url=flags_url) as sup, (KernelFactory() if kernel_factory else contextlib.nullcontext()) as factory:
 
         def stop_restarting() -> None:
             sup.stop_restarting()
@@ -373,7 +427,7 @@ def on_stop_signals(handler: Callable[[int, Any], None]) -> dict[int, Any]:
 
 
 def run_voila_beside_model(model: Path, env: dict[str, str], args: Sequence[str], *, cwd: Path,
-                           kernel_factory: bool = True) -> int:  # fmt: skip
+                           kernel_factory: bool = True, flags_url: str | None = None) -> int:  # fmt: skip
     """Voila in this process, beside the model process (and the kernel factory); returns when Voila stops.
 
     In-process rather than as a child: a supervisor process of its own costs a Python interpreter
@@ -385,7 +439,7 @@ def run_voila_beside_model(model: Path, env: dict[str, str], args: Sequence[str]
     """
     # The model process and the factory start first: they import torch and ipykernel while this
     # process imports Voila, instead of after it.
-    with beside_model(model, kernel_factory) as (side_env, stop_restarting):
+    with beside_model(model, kernel_factory, flags_url) as (side_env, stop_restarting):
         skip_unneeded_imports()
         from whatsthat.web.voilaapp import PageVoila  # the server stack: imported only to serve
 
