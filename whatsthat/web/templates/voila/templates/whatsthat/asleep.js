@@ -12,6 +12,7 @@
   "use strict";
   var DB = "whatsthat", STORE = "choice", KEEP_MS = 10 * 60 * 1000;
   var TEXT = "This page went to sleep. Reload to classify again.";
+  var LOST = "The connection to the server was lost while sending your photos. Reload to classify again.";
   var config = null, asleep = false, chosen = [], checking = null;
 
   function kernelUrl() {
@@ -45,7 +46,7 @@
     return checking;
   }
 
-  function sleep(reloading) {
+  function sleep(reloading, text) {
     var banner = document.getElementById("whatsthat-asleep");
     asleep = true;
     if (!banner) {
@@ -67,7 +68,7 @@
       // the widgets stay usable: choosing a photo or an example now reloads the page with that choice
     }
     banner.querySelector(".whatsthat-asleep-text").textContent =
-      reloading ? "This page went to sleep. Reloading it with your choice..." : TEXT;
+      reloading ? "This page went to sleep. Reloading it with your choice..." : text || TEXT;
   }
 
   // -- keeping what the visitor chose across the reload --
@@ -145,6 +146,12 @@
       var k = kernelConnection();
       return k && k.connectionStatus === "connected" && buttonNamed("Classify");
     }, 120000).then(function () {
+      if (choice.photos && choice.photos.length) {
+        // whatsthat's photo input (whatsthat/web/assets/photoinput.js) sends them, and they are classified
+        return whenReady(function () { return window.whatsthatPhotoInput; }, 120000).then(function (input) {
+          input.choose(choice.photos);
+        });
+      }
       if (choice.example) {
         var example = document.querySelector('button[title="' + CSS.escape(choice.example) + '"]');
         if (example) example.click();
@@ -196,6 +203,18 @@
       });
     }).catch(function () { check(); });
   }
+
+  // The photo input's connection was lost mid-send (its photos never reached the kernel): say so, and when
+  // the kernel is gone, reload keeping the photos. `photos`: File objects, kept in IndexedDB meanwhile.
+  function lost(photos) {
+    check().then(function (isAsleep) {
+      if (isAsleep && photos && photos.length) keepAndReload({ photos: photos });
+      else sleep(false, LOST);
+    });
+  }
+
+  // what whatsthat's photo input calls (whatsthat/web/assets/photoinput.js)
+  window.whatsthatAsleep = { check: check, keepAndReload: keepAndReload, lost: lost };
 
   function start() {
     var element = document.getElementById("jupyter-config-data");
