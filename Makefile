@@ -44,6 +44,7 @@ lint: install
 # must run: Chromium is installed first where we may, and a missing browser fails them instead of skipping.
 test: lint serve-env
 	bash .ci/ensure-chromium
+	bash .ci/ensure-axe
 	WHATSTHAT_BROWSER_TESTS=required WHATSTHAT_SERVE_VENV=$(abspath $(SERVE_VENV)) $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

@@ -93,7 +93,8 @@ function render({ model, el }) {
   row.append(upload, camera, uploadInput, cameraInput);
   el.append(row, hint, status);
 
-  let waiting = null; // {batch, files, timer}: the choice sent, until the kernel says it arrived
+  let waiting = null; // {batch, timer}: the choice sent, until the kernel says it arrived
+  let last = []; // the photos last sent (Files), which the kernel keeps: asleep.js takes them across a reload
 
   function say(text, problem) {
     status.textContent = text;
@@ -144,6 +145,7 @@ function render({ model, el }) {
     model.send({ event: "done", batch, count: ready.length });
     if (waiting) clearTimeout(waiting.timer);
     const sent = ready.map(({ name, blob }) => new File([blob], name, { type: blob.type || "image/jpeg" }));
+    last = sent;
     waiting = { batch, timer: setTimeout(() => { waiting = null; lost(sent); }, ACK_MS) };
     say(notes.join(" ") + (notes.length ? " " : "") +
         (ready.length === 1 ? "Classifying the photo..." : `Classifying ${ready.length} photos...`), notes.length > 0);
@@ -203,7 +205,8 @@ function render({ model, el }) {
   document.addEventListener("dragleave", onDragLeave);
   document.addEventListener("drop", onDrop);
   document.addEventListener("paste", onPaste);
-  window.whatsthatPhotoInput = { choose: send }; // asleep.js gives it back the photos kept across a reload
+  // asleep.js keeps the last photos across a reload, and gives them back
+  window.whatsthatPhotoInput = { choose: send, last: () => last };
 
   return () => {
     document.removeEventListener("dragover", onDragOver);

@@ -5,8 +5,8 @@
 // the void. This script notices, from the kernel connection Voila's widget manager holds
 // (window.jupyterapp.widgetManager.kernel, @jupyterlab/services' KernelConnection) and, whenever the
 // visitor acts, from the kernel's own REST address (404: gone). It then shows a banner with a Reload
-// button. When the visitor had chosen photos (the upload widget's value, read from its model) or an
-// example, it reloads on their behalf and, in the new page, chooses them again and clicks what they
+// button. When the visitor had chosen photos (whatsthat's photo input keeps them, or a FileUpload's value,
+// read from its model) or an example, it reloads on their behalf and, in the new page, chooses them again and clicks what they
 // clicked: the photos wait in IndexedDB meanwhile, for 10 minutes at most.
 (function () {
   "use strict";
@@ -173,7 +173,10 @@
     var target = event.target, choice = null;
     if (target.closest && target.closest("#whatsthat-asleep")) return;
     var button = target.closest && target.closest("button");
-    if (button && button.textContent.trim() === "Classify" && chosen.length) {
+    var input = window.whatsthatPhotoInput, photos = input ? input.last() : [];
+    if (button && button.textContent.trim() === "Classify" && photos.length) {
+      choice = { photos: photos };  // the photo input's last photos: classified again after the reload
+    } else if (button && button.textContent.trim() === "Classify" && chosen.length) {
       choice = { files: chosen, classify: true };
     } else if (button && (button.title || "").indexOf("Classify the example") === 0) {
       choice = { example: button.title };
