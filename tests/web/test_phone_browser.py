@@ -9,26 +9,31 @@ against `whatsthat serve` from $WHATSTHAT_SERVE_VENV (the serving environment), 
   normal photo still gets its answer;
 - axe-core (tools/axe, installed from npm by `make test`) finds no serious or critical violation,
   before and after an answer, in both schemes;
-- keyboard: Tab reaches Upload, Take a photo and Classify; Enter on Classify classifies.
+- keyboard: Tab reaches Upload, Take a photo and Classify; Enter on Classify classifies;
+- the same photo input in JupyterLab, the model loaded in the kernel (no model process).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
 from browser_support import (
     CAMERA_INPUT,
-    ROOT,
+    LAB_TOKEN,
     answers,
+    jupyterlab,
     pick_model_and_photo,
     running_server,
     upload,
     wait_for_answer,
 )
+from conftest import ROOT, draw_image, image_bytes, isolated_env
+from model_fixture import tiny_model  # noqa: F401  (pytest fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -230,3 +235,35 @@ def test_the_keyboard_reaches_upload_camera_and_classify_and_enter_classifies(br
         assert page.locator(".whatsthat-live").text_content().startswith(f"Photo 1: {server.expected}, ")
     finally:
         context.close()
+
+
+def test_the_photo_input_works_in_jupyterlab_with_the_model_in_the_kernel(browser, tiny_model, tmp_path):  # noqa: F811
+    """app.ipynb opened in JupyterLab (no model process: the kernel loads the model): a photo taken is classified."""
+    pytest.importorskip("jupyterlab")
+    shutil.copy(ROOT / "app.ipynb", tmp_path / "app.ipynb")
+    env = {**os.environ, **isolated_env(tmp_path / "home"), "OMP_NUM_THREADS": "1", "WHATSTHAT_MODEL": str(tiny_model),
+           "WHATSTHAT_EXAMPLES": str(tmp_path / "no-examples")}  # fmt: skip
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])  # this tree
+    for var in ("WHATSTHAT_MODEL_SOCKET", "WHATSTHAT_MODEL_AUTHKEY"):
+        env.pop(var, None)
+    with jupyterlab(tmp_path, env) as (url, _proc, log):
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        page = context.new_page()
+        try:
+            page.goto(f"{url}/lab/tree/app.ipynb?token={LAB_TOKEN}", timeout=120_000)
+            page.wait_for_function("() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session?.kernel",
+                                   timeout=120_000)  # fmt: skip
+            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            try:
+                page.locator(".whatsthat-live").wait_for(state="attached", timeout=240_000)
+            except Exception:  # a Playwright timeout: what the notebook showed instead
+                outputs = page.locator(".jp-OutputArea-output").all_inner_texts()
+                pytest.fail(f"no photo input; outputs: {outputs!r}\nlog:\n{log.read_text()[-3000:]}")
+            before = answers(page)
+            page.locator(CAMERA_INPUT).set_input_files(
+                [{"name": "red.jpg", "mimeType": "image/jpeg", "buffer": image_bytes(draw_image("red", 96))}])
+            wait_for_answer(page, before, timeout_ms=240_000)
+            assert page.locator(".whatsthat-live").text_content().startswith("Photo 1: ")
+            assert page.locator(".whatsthat-result img").count() == 1
+        finally:
+            context.close()
