@@ -46,7 +46,7 @@
     return checking;
   }
 
-  function sleep(reloading, text) {
+  function sleep(reloading, message) {
     var banner = document.getElementById("whatsthat-asleep");
     asleep = true;
     if (!banner) {
@@ -68,7 +68,7 @@
       // the widgets stay usable: choosing a photo or an example now reloads the page with that choice
     }
     banner.querySelector(".whatsthat-asleep-text").textContent =
-      reloading ? "This page went to sleep. Reloading it with your choice..." : text || TEXT;
+      reloading ? "This page went to sleep. Reloading it with your choice..." : message || TEXT;
   }
 
   // -- keeping what the visitor chose across the reload --
