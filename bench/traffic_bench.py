@@ -102,8 +102,10 @@ class TrafficServer:
         cmd = [str(bin_dir() / "whatsthat"), "serve", f"--model={self.model}", f"--port={self.port}",
                "--host=127.0.0.1", f"--examples={tmp / 'none'}", *self.args, "--",
                f"--Voila.connection_dir_root={tmp}"]  # fmt: skip
+        # in the baseline's tree: its app.ipynb, and its package for the `python -m` processes (the kernel
+        # factory, the model process), whose sys.path starts with the working directory, before PYTHONPATH
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(cmd, cwd=self.code or ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)  # fmt: skip
         return self
 

@@ -2,7 +2,9 @@
 // drop anywhere on the page, paste; each photo shrunk here through a canvas and sent in a message of
 // its own; the kernel answers "received" once a choice has arrived, else the page says the connection
 // was lost (the "went to sleep" banner's script, asleep.js, exposes window.whatsthatAsleep).
-const ACK_MS = 45000; // the kernel answers "received" at once; this long without it means the message was lost
+// The kernel answers "received" as soon as a choice has arrived: this long without it means it was lost.
+// The photos must first cross the phone's network: 30 s, plus their bytes at 50 kB/s (0.4 Mbit/s).
+const ACK_MS = 30000, ACK_BYTES_PER_MS = 50;
 let counter = 0;
 
 function mb(bytes) {
@@ -146,7 +148,8 @@ function render({ model, el }) {
     if (waiting) clearTimeout(waiting.timer);
     const sent = ready.map(({ name, blob }) => new File([blob], name, { type: blob.type || "image/jpeg" }));
     last = sent;
-    waiting = { batch, timer: setTimeout(() => { waiting = null; lost(sent); }, ACK_MS) };
+    const patience = ACK_MS + total / ACK_BYTES_PER_MS;
+    waiting = { batch, timer: setTimeout(() => { waiting = null; lost(sent); }, patience) };
     say(notes.join(" ") + (notes.length ? " " : "") +
         (ready.length === 1 ? "Classifying the photo..." : `Classifying ${ready.length} photos...`), notes.length > 0);
   }
