@@ -267,3 +267,23 @@ def test_the_photo_input_works_in_jupyterlab_with_the_model_in_the_kernel(browse
             assert page.locator(".whatsthat-result img").count() == 1
         finally:
             context.close()
+
+
+def test_photos_the_kernel_never_receives_show_the_banner_not_nothing_to_classify(browser, devices, server):
+    """The kernel confirms each choice; without that confirmation (here: the kernels stopped, so it never
+    comes) the page says the connection was lost, never "Nothing to classify yet"."""
+    context, page = phone_page(browser, devices, server, "Pixel 7", "light")
+    kernels = server.kernels()
+    for k in kernels:
+        k.suspend()
+    try:
+        page.locator(CAMERA_INPUT).set_input_files(
+            [{"name": server.photo[0], "mimeType": "image/jpeg", "buffer": server.photo[1]}])
+        banner = page.locator("#whatsthat-asleep")
+        banner.wait_for(timeout=90_000)  # 30 s and the photo's bytes at 50 kB/s (photoinput.js)
+        assert "The connection to the server was lost while sending your photos" in banner.inner_text()
+        assert "Nothing to classify" not in page.content()
+    finally:
+        for k in kernels:
+            k.resume()
+        context.close()
