@@ -1,5 +1,5 @@
-"""The page on a phone (issue 31): Playwright's "Pixel 7" and "iPhone 14" profiles on Debian's Chromium,
-against `whatsthat serve` from $WHATSTHAT_SERVE_VENV (the serving environment), light and dark.
+"""The page on a phone (issue 31): Playwright's "Pixel 7", "iPhone 14" and "Galaxy S8" (360 px) profiles on
+Debian's Chromium, against `whatsthat serve` from $WHATSTHAT_SERVE_VENV (the serving environment), light and dark.
 
 - the answer fits: no sideways scroll, every percentage inside the viewport, tap targets of 44 px;
 - the camera input, a drop and a paste each give an answer without pressing Classify;
@@ -37,7 +37,7 @@ from model_fixture import tiny_model  # noqa: F401  (pytest fixture)
 
 pytestmark = pytest.mark.browser
 
-PHONES = ("Pixel 7", "iPhone 14")
+PHONES = ("Pixel 7", "iPhone 14", "Galaxy S8")  # 412, 390 and 360 px wide
 AXE = ROOT / "tools" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
 MB = 2**20
 
