@@ -283,6 +283,9 @@ def test_photos_the_kernel_never_receives_show_the_banner_not_nothing_to_classif
         banner.wait_for(timeout=90_000)  # 30 s and the photo's bytes at 50 kB/s (photoinput.js)
         assert "The connection to the server was lost while sending your photos" in banner.inner_text()
         assert "Nothing to classify" not in page.content()
+        box = banner.get_by_role("button", name="Reload").bounding_box()
+        assert box and box["height"] >= 44
+        assert serious_violations(page) == []  # the banner's colours too
     finally:
         for k in kernels:
             k.resume()

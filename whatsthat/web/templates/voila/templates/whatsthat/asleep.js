@@ -60,7 +60,8 @@
       text.className = "whatsthat-asleep-text";
       var button = document.createElement("button");
       button.textContent = "Reload";
-      button.style.cssText = "font:inherit;padding:6px 16px;border:0;border-radius:4px;background:#ef6c00;color:#fff";
+      button.style.cssText = "font:inherit;min-height:44px;padding:6px 16px;border:0;border-radius:4px;" +
+        "background:#b34700;color:#fff";  // a 44 px tap target; white on it is 5.5:1 (WCAG AA)
       button.addEventListener("click", function () { location.reload(); });
       banner.appendChild(text);
       banner.appendChild(button);
