@@ -44,7 +44,7 @@ lint: install
 # must run: Chromium is installed first where we may, and a missing browser fails them instead of skipping.
 # So must the flags tests against a real PostgreSQL server: installed first the same way.
 test: lint serve-env
-	bash .ci/ensure-chromium && bash .ci/ensure-postgres
+	bash .ci/ensure-chromium && bash .ci/ensure-postgres && bash .ci/ensure-axe
 	WHATSTHAT_BROWSER_TESTS=required WHATSTHAT_POSTGRES_TESTS=required WHATSTHAT_SERVE_VENV=$(abspath $(SERVE_VENV)) $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 

@@ -228,9 +228,20 @@ def open_app(browser, url: str, headers: dict[str, str] | None = None):
     return context, page, time.monotonic() - t0
 
 
+PHOTO_INPUT = ".whatsthat-photoinput input[type=file]:not([capture])"  # whatsthat's photo input (issue 31)
+
+
 def upload(page, photo: Path) -> None:
+    """Choose `photo`: in whatsthat's photo input (which classifies it at once; Classify then classifies it
+    again) or, on a baseline from before it, in ipywidgets' FileUpload."""
     from playwright.sync_api import expect
 
+    if page.locator(PHOTO_INPUT).count():
+        before = int(page.locator(".whatsthat-live").get_attribute("data-answers") or 0)
+        page.locator(PHOTO_INPUT).set_input_files(photo)
+        page.wait_for_function("n => Number(document.querySelector('.whatsthat-live')?.dataset.answers) > n",
+                               arg=before, timeout=PAGE_TIMEOUT_MS)  # fmt: skip
+        return
     expect(page.locator(".widget-upload")).to_have_text(re.compile(r"^\s*Upload( \(0\))?\s*$"), timeout=60_000)
     with page.expect_file_chooser() as chooser:
         page.click(".widget-upload")

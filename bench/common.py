@@ -162,8 +162,11 @@ class BenchServer:
         return tmp, env, port
 
     def launch(self, cmd: Sequence[str], env: dict[str, str]) -> None:
+        # in the baseline's tree when there is one: its app.ipynb, and its package for the `python -m`
+        # processes (the kernel factory, the model process), whose sys.path starts with the working
+        # directory, before PYTHONPATH
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(list(cmd), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(list(cmd), cwd=self.code or ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)  # fmt: skip
 
     def __exit__(self, exc_type, *exc) -> None:

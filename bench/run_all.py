@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = ["train_bench.py", "domains_bench.py", "holdout_bench.py", "predict_bench.py", "not_sure_bench.py", "app_bench.py",
-           "cold_start_bench.py", "page_floor_bench.py", "gather_bench.py", "deploy_size.py"]
+           "cold_start_bench.py", "page_floor_bench.py", "phone_bench.py", "gather_bench.py", "deploy_size.py"]
 
 if __name__ == "__main__":
     failed = []

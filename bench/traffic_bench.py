@@ -70,6 +70,7 @@ PHONES = {  # name: (CPU slowdown, network)
     "6x CPU, DevTools slow 4G (1.44 Mbit/s, 563 ms)": (6, DEVTOOLS_SLOW_4G),
 }
 MODEL_LOADED = "whatsthat.web.app: model "  # each kernel's line once its page can classify
+PHOTO_INPUT = ".whatsthat-photoinput input[type=file]:not([capture])"  # whatsthat's photo input (issue 31)
 
 
 class TrafficServer(BenchServer):
@@ -202,11 +203,14 @@ async def visitor(browser, k: int, url: str, photo: Path, start_after: float, de
                 out["asleep"] += 1
                 continue
             await expect(classify).to_be_enabled(timeout=180_000)
-            async with page.expect_file_chooser() as chooser:
-                await page.click(".widget-upload")
-            await (await chooser.value).set_files(photo)
-            await page.locator(".widget-upload").filter(has_text="(1)").wait_for(timeout=120_000)
-            await classify.click()
+            if await page.locator(PHOTO_INPUT).count():  # whatsthat's photo input: classified on arrival
+                await page.locator(PHOTO_INPUT).set_input_files(photo)
+            else:  # a baseline from before it: ipywidgets' FileUpload, then Classify
+                async with page.expect_file_chooser() as chooser:
+                    await page.click(".widget-upload")
+                await (await chooser.value).set_files(photo)
+                await page.locator(".widget-upload").filter(has_text="(1)").wait_for(timeout=120_000)
+                await classify.click()
             label = page.locator(".widget-label").filter(has_text="Prediction:")
             await label.wait_for(timeout=180_000)
             out["answer"], out["seconds"] = await label.inner_text(), time.monotonic() - t0
@@ -323,11 +327,14 @@ def capacity_phase(model: Path, photo: Path, limit: int = 12) -> dict:
                                   "mb": server.sample()[0]})  # fmt: skip
                     break
                 expect(page.get_by_role("button", name="Classify")).to_be_enabled(timeout=180_000)
-                with page.expect_file_chooser() as chooser:
-                    page.click(".widget-upload")
-                chooser.value.set_files(photo)
-                page.locator(".widget-upload").filter(has_text="(1)").wait_for(timeout=60_000)
-                page.get_by_role("button", name="Classify").click()
+                if page.locator(PHOTO_INPUT).count():  # whatsthat's photo input: classified on arrival
+                    page.locator(PHOTO_INPUT).set_input_files(photo)
+                else:  # a baseline from before it: ipywidgets' FileUpload, then Classify
+                    with page.expect_file_chooser() as chooser:
+                        page.click(".widget-upload")
+                    chooser.value.set_files(photo)
+                    page.locator(".widget-upload").filter(has_text="(1)").wait_for(timeout=60_000)
+                    page.get_by_role("button", name="Classify").click()
                 page.locator(".widget-label").filter(has_text="Prediction:").wait_for(timeout=120_000)
                 time.sleep(5)  # the server's next measurements include this visitor
                 mb, kernels = server.sample()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -284,19 +283,35 @@ def running_server(model_and_photo, tmp: Path, cull_idle: int, cull_interval: in
         print(f"\nserver timings: {json.dumps({k: round(v, 2) for k, v in srv.timings.items()})}")
 
 
-def upload(page, *files: tuple[str, bytes] | Path) -> None:
-    """Choose files in the upload widget: (name, bytes) pairs, or paths (much faster for big files)."""
-    from playwright.sync_api import expect
+UPLOAD_INPUT = ".whatsthat-photoinput input[type=file]:not([capture])"  # the photo input's Upload
+CAMERA_INPUT = ".whatsthat-photoinput input[type=file][capture]"  # its Take a photo
 
-    # the app empties the upload after each Classify: a new "(n)" below is this upload, not the last one
-    expect(page.locator(".widget-upload")).to_have_text(re.compile(r"^\s*Upload( \(0\))?\s*$"), timeout=30_000)
-    with page.expect_file_chooser() as chooser:
-        page.click(".widget-upload")
-    chooser.value.set_files(
-        [f if isinstance(f, Path) else {"name": f[0], "mimeType": "image/jpeg", "buffer": f[1]} for f in files]
-    )
-    # the button counts the files once the browser has read them; the value is sent before the click
-    page.locator(".widget-upload").filter(has_text=f"({len(files)})").wait_for(timeout=60_000)
+
+def answers(page) -> int:
+    """How many answers the page has shown (the live region's count: whatsthat/web/liveregion.py)."""
+    return int(page.locator(".whatsthat-live").get_attribute("data-answers") or 0)
+
+
+def wait_for_answer(page, before: int, timeout_ms: int = 120_000) -> None:
+    """Until the page has shown an answer after the `before`-th (the live region's count)."""
+    page.wait_for_function("n => Number(document.querySelector('.whatsthat-live')?.dataset.answers) > n",
+                           arg=before, timeout=timeout_ms)  # fmt: skip
+
+
+def as_files(files) -> list:
+    return [f if isinstance(f, Path) else {"name": f[0], "mimeType": "image/jpeg", "buffer": f[1]} for f in files]
+
+
+def upload(page, *files: tuple[str, bytes] | Path, input_selector: str = UPLOAD_INPUT, wait: bool = True) -> None:
+    """Choose files with the photo input's Upload: (name, bytes) pairs, or paths (much faster for big files).
+
+    The page classifies them as soon as they arrive; with `wait`, this waits for that answer.
+    """
+    page.locator(".whatsthat-live").wait_for(state="attached", timeout=120_000)
+    before = answers(page)
+    page.locator(input_selector).set_input_files(as_files(files))
+    if wait:
+        wait_for_answer(page, before)
 
 
 def classify(page, expect_prefix: str, timeout_ms: int = 120_000) -> str:

@@ -158,16 +158,22 @@ def chromium() -> Path:
 
 
 @pytest.fixture(scope="module")
-def browser(chromium):
-    """One headless Chromium per test module."""
+def playwright_api(chromium):
+    """Playwright's sync API for a test module (its device profiles: `playwright_api.devices`)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright_api, chromium):
+    """One headless Chromium per test module."""
+    b = playwright_api.chromium.launch(executable_path=str(chromium), args=CHROMIUM_ARGS)
+    try:
+        yield b
+    finally:
+        b.close()
 
 
 @pytest.fixture(scope="session")

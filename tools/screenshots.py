@@ -1,11 +1,13 @@
-"""Retake the documentation's screenshots: the page (docs/app.png) and the cleaner (docs/cleaner.png).
+"""Retake the documentation's screenshots: the page (docs/app.png, and on a phone docs/phone-light.png and
+docs/phone-dark.png) and the cleaner (docs/cleaner.png).
 
     make serve-env && .venv/bin/python tools/screenshots.py [--photo PATH] [--out docs/app.png] [--cleaner]
 
 Serves the shipped model with `whatsthat serve` from the serving environment (as a dyno does), opens
-the page in headless Chromium (Debian's /usr/bin/chromium), uploads one photo, clicks Classify and
-takes the picture. The photo's thumbnail is pixelated in the screenshot: the shared bear photos are not
-ours to publish. Default photo: the first grizzly of ../shared/datasets/bears.
+the page in headless Chromium (Debian's /usr/bin/chromium), chooses one photo (the page classifies it at
+once) and takes the picture: at `--width` on a desktop, then with Playwright's "Pixel 7" profile in the
+light and the dark scheme. The photo's thumbnail is pixelated in the screenshots: the shared bear photos
+are not ours to publish. Default photo: the first grizzly of ../shared/datasets/bears.
 
 With --cleaner: a copy of ../shared/datasets/bears imported as `whatsthat import` would, `whatsthat
 suggest` run on it, and the cleaner opened on its Suggested view in Voila (the development environment),
@@ -50,10 +52,12 @@ def wait_for(url: str, timeout: float = 180) -> None:
     raise SystemExit(f"the page did not answer at {url} within {timeout:.0f} s")
 
 
-def pixelate(path: Path, box: dict, block: int = 12) -> None:
+def pixelate(path: Path, box: dict, block: int = 12, scale: float = 1.0) -> None:
+    """Pixelate `box` (CSS pixels; `scale`: the screenshot's device pixels per CSS pixel) in the image at `path`."""
     im = Image.open(path)
-    left, top = int(box["x"]), int(box["y"])
-    right, bottom = left + int(box["width"]), top + int(box["height"])
+    left, top = int(box["x"] * scale), int(box["y"] * scale)
+    right, bottom = left + int(box["width"] * scale), top + int(box["height"] * scale)
+    block = int(block * scale)
     region = im.crop((left, top, right, bottom))
     small = region.resize((max(1, region.width // block), max(1, region.height // block)), Image.Resampling.BILINEAR)
     im.paste(small.resize(region.size, Image.Resampling.NEAREST), (left, top))
@@ -117,6 +121,23 @@ def cleaner_screenshot(out: Path, width: int) -> None:
     print(f"wrote {out}")
 
 
+def page_screenshot(browser, url: str, photo: Path, out: Path, options: dict) -> None:
+    """The page in a new browser context (`options`: viewport or device profile, colour scheme) after `photo`."""
+    context = browser.new_context(**options)
+    page = context.new_page()
+    page.goto(url, timeout=180_000)
+    page.get_by_role("button", name="Classify").wait_for(timeout=180_000)
+    page.locator(".whatsthat-photoinput input[type=file]:not([capture])").set_input_files(str(photo))
+    page.get_by_text("Prediction:").wait_for(timeout=120_000)  # classified on arrival, no Classify press
+    page.wait_for_timeout(500)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(out), full_page=True)
+    for img in page.locator(".whatsthat-result img").all():
+        pixelate(out, img.bounding_box(), scale=options.get("device_scale_factor", 1))
+    context.close()
+    print(f"wrote {out}")
+
+
 def main() -> int:
     bears = ROOT.parent / "shared" / "datasets" / "bears" / "grizzly"
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -144,24 +165,16 @@ def main() -> int:
             wait_for(f"http://127.0.0.1:{port}/")
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-                page = browser.new_page(viewport={"width": args.width, "height": 600})
-                page.goto(f"http://127.0.0.1:{port}/", timeout=180_000)
-                page.get_by_role("button", name="Classify").wait_for(timeout=180_000)
-                with page.expect_file_chooser() as chooser:
-                    page.locator(".widget-upload").click()
-                chooser.value.set_files(str(args.photo))
-                page.get_by_role("button", name="Classify").click()
-                page.get_by_text("Prediction:").wait_for(timeout=120_000)
-                page.wait_for_timeout(500)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(args.out), full_page=True)
-                for img in page.locator(".whatsthat-result img").all():
-                    pixelate(args.out, img.bounding_box())
+                phone = {k: v for k, v in p.devices["Pixel 7"].items() if k != "default_browser_type"}
+                shots = [(args.out, {"viewport": {"width": args.width, "height": 600}}),
+                         (args.out.with_name("phone-light.png"), {**phone, "color_scheme": "light"}),
+                         (args.out.with_name("phone-dark.png"), {**phone, "color_scheme": "dark"})]  # fmt: skip
+                for out, options in shots:
+                    page_screenshot(browser, f"http://127.0.0.1:{port}/", args.photo, out, options)
                 browser.close()
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=60)
-    print(f"wrote {args.out}")
     return 0
 
 

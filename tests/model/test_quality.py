@@ -80,6 +80,12 @@ def test_levels_and_plain_words(accuracy, level, says):
     assert q.deployable == (level == "good")
     assert f"on {sum(FACES.values())} validation pictures" in q.accuracy_line()
     assert "95% interval" in q.accuracy_line()
+    # a visitor's words (the page's model card): the count, the interval as "likely", a warning unless good
+    right = round(accuracy * sum(FACES.values()))
+    assert q.plain_line().startswith(f"Right on {right} of 160 test photos (likely {round(q.low * 100)}\u2013")
+    assert (q.warning() is None) == (level == "good")
+    if q.warning():
+        assert says in q.warning() and q.warning()[0].isupper()
 
 
 def test_too_few_pictures_cannot_be_judged():

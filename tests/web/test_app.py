@@ -24,10 +24,12 @@ from whatsthat.web.app import (
     NOTHING_UPLOADED,
     App,
     app_or_message,
+    bars_html,
     build_app,
     model_card_html,
     uploaded_files,
 )
+from whatsthat.web.photoinput import PhotoInput
 
 CLASSES = ["black", "grizzly", "teddy"]
 
@@ -107,7 +109,7 @@ def output_html(app: App) -> str:
 
 def test_layout_is_lesson2_vbox(app):
     assert isinstance(app.widget, widgets.VBox)
-    assert isinstance(app.upload, widgets.FileUpload)
+    assert isinstance(app.upload, PhotoInput)  # FileUpload's value, shrunk in the browser (photoinput.py)
     assert app.upload.accept == "image/*" and app.upload.multiple
     assert app.classify_button.description == "Classify"
     assert isinstance(app.output, widgets.Output) and isinstance(app.label, widgets.Label)
@@ -170,7 +172,7 @@ def test_classify_one_upload(app, stub):
     html = output_html(app)
     assert "bear.jpg" in html and "data:image/jpeg;base64," in html
     # every class ranked with a bar, highest first
-    bars = re.findall(r'class="whatsthat-bar".*?<span[^>]*>([^<]+)</span>', html)
+    bars = re.findall(r'class="whatsthat-bar-label">([^<]+)</span>', html)
     assert bars == ["grizzly", "black", "teddy"]
     assert "90.0%" in html and "7.0%" in html and "3.0%" in html
     assert not app.classify_button.disabled
@@ -196,14 +198,20 @@ def test_several_images_at_once(app):
     assert app.label.value.startswith("3 images: a.jpg: grizzly (90.0%)")
 
 
-def test_upload_is_emptied_after_classifying_and_results_stay(app):
+def test_classify_again_classifies_the_last_photos_and_a_fileupload_is_emptied(app, stub):
     upload_and_click(app, ("a.jpg", red_jpeg()))
-    assert app.upload.value == ()
     assert len(app.output.outputs) == 1 and app.label.value.startswith("Prediction: grizzly")
     upload_and_click(app, ("b.png", image_bytes(draw_image("blue", 64), "PNG")))
     assert [r.name for r in app.results] == ["b.png"]
-    app.classify_button.click()  # nothing new uploaded
-    assert app.label.value == NOTHING_UPLOADED
+    app.classify_button.click()  # nothing new: the photo input kept the last photos (bounded: max_total)
+    assert [r.name for r in app.results] == ["b.png"]
+    # lesson 2's FileUpload is emptied after each click: its bytes (up to 64 MiB) leave the kernel
+    upload = widgets.FileUpload(accept="image/*", multiple=True)
+    plain = App(stub, upload=upload)
+    upload_and_click(plain, ("a.jpg", red_jpeg()))
+    assert upload.value == () and plain.label.value.startswith("Prediction: grizzly")
+    plain.classify_button.click()
+    assert plain.label.value == NOTHING_UPLOADED
 
 
 def test_nothing_uploaded_says_so(app):
@@ -343,7 +351,6 @@ def test_unexpected_error_is_logged_and_friendly_then_recovers(caplog):
     assert not app.classify_button.disabled
     [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert record.exc_info and "CUDA exploded" in str(record.exc_info[1])  # traceback goes to the log
-    assert app.upload.value == ()
     stub.fail = None
     upload_and_click(app, ("a.jpg", red_jpeg()))
     assert app.label.value == "Prediction: grizzly; Probability: 0.9000"
@@ -611,3 +618,60 @@ def test_out_of_class_score_from_the_model_process_makes_it_not_sure():
         f"Prediction: {NOT_SURE}: this doesn't look like black, grizzly or teddy (best guess grizzly); Probability: 0.9000"
     )
     assert "doesn&#x27;t look like black, grizzly or teddy" in output_html(app)
+
+
+# -- issue 31: answers for phones and screen readers, the card in plain words --
+
+
+def test_alt_text_and_the_live_region_state_the_answers(app):
+    upload_and_click(app, ("a.jpg", red_jpeg(1)), ("notes.jpg", b"not a photo"))
+    html = output_html(app)
+    assert 'alt="Photo 1: grizzly, 90.0%"' in html  # the answer, not the file name
+    assert app.live.text.startswith("Photo 1: grizzly, 90.0%. Photo 2 (notes.jpg): this is not an image")
+    count = app.live.count
+    app.classify_button.click()  # every click is announced, even when its words are the same
+    assert app.live.count == count + 1
+    assert app.live in list(_walk(app.widget))
+
+
+def test_answer_controls_attach_under_each_answer_and_leave_with_it(app):
+    made = []
+
+    def flag(result, number):
+        button = widgets.Button(description=f"Wrong? ({number})")
+        made.append(button)
+        return button if result.ok else None
+
+    app.answer_controls.append(flag)
+    upload_and_click(app, ("a.jpg", red_jpeg(1)), ("notes.jpg", b"not a photo"))
+    first, second = app.output.outputs
+    box = widgets.Widget.widgets[first["data"][appmod.WIDGET_VIEW]["model_id"]]
+    assert box.children[1] is made[0] and "Photo 1: grizzly" in box.children[0].value
+    assert "text/html" in second["data"]  # no control for it: the plain card
+    app.classify_button.click()  # the next answers replace them: the old boxes are closed
+    assert box.comm is None
+
+
+def test_model_card_in_plain_words_with_details_behind_a_toggle():
+    card = _card({"a": 46, "b": 46}, {"a": 46, "b": 46}, "a")
+    text = model_card_html({**card, "arch": "efficientnet_lite0", "trained_at": "2026-12-02T10:00"}, ["a", "b"], 0.6)
+    visible, details = text.split("<details>")
+    assert "Right on 92 of 92 test photos (likely 96\u2013100% on new photos)." in visible
+    assert "interval" not in visible and "efficientnet_lite0" in details and "2026-12-02" in details
+    assert "whatsthat-warning" not in text  # a good model: nothing to warn about
+    barely = model_card_html(_card({"happy": 60, "sad": 10}, {"happy": 66, "sad": 34}, "happy"), ["happy", "sad"], 0.6)
+    visible = barely.split("<details>")[0]
+    assert "Right on 70 of 100 test photos" in visible
+    assert 'class="whatsthat-warning">This model is barely better than always answering' in visible  # prominent
+
+
+def test_bars_keep_their_percentages_and_mark_the_top_class():
+    html = bars_html([("grizzly", 0.973), ("a very long class name indeed", 0.027)], "grizzly")
+    assert html.count('class="whatsthat-bar-pct">') == 2 and ">97.3%<" in html and ">2.7%<" in html
+    assert html.startswith('<div class="whatsthat-bar whatsthat-bar-top">')
+
+
+def _walk(w):
+    yield w
+    for child in getattr(w, "children", ()):
+        yield from _walk(child)

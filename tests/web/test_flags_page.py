@@ -255,7 +255,7 @@ def test_the_page_shows_a_form_under_each_answer_and_sends_the_photo_only_with_c
     assert app.flag_forms is not None
     shown = app._guarded(lambda: [("a.jpg", red(900)), ("notes.txt", b"not a photo"), ("b.jpg", red())])
     views = [c for c in shown.cards if "application/vnd.jupyter.widget-view+json" in c["data"]]
-    assert len(shown.cards) == 5 and len(views) == 2  # a form under each answer, none under the error
+    assert len(shown.cards) == 3 and len(views) == 2  # a form under each answer, none under the error
     first, second = app.flag_forms.forms
     assert shown.results[0].photo and max(Image.open(io.BytesIO(shown.results[0].photo)).size) == PHOTO_SIDE
     first.label.value, first.consent.value = "blue", True

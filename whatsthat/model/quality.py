@@ -89,6 +89,19 @@ class Quality:
         return (f"accuracy {self.accuracy:.1%} (95% interval {self.low:.1%}-{self.high:.1%}) "
                 f"on {self.n} validation pictures")
 
+    def plain_line(self) -> str:
+        """The accuracy for a visitor: 'Right on 92 of 92 test photos (likely 96-100% on new photos).'"""
+        right = round(self.accuracy * self.n)
+        low, high = round(self.low * 100), round(self.high * 100)
+        return f"Right on {right} of {self.n} test photos (likely {low}\u2013{high}% on new photos)."
+
+    def warning(self) -> str | None:
+        """What a visitor must not miss, when it holds: too few test photos, or (barely) no better than guessing."""
+        if self.level == "good":
+            return None
+        line = self.baseline_line()
+        return line[0].upper() + line[1:] + "."
+
     def baseline_line(self) -> str:
         """How the model compares with always answering the majority label."""
         guess = f"always answering '{self.baseline_label}' ({self.baseline_accuracy:.1%})"

@@ -42,12 +42,16 @@ from whatsthat.model.files import ModelFiles
 from whatsthat.model.quality import card_quality  # pure Python: the page states the card's honest numbers
 from whatsthat.model.verdict import DEFAULT_THRESHOLD, NOT_SURE, decide
 from whatsthat.web.flagform import FlagForms, flags_on
+from whatsthat.web.liveregion import LiveRegion
+from whatsthat.web.photoinput import PhotoInput
 from whatsthat.web.preview import TITLE  # one title for the page and its link previews
 from whatsthat.web.protocol import MAX_FILES, PHOTO_SIDE, THUMB_SIDE, ModelClient, ModelLost, ModelUnavailable
 
 log = logging.getLogger("whatsthat.web.app")
 
-DESCRIPTION = "Upload one or more photos and click <b>Classify</b>: the model says which of its classes each one shows."
+DESCRIPTION = "Upload, take, drop or paste a photo: the model says which of its classes it shows."
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+PAGE_CSS = (Path(__file__).with_name("assets") / "page.css").read_text(encoding="utf-8")
 EXAMPLE_SIDE = 96
 MAX_EXAMPLES = 6
 EXAMPLE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}
@@ -190,54 +194,76 @@ def _data_uri(jpeg: bytes) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
+def percent(prob: float) -> str:
+    """'97.3%': how the page writes a probability."""
+    return f"{max(0.0, min(100.0, prob * 100)):.1f}%"
+
+
 def bars_html(ranked: Sequence[tuple[str, float]], top: str) -> str:
-    """Every class with its probability as a horizontal bar, highest first (labels escaped)."""
+    """Every class with its probability as a horizontal bar, highest first (labels escaped).
+
+    Laid out by assets/page.css so that the percentage always shows: the bar shrinks, never the number.
+    """
     rows = []
     for label, prob in ranked:
         pct = max(0.0, min(100.0, prob * 100))
-        colour = "#2e7d32" if label == top else "#90a4ae"
+        top_class = " whatsthat-bar-top" if label == top else ""
         rows.append(
-            '<div class="whatsthat-bar" style="display:flex;align-items:center;gap:6px;margin:2px 0">'
-            f'<span style="width:9em;overflow:hidden;text-overflow:ellipsis">{html.escape(label)}</span>'
-            '<span style="display:inline-block;width:160px;height:12px;background:#eceff1">'
-            f'<span style="display:block;width:{pct:.1f}%;height:100%;background:{colour}"></span></span>'
-            f'<span style="width:4em;text-align:right">{pct:.1f}%</span></div>'
+            f'<div class="whatsthat-bar{top_class}">'
+            f'<span class="whatsthat-bar-label">{html.escape(label)}</span>'
+            f'<span class="whatsthat-bar-track" aria-hidden="true"><span class="whatsthat-bar-fill" style="width:{pct:.1f}%"></span></span>'
+            f'<span class="whatsthat-bar-pct">{pct:.1f}%</span></div>'
         )
     return "".join(rows)
 
 
-def result_html(result: FileResult) -> str:
-    """A result card: thumbnail, escaped file name, verdict and ranked bars, or the friendly error."""
+def spoken(result: FileResult, number: int) -> str:
+    """What a screen reader says for a result, and its thumbnail's alt text: 'Photo 1: grizzly, 97.3%'."""
+    if not result.ok:
+        return f"Photo {number} ({result.name}): {result.error}"
+    label, prob = result.ranked[0]
+    if result.verdict == NOT_SURE:
+        return f"Photo {number}: {NOT_SURE}, best guess {label}, {percent(prob)}"
+    return f"Photo {number}: {label}, {percent(prob)}"
+
+
+def announcement(results: Sequence[FileResult], text: str) -> str:
+    """The live region's text for a click: each photo's answer, or the Label's text when there is none."""
+    return " ".join(spoken(r, i) + "." for i, r in enumerate(results, 1)) if results else text
+
+
+def result_html(result: FileResult, number: int = 1) -> str:
+    """A result card: thumbnail (alt text: the answer), escaped file name, verdict and ranked bars, or the
+    friendly error. `number`: the photo's place in the click's answers (1, 2, ...)."""
     name = html.escape(result.name)
     if not result.ok:
-        return (
-            '<div class="whatsthat-result whatsthat-error" style="margin:6px 0;color:#b71c1c">'
-            f"<b>{name}</b>: {html.escape(result.error)}</div>"
-        )
+        return f'<div class="whatsthat-result whatsthat-error"><div><b>{name}</b>: {html.escape(result.error)}</div></div>'
     label, prob = result.ranked[0]
     if result.verdict == NOT_SURE:
         head = f"<b>{NOT_SURE}</b>{html.escape(_why(result) + _best_guess(result, f'{label}, {prob:.1%}'))}"
     else:
         head = f"<b>{html.escape(label)}</b> ({prob:.1%})"
-    img = (
-        f'<img src="{_data_uri(result.thumbnail)}" alt="{name}" style="max-width:{THUMB_SIDE}px;max-height:{THUMB_SIDE}px">'
-        if result.thumbnail
-        else ""
-    )
+    alt = html.escape(spoken(result, number), quote=True)
+    img = f'<img src="{_data_uri(result.thumbnail)}" alt="{alt}">' if result.thumbnail else ""
     return (
-        '<div class="whatsthat-result" style="display:flex;gap:12px;align-items:flex-start;margin:6px 0">'
-        f'{img}<div><div class="whatsthat-name">{name}</div>'
+        f'<div class="whatsthat-result">{img}<div class="whatsthat-answer"><div class="whatsthat-name">{name}</div>'
         f'<div class="whatsthat-verdict">{head}</div>{bars_html(result.ranked, result.verdict)}</div></div>'
     )
 
 
-def _bundle(result: FileResult) -> dict:
+def _bundle(result: FileResult, number: int = 1) -> dict:
     """A display_data output for the Output widget (set directly: no kernel or IPython shell needed)."""
     return {
         "output_type": "display_data",
-        "data": {"text/html": result_html(result), "text/plain": describe(result)},
+        "data": {"text/html": result_html(result, number), "text/plain": describe(result)},
         "metadata": {},
     }
+
+
+def _widget_bundle(widget: widgets.Widget, text: str) -> dict:
+    """A display_data output showing `widget` (its view) in the Output widget."""
+    view = {"model_id": widget.model_id, "version_major": 2, "version_minor": 0}
+    return {"output_type": "display_data", "data": {WIDGET_VIEW: view, "text/plain": text}, "metadata": {}}
 
 
 def _accuracy_fact(card: dict) -> str | None:
@@ -260,9 +286,35 @@ def _accuracy_fact(card: dict) -> str | None:
     return None
 
 
+def _plain_accuracy(card: dict) -> tuple[str | None, str | None]:
+    """The accuracy in plain words ("Right on 92 of 92 test photos (likely 96-100% on new photos).") and
+    the warning to show beside it when the model is barely better than guessing (or None)."""
+    metrics = card.get("metrics") or {}
+    if metrics.get("per_class") and isinstance(metrics.get("accuracy"), (int, float)):
+        try:
+            quality = card_quality(card)
+        except (KeyError, TypeError, ValueError):  # _accuracy_fact logs it
+            pass
+        else:
+            return quality.plain_line(), quality.warning()
+    accuracy = metrics.get("accuracy")
+    if accuracy is None and metrics.get("error_rate") is not None:
+        accuracy = 1 - float(metrics["error_rate"])
+    if isinstance(accuracy, (int, float)):
+        return f"Right on {float(accuracy):.0%} of the photos it was tested on.", None
+    return None, None
+
+
 def model_card_html(card: dict, classes: Sequence[str], threshold: float) -> str:
-    """A short, escaped summary of the model card: classes, honest accuracy, training set, when/what."""
-    parts = [f"Knows {len(classes)} classes: <b>{html.escape(', '.join(classes))}</b>."]
+    """The model card for visitors, escaped: its classes and accuracy in plain words, a prominent warning
+    when it is barely better than guessing, and the details (interval, baseline, training set, date,
+    architecture, the "not sure" rule) behind a toggle."""
+    parts = [f"<p>Knows {len(classes)} classes: <b>{html.escape(', '.join(classes))}</b>.</p>"]
+    plain, warning = _plain_accuracy(card)
+    if plain:
+        parts.append(f'<p class="whatsthat-accuracy">{html.escape(plain)}</p>')
+    if warning:
+        parts.append(f'<p class="whatsthat-warning">{html.escape(warning)}</p>')
     dataset = card.get("dataset") or {}
     facts = []
     accuracy = _accuracy_fact(card)
@@ -274,15 +326,17 @@ def model_card_html(card: dict, classes: Sequence[str], threshold: float) -> str
         facts.append(f"model {html.escape(str(card['arch']))}")
     if card.get("trained_at"):
         facts.append(f"trained {html.escape(str(card['trained_at'])[:10])}")
+    details = []
     if facts:
         sentence = " · ".join(facts)
-        parts.append(sentence[0].upper() + sentence[1:] + ".")
+        details.append(sentence[0].upper() + sentence[1:] + ".")
     if card.get("not_sure"):
-        parts.append(f"Says &ldquo;{NOT_SURE}&rdquo; when a photo looks like none of these classes, and "
-                     f"names two classes when no class reaches {threshold:.0%}.")
+        details.append(f"Says &ldquo;{NOT_SURE}&rdquo; when a photo looks like none of these classes, and "
+                       f"names two classes when no class reaches {threshold:.0%}.")
     else:
-        parts.append(f"Says &ldquo;{NOT_SURE}&rdquo; when no class reaches {threshold:.0%}.")
-    return '<div class="whatsthat-card" style="color:#555;font-size:90%">' + " ".join(parts) + "</div>"
+        details.append(f"Says &ldquo;{NOT_SURE}&rdquo; when no class reaches {threshold:.0%}.")
+    parts.append("<details><summary>Details</summary>" + "".join(f"<p>{d}</p>" for d in details) + "</details>")
+    return '<div class="whatsthat-card">' + "".join(parts) + "</div>"
 
 
 def find_examples(folder: str | Path | None, limit: int = MAX_EXAMPLES) -> list[Path]:
@@ -352,42 +406,59 @@ class App:
         description: str = DESCRIPTION,
         max_files: int = MAX_FILES,
         connect: bool | None = None,
-        upload: widgets.FileUpload | None = None,
+        upload: PhotoInput | widgets.FileUpload | None = None,
         classify_button: widgets.Button | None = None,
         output: widgets.Output | None = None,
         label: widgets.Label | None = None,
     ) -> None:
-        """`connect`: wire the Classify button to `on_classify`; by default only a button made here (a
-        caller that passes its own button wires it itself, as app.ipynb does)."""
+        """`connect`: wire the Classify button and the photo input's arrivals to `on_classify`; by default
+        only a button made here (a caller that passes its own button wires both itself, as app.ipynb does)."""
         self.classifier = classifier
         self.max_files = max_files
         self.results: list[FileResult] = []
         paths = find_examples(examples) if isinstance(examples, (str, Path)) else [Path(p) for p in examples or []]
         self.example_paths: list[Path] = paths
 
-        # title/description are the operator's own text (trusted HTML); everything else is escaped
-        self.title = widgets.HTML(f"<h2>{title}</h2>")
-        self.description = widgets.HTML(f"<p>{description}</p>")
+        # title/description are the operator's own text (trusted HTML); everything else is escaped.
+        # The page's style sheet travels with the title, so Voila and JupyterLab both get it.
+        self.title = widgets.HTML(f'<style>{PAGE_CSS}</style><h2 class="whatsthat-title">{title}</h2>')
+        self.description = widgets.HTML(f'<p class="whatsthat-description">{description}</p>')
         self.card = widgets.HTML(
             model_card_html(getattr(classifier, "card", None) or {}, list(classifier.classes), classifier.threshold)
         )
         if connect is None:
             connect = classify_button is None  # a button passed in is wired by its owner (app.ipynb)
         if upload is None:
-            upload = widgets.FileUpload(accept="image/*", multiple=True, description="Upload")
+            upload = PhotoInput(accept="image/*", multiple=True, description="Upload")
         if classify_button is None:
             classify_button = widgets.Button(description="Classify", button_style="primary", icon="search")
         self.upload, self.classify_button = upload, classify_button
         self.output = output if output is not None else widgets.Output()
         self.label = label if label is not None else widgets.Label()
+        self.classify_button.add_class("whatsthat-classify")  # the page's style sheet: 44 px, its colours
+        self.label.add_class("whatsthat-summary")
+        # Screen readers hear each click's answers from here (the Label shows them on screen). It rides
+        # in the description's box, so the lesson's layout in app.ipynb stays as it is.
+        self.live = LiveRegion()
+        self.description = widgets.VBox([self.description, self.live])
+        # Each answer's extra controls (e.g. "Wrong? Tell us what it is"): callables (result, number) ->
+        # a widget or None, attached under that answer by `answer_output` (the one place answers are built).
+        self.answer_controls: list[Callable[[FileResult, int], widgets.Widget | None]] = []
+        self._answer_widgets: list[widgets.Widget] = []
         if connect:
             self.classify_button.on_click(self.on_classify)
-        self.flag_forms = FlagForms.for_classifier(classifier)  # "Wrong? Tell us": None unless flags are on
+            if isinstance(self.upload, PhotoInput):  # classified as soon as they arrive
+                self.upload.on_upload(self.on_classify)
+        # "Wrong? Tell us what it is" under each answer: None unless flags are on (whatsthat serve --flags)
+        self.flag_forms = FlagForms.for_classifier(classifier)
+        if self.flag_forms is not None:
+            self.answer_controls.append(self.flag_forms.control)
 
         self.example_buttons: list[widgets.Button] = []
         example_items = []
         for path in self.example_paths:
             button = widgets.Button(description=path.stem[:20], tooltip=f"Classify the example {path.name}")
+            button.add_class("whatsthat-example")
             button.on_click(lambda _b, p=path: self.on_example(p))
             self.example_buttons.append(button)
             example_items.append(widgets.VBox([self._example_thumbnail(path), button]))
@@ -420,7 +491,7 @@ class App:
     # -- callbacks: the boundary where every exception becomes a friendly message plus a log entry --
 
     def classify_upload(self) -> Shown:
-        """The Classify button's work: classify what is in the upload widget, empty it, say what to show.
+        """The Classify button's work: classify what is in the upload widget, say what to show.
 
         Never raises: a bad file, a model process that is restarting or an unexpected error (logged)
         each becomes a friendly message. Meanwhile the button is disabled and the label says
@@ -429,9 +500,10 @@ class App:
         try:
             return self._guarded(lambda: uploaded_files(self.upload.value))
         finally:
-            # the results stay on the page; the upload's bytes (up to 64 MiB) leave the kernel, and the
-            # button's "(n)" counter resets, so a new selection is visibly a new upload
-            if self.upload.value:
+            # A FileUpload is emptied: its bytes (up to 64 MiB) leave the kernel, and its "(n)" counter
+            # resets, so a new selection is visibly a new upload. The photo input keeps the last photos
+            # (shrunk in the browser, at most PhotoInput.max_total bytes), so Classify classifies them again.
+            if self.upload.value and not isinstance(self.upload, PhotoInput):
                 self.upload.value = ()
 
     def on_classify(self, _button: widgets.Button | None = None) -> None:
@@ -460,8 +532,25 @@ class App:
 
     def _shown(self, results: list[FileResult], text: str) -> Shown:
         self.results = results
-        cards = tuple(_bundle(r) for r in results)
-        return Shown(self.flag_forms.attach(cards, results) if self.flag_forms else cards, text, results)
+        for old in self._answer_widgets:  # the last click's answers leave the page: their widgets go too
+            old.close()
+        self._answer_widgets = []
+        if self.flag_forms is not None:  # a closed box leaves its children in the kernel: the forms go here
+            self.flag_forms.close()
+        cards = tuple(self.answer_output(r, n) for n, r in enumerate(results, 1))
+        self.live.announce(announcement(results, text))
+        return Shown(cards, text, results)
+
+    def answer_output(self, result: FileResult, number: int) -> dict:
+        """One answer as the Output shows it: the result card, and under it each of `answer_controls`'
+        widgets for this result. Without controls the card is plain HTML (no widget to make)."""
+        controls = [w for make in self.answer_controls if (w := make(result, number)) is not None]
+        if not controls:
+            return _bundle(result, number)
+        box = widgets.VBox([widgets.HTML(result_html(result, number)), *controls])
+        box.add_class("whatsthat-answer-box")
+        self._answer_widgets.append(box)
+        return _widget_bundle(box, describe(result))
 
     def classify(self, files: Sequence[tuple[str, bytes]]) -> list[FileResult]:
         """Classify (name, bytes) pairs; a bad file gets a friendly error, the others still run."""

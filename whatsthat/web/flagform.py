@@ -126,16 +126,6 @@ class FlagForm:
             w.close()
 
 
-def _view(widget: widgets.Widget, text: str) -> dict:
-    """A display_data output showing `widget` (set in Output.outputs: no kernel or IPython shell needed)."""
-    return {
-        "output_type": "display_data",
-        "data": {"application/vnd.jupyter.widget-view+json": {"model_id": widget.model_id, "version_major": 2,
-                                                              "version_minor": 0}, "text/plain": text},  # fmt: skip
-        "metadata": {},
-    }
-
-
 class FlagForms:
     """The forms of the answers on the page now; see the module docstring."""
 
@@ -153,17 +143,13 @@ class FlagForms:
             return None
         return cls(classifier.classes, client)
 
-    def attach(self, cards: Sequence[dict], results: Sequence[Any]) -> tuple[dict, ...]:
-        """`cards` (one per result) with a flag form after each answered one; the previous forms are closed."""
-        self.close()
-        out: list[dict] = []
-        for card, result in zip(cards, results, strict=True):
-            out.append(card)
-            if getattr(result, "ok", False) and result.ranked:
-                form = FlagForm(self.classes, self._sender(result), name=result.name)
-                self.forms.append(form)
-                out.append(_view(form.widget, f"{QUESTION} ({result.name})"))
-        return tuple(out)
+    def control(self, result: Any, number: int) -> widgets.Widget | None:
+        """The form under answer `number` (the page's `App.answer_controls`), or None under an error."""
+        if not (getattr(result, "ok", False) and result.ranked):
+            return None
+        form = FlagForm(self.classes, self._sender(result), name=result.name)
+        self.forms.append(form)
+        return form.widget
 
     def _sender(self, result: Any) -> Send:
         def send(label: str, text: str, with_photo: bool) -> dict:

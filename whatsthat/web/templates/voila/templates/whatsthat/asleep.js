@@ -5,13 +5,14 @@
 // the void. This script notices, from the kernel connection Voila's widget manager holds
 // (window.jupyterapp.widgetManager.kernel, @jupyterlab/services' KernelConnection) and, whenever the
 // visitor acts, from the kernel's own REST address (404: gone). It then shows a banner with a Reload
-// button. When the visitor had chosen photos (the upload widget's value, read from its model) or an
-// example, it reloads on their behalf and, in the new page, chooses them again and clicks what they
+// button. When the visitor had chosen photos (whatsthat's photo input keeps them, or a FileUpload's value,
+// read from its model) or an example, it reloads on their behalf and, in the new page, chooses them again and clicks what they
 // clicked: the photos wait in IndexedDB meanwhile, for 10 minutes at most.
 (function () {
   "use strict";
   var DB = "whatsthat", STORE = "choice", KEEP_MS = 10 * 60 * 1000;
   var TEXT = "This page went to sleep. Reload to classify again.";
+  var LOST = "The connection to the server was lost while sending your photos. Reload to classify again.";
   var config = null, asleep = false, chosen = [], checking = null;
 
   function kernelUrl() {
@@ -45,7 +46,7 @@
     return checking;
   }
 
-  function sleep(reloading) {
+  function sleep(reloading, message) {
     var banner = document.getElementById("whatsthat-asleep");
     asleep = true;
     if (!banner) {
@@ -59,7 +60,8 @@
       text.className = "whatsthat-asleep-text";
       var button = document.createElement("button");
       button.textContent = "Reload";
-      button.style.cssText = "font:inherit;padding:6px 16px;border:0;border-radius:4px;background:#ef6c00;color:#fff";
+      button.style.cssText = "font:inherit;min-height:44px;padding:6px 16px;border:0;border-radius:4px;" +
+        "background:#b34700;color:#fff";  // a 44 px tap target; white on it is 5.5:1 (WCAG AA)
       button.addEventListener("click", function () { location.reload(); });
       banner.appendChild(text);
       banner.appendChild(button);
@@ -67,7 +69,7 @@
       // the widgets stay usable: choosing a photo or an example now reloads the page with that choice
     }
     banner.querySelector(".whatsthat-asleep-text").textContent =
-      reloading ? "This page went to sleep. Reloading it with your choice..." : TEXT;
+      reloading ? "This page went to sleep. Reloading it with your choice..." : message || TEXT;
   }
 
   // -- keeping what the visitor chose across the reload --
@@ -145,6 +147,12 @@
       var k = kernelConnection();
       return k && k.connectionStatus === "connected" && buttonNamed("Classify");
     }, 120000).then(function () {
+      if (choice.photos && choice.photos.length) {
+        // whatsthat's photo input (whatsthat/web/assets/photoinput.js) sends them, and they are classified
+        return whenReady(function () { return window.whatsthatPhotoInput; }, 120000).then(function (input) {
+          input.choose(choice.photos);
+        });
+      }
       if (choice.example) {
         var example = document.querySelector('button[title="' + CSS.escape(choice.example) + '"]');
         if (example) example.click();
@@ -166,7 +174,10 @@
     var target = event.target, choice = null;
     if (target.closest && target.closest("#whatsthat-asleep")) return;
     var button = target.closest && target.closest("button");
-    if (button && button.textContent.trim() === "Classify" && chosen.length) {
+    var input = window.whatsthatPhotoInput, photos = input ? input.last() : [];
+    if (button && button.textContent.trim() === "Classify" && photos.length) {
+      choice = { photos: photos };  // the photo input's last photos: classified again after the reload
+    } else if (button && button.textContent.trim() === "Classify" && chosen.length) {
       choice = { files: chosen, classify: true };
     } else if (button && (button.title || "").indexOf("Classify the example") === 0) {
       choice = { example: button.title };
@@ -196,6 +207,18 @@
       });
     }).catch(function () { check(); });
   }
+
+  // The photo input's connection was lost mid-send (its photos never reached the kernel): say so, and when
+  // the kernel is gone, reload keeping the photos. `photos`: File objects, kept in IndexedDB meanwhile.
+  function lost(photos) {
+    check().then(function (isAsleep) {
+      if (isAsleep && photos && photos.length) keepAndReload({ photos: photos });
+      else sleep(false, LOST);
+    });
+  }
+
+  // what whatsthat's photo input calls (whatsthat/web/assets/photoinput.js)
+  window.whatsthatAsleep = { check: check, keepAndReload: keepAndReload, lost: lost };
 
   function start() {
     var element = document.getElementById("jupyter-config-data");
