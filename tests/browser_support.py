@@ -315,7 +315,12 @@ def upload(page, *files: tuple[str, bytes] | Path, input_selector: str = UPLOAD_
 
 
 def classify(page, expect_prefix: str, timeout_ms: int = 120_000) -> str:
+    """Click Classify and wait for this click's answer (not the last one's: the label may already match)."""
+    live = page.locator(".whatsthat-live")
+    before = answers(page) if live.count() else None  # pages from before the live region have none
     page.get_by_role("button", name="Classify").click()
+    if before is not None:
+        wait_for_answer(page, before, timeout_ms)
     label = page.locator(".widget-label").filter(has_text=expect_prefix)
     label.wait_for(timeout=timeout_ms)
     return label.inner_text()
