@@ -2,15 +2,18 @@
 
 A model that trained on a picture has memorised its label, wrong or not, so the cleaner's "worst loss
 first" hides a mislabelled picture on a late page. Here every picture is judged by models that never
-saw it (out-of-fold), in three steps:
+saw it (out-of-fold), in four steps:
 
-1. **One feature pass.** Every picture goes once through the pretrained body of `--arch`, with the
-   validation transforms `whatsthat train` uses; the body's output, pooled as the head pools it
+1. **One feature pass.** Every picture goes once through the pretrained body of `--arch`
+   (efficientnet_lite2 at 260 px by default: a bigger body than train's lite0, because the
+   suggestions are only as good as the features; see DEFAULT_ARCH), with the validation transforms
+   `whatsthat train` uses; the body's output, pooled as the head pools it
    (max and average), is kept. The features of a picture depend only on its bytes, the backbone and
    the size, so they are kept on disk (`FeatureCache`, keyed by each file's sha256): a second run on
    the same data, or on the data after a cleaning round, computes only the pictures it has not seen.
-2. **K folds** (5 by default). The pictures are dealt into folds, class by class, in the order of a
-   seeded hash of their file name (so a rerun gives the same folds). For each fold a fresh head,
+2. **K folds** (5 by default), **three times** (`repeated_out_of_fold`). The pictures are dealt into
+   folds, class by class, in the order of a seeded hash of their file name (so a rerun gives the same
+   folds); each round has its own seed, so its own split, and the rounds' outputs are averaged. For each fold a fresh head,
    the head `whatsthat train` builds, trains on the other folds' features with the head stage's
    recipe (whatsthat.training.cached.fit_head: AdamW, one cycle, 8 epochs, batch 64, 5x the base learning rate), and
    gives the fold's pictures their class probabilities. Beside it an out-of-class detector
@@ -23,11 +26,12 @@ saw it (out-of-fold), in three steps:
    (bench/suggest_bench.py; docs/suggest.md has the runs).
 4. **Decide** (`decide`). The probabilities go to cleanlab's confident learning
    (`cleanlab.filter.find_label_issues`, `cleanlab.rank.get_label_quality_scores`), which flags the
-   pictures whose given label is unlikely against what the classes look like; a flagged picture whose
+   pictures whose given label is unlikely against what the classes look like (judged among the
+   pictures that are not junk: junk would inflate the estimated noise rate); a flagged picture whose
    most likely label is another one is a `relabel` to it. A picture far from every class is a
    `delete` (a logo, a book cover, a product grid), not a relabel: its Mahalanobis distance to the
-   nearest class and its distance to its nearest pictures, each in units of their spread over the
-   dataset, averaged, lie beyond Tukey's fence (as cleanlab's Datalab flags outliers). Everything
+   nearest class or its distance to its nearest pictures, each in units of its spread over the
+   dataset, the larger of the two, lies beyond Tukey's fence (as cleanlab's Datalab flags outliers). Everything
    else is `keep`.
 
 Each suggestion carries a `score` in [0, 1], the confidence that its action is right (for a relabel the
@@ -37,8 +41,8 @@ the cleaner (whatsthat.cleaning.cleaner) shows the suggestions pre-marked, and o
 one a decision, applied through the journal (whatsthat.cleaning.journal).
 
 What it finds, measured (docs/suggest.md): most injected label flips and nearly all pictures from other
-domains where the classes are easy to tell apart (farm, insects); on hard classes (facial expressions)
-far fewer, with many wrong relabels, because a head on ImageNet features tells happy from sad only
+domains where the classes are easy to tell apart (farm, insects, web faces); on hard classes (the
+48 px FER faces) many wrong relabels, because a head on ImageNet features tells happy from sad only
 about three times in four; and on the shared bears only the junk that looks unlike a bear photo
 (logos, cartoons, product grids), not the bear-themed junk (book covers, rugs, drawings of bears).
 """
@@ -427,8 +431,8 @@ def decide(paths: Sequence[str], labels: np.ndarray, probs: np.ndarray, far: np.
 
     - delete: the picture lies far from every class. Its distance to the nearest class (Mahalanobis,
       whatsthat.model.detector, fitted on the other folds) and to its nearest pictures (cosine, k = 10) are each
-      put in units of their spread over the dataset and averaged; above Tukey's fence (the third
-      quartile plus 1.5 interquartile ranges, as cleanlab's Datalab flags outliers) it is junk.
+      put in units of their spread over the dataset, and the larger counts; above Tukey's fence (the
+      third quartile plus 1.5 interquartile ranges, as cleanlab's Datalab flags outliers) it is junk.
     - relabel: confident learning (cleanlab.filter.find_label_issues on the out-of-sample probabilities
       `probs` of the pictures that are not junk) says the given label is an issue, and another label is
       more likely (RELABEL_MIN).
@@ -441,7 +445,10 @@ def decide(paths: Sequence[str], labels: np.ndarray, probs: np.ndarray, far: np.
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum(1, keepdims=True)
     labels = np.asarray(labels, dtype=np.int64)
-    junk = (_spread(np.log(np.maximum(far, 1e-12))) + _spread(np.asarray(neighbours, dtype=np.float64))) / 2
+    # far from every class's centre, or far from every other picture: either measure alone, in units of its
+    # spread. The class centres miss junk where a class is broad (web faces: a logo lies no farther from
+    # "happy" than many faces do, yet has no face near it); the neighbours miss junk that comes in groups.
+    junk = np.maximum(_spread(np.log(np.maximum(far, 1e-12))), _spread(np.asarray(neighbours, dtype=np.float64)))
     q1, q3 = np.quantile(junk, [0.25, 0.75])
     spread = max(float(q3 - q1), 1e-12)
     fence = q3 + FENCE * spread
