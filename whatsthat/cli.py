@@ -396,10 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--limit", type=_positive_int, help="show at most this many lines of the table")
     sg.add_argument("--folds", type=_positive_int, default=5, help="folds for the out-of-fold models (default 5)")
     sg.add_argument("--seed", type=int, default=42, help="seed of the folds and the heads (default 42)")
-    sg.add_argument("--arch", default="efficientnet_lite0",
+    sg.add_argument("--arch", default="efficientnet_lite2",
                     choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet34"],
-                    help="backbone, as for train (default efficientnet_lite0)")
-    sg.add_argument("--size", type=_positive_int, default=224, help="image size in pixels, as for train (default 224)")
+                    help="backbone of the feature pass (default efficientnet_lite2: it finds more than train's "
+                         "lite0, docs/suggest.md)")
+    sg.add_argument("--size", type=_positive_int, default=260,
+                    help="image size in pixels of the feature pass (default 260, lite2's own)")
     sg.add_argument("--no-cache", action="store_true",
                     help="compute every picture's features again (default: reuse those of unchanged pictures)")
     sg.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

@@ -31,6 +31,8 @@ from whatsthat.cleaning.suggest import (
     decide,
     load_suggestions,
     nearest,
+    out_of_fold,
+    repeated_out_of_fold,
     suggest,
 )
 from whatsthat.cli import main
@@ -123,6 +125,46 @@ def test_decide_relabels_a_confident_label_issue_and_deletes_a_picture_far_from_
     assert [s.score for s in changes] == sorted((s.score for s in changes), reverse=True)  # ...by score
     assert all(0 <= s.score <= 1 for s in items)
     assert by_path["a/000.jpg"] == Suggestion("a/000.jpg", "keep", None, "a", 0.95, "looks like a (95%)")
+
+
+def test_a_picture_with_no_neighbour_is_junk_even_near_a_class_centre():
+    """Junk is far from every class OR from every other picture: one measure beyond the fence is enough."""
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 40 + [1] * 40)
+    paths = [f"{'ab'[y]}/{i:03d}.jpg" for i, y in enumerate(labels)]
+    probs = np.where(labels[:, None] == np.arange(2), 0.95, 0.05)
+    far, near = rng.uniform(1, 2, 80), rng.uniform(0.2, 0.3, 80)
+    far[7], near[7] = 1.0, 0.40  # nearest of all to its class's centre, yet no picture near it (a broad class)
+    by_path = {s.path: s for s in decide(paths, labels, probs, far, near, ["a", "b"])}
+    assert by_path["a/007.jpg"].action == "delete"
+    assert [p for p, s in by_path.items() if s.action != "keep"] == ["a/007.jpg"]
+
+
+def test_repeated_folds_average_seeded_splits_and_rerun_the_same():
+    from fastai.vision.learner import create_head
+
+    from whatsthat.cleaning.suggest import Features
+
+    x, labels = _clusters(n=20)
+    torch.manual_seed(0)
+    features = Features(torch.tensor(np.hstack([x, x]), dtype=torch.float32), create_head(16, 2)[2:], ["a", "b"])
+    rel = [f"{'ab'[y]}/{i:03d}.jpg" for i, y in enumerate(labels)]
+    y = torch.tensor(labels)
+    probs, far = repeated_out_of_fold(features, rel, y, 5, rounds=2, head_epochs=2, seed=7)
+    assert probs.shape == (40, 2) and far.shape == (40,) and (far > 0).all()
+    assert torch.allclose(probs.sum(1), torch.ones(40), atol=1e-5)
+    again = repeated_out_of_fold(features, rel, y, 5, rounds=2, head_epochs=2, seed=7)
+    assert torch.equal(probs, again[0]) and torch.equal(far, again[1])
+    # one round is out_of_fold on the seed's folds; two average it with the next seed's split
+    rounds = [out_of_fold(features, y, torch.tensor(assign_folds(rel, labels.tolist(), 5, 7 + r)), head_epochs=2,
+                          seed=7 + 5 * r) for r in range(2)]
+    assert torch.allclose(probs, (rounds[0][0] + rounds[1][0]) / 2, atol=1e-6)
+    assert torch.allclose(far, (rounds[0][1] * rounds[1][1]).sqrt(), rtol=1e-4)
+
+
+def test_rounds_below_one_get_a_clear_message(tmp_path):
+    with pytest.raises(WhatsthatError, match="rounds must be 1 or more"):
+        suggest(tmp_path, rounds=0)
 
 
 def test_the_neighbours_vote_leaves_each_picture_out():
