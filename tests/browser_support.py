@@ -326,3 +326,49 @@ def classify(page, expect_prefix: str, timeout_ms: int = 120_000) -> str:
     return label.inner_text()
 
 
+
+
+PHONES = ("Pixel 7", "iPhone 14", "Galaxy S8")  # Playwright's device profiles: 412, 390 and 360 px wide
+AXE = ROOT / "tools" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
+
+
+def phone_page(browser, devices: dict, server, device: str, scheme: str, headers: dict[str, str] | None = None):
+    """A new visitor on `device` (Playwright's profile, on Chromium: its browser type dropped) with `scheme`.
+
+    `headers`: sent with every request (X-Forwarded-For: a visitor of its own behind a trusted router).
+    """
+    profile = {k: v for k, v in devices[device].items() if k != "default_browser_type"}
+    context = browser.new_context(**profile, color_scheme=scheme, extra_http_headers=headers or {})
+    page = context.new_page()
+    page.goto(server.url + "/", wait_until="domcontentloaded", timeout=120_000)
+    page.get_by_role("button", name="Classify").wait_for(timeout=120_000)
+    page.locator(".whatsthat-live").wait_for(state="attached", timeout=60_000)
+    return context, page
+
+
+def fits_the_screen(page) -> None:
+    """No sideways scroll; every percentage inside the viewport's width and shown; tap targets of 44 px."""
+    width = page.viewport_size["width"]
+    scroll = page.evaluate("Math.max(document.documentElement.scrollWidth, document.body.scrollWidth)")
+    assert scroll <= width, f"the page is {scroll} px wide on a {width} px screen"
+    pcts = page.locator(".whatsthat-bar-pct")
+    assert pcts.count() >= 2
+    for i in range(pcts.count()):
+        box = pcts.nth(i).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= width, (pcts.nth(i).inner_text(), box, width)
+        assert pcts.nth(i).inner_text().endswith("%")
+    for name in ("Upload", "Take a photo", "Classify"):
+        box = page.get_by_role("button", name=name).bounding_box()
+        assert box and box["height"] >= 44 and box["width"] >= 44, (name, box)
+    box = page.locator(".whatsthat-card summary").bounding_box()
+    assert box and box["height"] >= 44
+
+
+def serious_violations(page) -> list[dict]:
+    """axe-core's serious and critical violations on the page as it is now."""
+    assert AXE.is_file(), f"{AXE} is missing: `bash .ci/ensure-axe` installs it (make test does)"
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.add_script_tag(path=str(AXE))
+    found = page.evaluate("""async () => (await axe.run(document, {resultTypes: ["violations"]})).violations
+        .map(v => ({id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.slice(0, 5).map(n => n.html)}))""")
+    return [v for v in found if v["impact"] in ("serious", "critical")]

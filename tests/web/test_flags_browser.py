@@ -5,6 +5,10 @@
   hash of the visitor's address, which the server told the model process (behind a trusted router:
   X-Forwarded-For's); a second flag without the box ticked keeps no photo;
 - the control's parts are labelled and at least 44 px tall (tap targets);
+- on the phones of issue 31 (Pixel 7, iPhone 14, 360 px), light and dark: the answer with its form
+  still fits (no sideways scroll, every percentage shown), the form's controls are 44 px tap targets
+  inside the screen, its colours follow the dark scheme, and axe-core finds nothing serious before and
+  after a flag is sent;
 - the whole loop on a tiny model: the flag pulled (`whatsthat flags pull`), shown in the cleaner's
   "Flagged by visitors" view and accepted into the data, and `whatsthat train` trains on it, the
   dataset's manifest naming the flag;
@@ -24,7 +28,18 @@ import time
 from pathlib import Path
 
 import pytest
-from browser_support import classify, draw_image, image_bytes, pick_model_and_photo, running_server, upload
+from browser_support import (
+    PHONES,
+    classify,
+    draw_image,
+    fits_the_screen,
+    image_bytes,
+    phone_page,
+    pick_model_and_photo,
+    running_server,
+    serious_violations,
+    upload,
+)
 from PIL import Image
 
 from whatsthat.cli import main
@@ -107,7 +122,7 @@ def test_a_visitor_flags_a_wrong_answer_with_consent(browser, sqlite_server, tmp
         assert NONE_OF_THESE in choices
         wrong = next(o for o in choices if o.strip() and o != server.expected and o != NONE_OF_THESE)
         flag(page, wrong, "my teddy bear", True, THANKS)
-        [row] = rows(server.flags_url)
+        [row] = [r for r in rows(server.flags_url) if r.text == "my teddy bear"]
         assert (row.label, row.text) == (wrong, "my teddy bear") and row.photo is not None
         with Image.open(io.BytesIO(row.photo)) as im:
             assert im.format == "JPEG" and max(im.size) <= PHOTO_SIDE
@@ -128,9 +143,74 @@ def test_a_visitor_flags_a_wrong_answer_with_consent(browser, sqlite_server, tmp
         upload(page, (name, data))
         classify(page, "Prediction:")
         flag(page, NONE_OF_THESE, "", False, THANKS)
-        second = rows(server.flags_url)[1]
+        second = rows(server.flags_url)[-1]
         assert second.label == NONE_OF_THESE and second.photo is None and second.photo_bytes == 0
         assert "Traceback" not in page.content()
+    finally:
+        context.close()
+
+
+def relative_luminance(css: str) -> float:
+    """WCAG 2's relative luminance of a computed `rgb(...)`/`rgba(...)` colour."""
+    r, g, b = (int(float(c)) / 255 for c in css[css.index("(") + 1 : css.index(")")].split(",")[:3])
+    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (r, g, b))
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def contrast(fg: str, bg: str) -> float:
+    lighter, darker = sorted((relative_luminance(fg), relative_luminance(bg)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def form_controls(form) -> dict:
+    """The form's tap targets: the dropdown, the words, the consent box's label (the box and its text), Send."""
+    return {"dropdown": form.get_by_label("It is"), "words": form.get_by_label("Words"),
+            "consent": form.locator("label").filter(has_text=CONSENT), "send": form.get_by_role("button", name="Send")}  # fmt: skip
+
+
+def form_fits(page, form, scheme: str) -> None:
+    """Each control a 44 px tap target inside the screen; in the dark scheme, dark fields with light text (AA)."""
+    width = page.viewport_size["width"]
+    for name, control in form_controls(form).items():
+        box = control.bounding_box()
+        assert box and box["height"] >= 44 and box["width"] >= 44, (name, box)
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width, (name, box, width)
+    status = form.get_by_role("status")
+    parts = {k: form_controls(form)[k] for k in ("dropdown", "words", "send")}
+    parts |= {"question": form.get_by_text(QUESTION), "consent": form_controls(form)["consent"]}
+    if status.count() and status.inner_text().strip():
+        parts["status"] = status
+    for name, part in parts.items():
+        fg, bg = part.evaluate("""e => { const fg = getComputedStyle(e).color;
+            for (; e; e = e.parentElement) { const bg = getComputedStyle(e).backgroundColor;
+                if (bg !== "rgba(0, 0, 0, 0)" && bg !== "transparent") return [fg, bg]; }
+            return [fg, "rgb(255, 255, 255)"]; }""")
+        assert contrast(fg, bg) >= 4.5, (name, scheme, fg, bg)
+        if scheme == "dark":
+            assert relative_luminance(bg) < 0.05 and relative_luminance(fg) > 0.4, (name, fg, bg)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("device", PHONES)
+def test_the_answer_with_its_flag_form_fits_a_phone(browser, playwright_api, sqlite_server, device, scheme):
+    """Issue 31's floor with flags on: the form under the answer on Pixel 7, iPhone 14 and a 360 px phone."""
+    server = sqlite_server
+    # a visitor of its own each time (the store allows one client 5 flags a minute)
+    visitor = f"198.51.100.{2 * PHONES.index(device) + (scheme == 'dark') + 1}"
+    context, page = phone_page(browser, playwright_api.devices, server, device, scheme, {"X-Forwarded-For": visitor})
+    try:
+        upload(page, server.photo)  # classified on arrival, its form under it
+        form = page.locator(".whatsthat-flag")
+        form.get_by_text(QUESTION).wait_for(timeout=30_000)
+        fits_the_screen(page)
+        form_fits(page, form, scheme)
+        assert serious_violations(page) == []
+        words = f"on a {device} ({scheme})"
+        flag(page, NONE_OF_THESE, words, False, THANKS)
+        assert [r.text for r in rows(server.flags_url)].count(words) == 1
+        fits_the_screen(page)
+        form_fits(page, form, scheme)  # the thank-you line and the disabled controls too
+        assert serious_violations(page) == []
     finally:
         context.close()
 

@@ -4,7 +4,8 @@ One `FlagForm` per answer: the classes and "none of these" to pick from, a few o
 most 50 characters), the consent box "Keep my photo to improve this classifier" (unchecked unless the
 visitor ticks it), a Send button, and one status line: a thank-you, or "could not send, sorry" with
 the store's reason when it is the visitor's to know (the rate limit, a cap). Plain ipywidgets, so its
-rules are tested without a browser; every control has a visible label and is at least 44 px tall.
+rules are tested without a browser; every control has a visible label and is at least 44 px tall
+(how it looks, tap targets and both colour schemes: assets/page.css, which the page loads).
 
 What leaves the kernel, and only on Send: the model's answer (ranked classes, the out-of-class score),
 the visitor's label and words, and the photo only when the box is ticked: the copy of at most
@@ -43,14 +44,6 @@ COULD_NOT_SEND = "Could not send, sorry."
 PICK_FIRST = "Pick what it is first (or “none of these”)."
 TOO_LONG = f"At most {MAX_TEXT} characters, please: shorten the words."
 TAP = "44px"  # the smallest tap target (WCAG 2.5.5, Apple's and Material's guidelines)
-# one style for every form on the page (the same text each time: the browser applies it once)
-STYLE = (
-    "<style>.whatsthat-flag .widget-dropdown select,.whatsthat-flag .widget-text input,"
-    ".whatsthat-flag button{min-height:" + TAP + "}"
-    ".whatsthat-flag .widget-checkbox label{min-height:" + TAP + ";display:flex;align-items:center;gap:8px;"
-    "cursor:pointer}.whatsthat-flag .widget-checkbox input{width:22px;height:22px}</style>"
-)
-
 Send = Callable[[str, str, bool], dict]  # (label, text, with photo) -> the model process's reply
 
 
@@ -82,14 +75,13 @@ class FlagForm:
                                      layout=widgets.Layout(min_height=TAP, min_width=TAP))  # fmt: skip
         self.status = widgets.HTML("", layout=widgets.Layout(min_height="1.5em"))
         self.button.on_click(self.on_send)
-        self.widget = widgets.VBox([widgets.HTML(STYLE), self.question, self.label, self.text, self.consent,
-                                    self.button, self.status])  # fmt: skip
-        self.widget.add_class("whatsthat-flag")
+        self.widget = widgets.VBox([self.question, self.label, self.text, self.consent, self.button, self.status])
+        self.widget.add_class("whatsthat-flag")  # styled by assets/page.css: tap targets, both colour schemes
         self.sent = False
 
     def _say(self, text: str, ok: bool) -> None:
-        colour = "#1b5e20" if ok else "#b71c1c"
-        self.status.value = f'<span role="status" style="color:{colour}">{html.escape(text)}</span>'
+        kind = "ok" if ok else "problem"  # its colour, in both schemes: assets/page.css
+        self.status.value = f'<span role="status" class="whatsthat-flag-{kind}">{html.escape(text)}</span>'
 
     def on_send(self, _button: widgets.Button | None = None) -> None:
         """The Send button: check what the visitor gave, send it, say how it went. Never raises."""
