@@ -72,6 +72,12 @@ def sqlite_server(chromium, model_and_photo, tmp_path_factory):
             yield srv
 
 
+def answer(page, server) -> None:
+    """The server's photo chosen: classified on arrival, its answer (and its form) on the page."""
+    upload(page, server.photo)
+    page.locator(".widget-label").filter(has_text="Prediction:").wait_for(timeout=120_000)
+
+
 def open_page(browser, server):
     context = browser.new_context(extra_http_headers={"X-Forwarded-For": VISITOR})
     page = context.new_page()
@@ -107,9 +113,7 @@ def test_a_visitor_flags_a_wrong_answer_with_consent(browser, sqlite_server, tmp
     server = sqlite_server
     context, page = open_page(browser, server)
     try:
-        name, data = server.photo
-        upload(page, (name, data))
-        classify(page, "Prediction:")
+        answer(page, server)
         form = page.locator(".whatsthat-flag")
         form.get_by_text(QUESTION).wait_for(timeout=30_000)
         assert form.count() == 1
@@ -140,8 +144,7 @@ def test_a_visitor_flags_a_wrong_answer_with_consent(browser, sqlite_server, tmp
         assert entry["flag_answer"] == row.ranked[0][0] and entry["flag_model"] == row.model
 
         # another photo, flagged without consent: no photo kept
-        upload(page, (name, data))
-        classify(page, "Prediction:")
+        answer(page, server)
         flag(page, NONE_OF_THESE, "", False, THANKS)
         second = rows(server.flags_url)[-1]
         assert second.label == NONE_OF_THESE and second.photo is None and second.photo_bytes == 0
@@ -240,12 +243,10 @@ def test_the_database_stopped_mid_session(browser, pg_server):
     server = pg_server
     context, page = open_page(browser, server)
     try:
-        name, data = server.photo
-        upload(page, (name, data))
-        classify(page, "Prediction:")
+        answer(page, server)
         flag(page, NONE_OF_THESE, "first", True, THANKS)
         server.pg.stop()  # pg_ctl stop, mid-session
-        upload(page, (name, data))  # classification goes on
+        upload(page, server.photo)  # classification goes on
         assert classify(page, "Prediction:").startswith(f"Prediction: {server.expected}")
         t0 = time.monotonic()
         flag(page, NONE_OF_THESE, "second", True, COULD_NOT_SEND)
@@ -296,8 +297,7 @@ def test_a_flag_goes_from_the_page_through_pull_and_the_cleaner_into_training(br
     classes = list(tiny.card["classes"])
     context, page = open_page(browser, server)
     try:
-        upload(page, server.photo)
-        classify(page, "Prediction:")
+        answer(page, server)
         wrong = next(c for c in classes if c != server.expected)  # the visitor says it is the other class
         flag(page, wrong, "not what it said", True, THANKS)
     finally:
