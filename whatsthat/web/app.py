@@ -39,7 +39,7 @@ import ipywidgets as widgets
 from whatsthat.errors import WhatsthatError
 from whatsthat.images import ImageError, encode_jpeg, load_image, resize_max
 from whatsthat.model.files import ModelFiles
-from whatsthat.model.quality import card_quality  # pure Python: the page states the card's honest numbers
+from whatsthat.model.quality import Quality, card_quality  # pure Python: the page states the card's honest numbers
 from whatsthat.model.verdict import DEFAULT_THRESHOLD, NOT_SURE, decide
 from whatsthat.web.flagform import FlagForms, flags_on
 from whatsthat.web.liveregion import LiveRegion
@@ -212,7 +212,7 @@ def bars_html(ranked: Sequence[tuple[str, float]], top: str) -> str:
             f'<div class="whatsthat-bar{top_class}">'
             f'<span class="whatsthat-bar-label">{html.escape(label)}</span>'
             f'<span class="whatsthat-bar-track" aria-hidden="true"><span class="whatsthat-bar-fill" style="width:{pct:.1f}%"></span></span>'
-            f'<span class="whatsthat-bar-pct">{pct:.1f}%</span></div>'
+            f'<span class="whatsthat-bar-pct">{percent(prob)}</span></div>'
         )
     return "".join(rows)
 
@@ -266,42 +266,40 @@ def _widget_bundle(widget: widgets.Widget, text: str) -> dict:
     return {"output_type": "display_data", "data": {WIDGET_VIEW: view, "text/plain": text}, "metadata": {}}
 
 
-def _accuracy_fact(card: dict) -> str | None:
-    """The accuracy as the page states it: with its 95% interval, the number of validation pictures
-    and the majority-class baseline when the card has them (whatsthat.model.quality), so 92 pictures never
-    read as a bare "100.0%"; only the bare number for an old card without per-class supports."""
+def _card_accuracy(card: dict) -> tuple[Quality | None, float | None]:
+    """What the card says of its accuracy, read once for the plain line and the details: its quality facts
+    (whatsthat.model.quality) when the metrics have per-class supports, else the bare accuracy of an old
+    card (or None)."""
     metrics = card.get("metrics") or {}
     if metrics.get("per_class") and isinstance(metrics.get("accuracy"), (int, float)):
         try:
-            quality = card_quality(card)
+            return card_quality(card), None
         except (KeyError, TypeError, ValueError) as err:
             log.warning("the model card's metrics are incomplete (%s); showing the bare accuracy", err)
-        else:
-            return f"{quality.accuracy_line()}; {quality.baseline_line()}"
     accuracy = metrics.get("accuracy")
     if accuracy is None and metrics.get("error_rate") is not None:
         accuracy = 1 - float(metrics["error_rate"])
-    if isinstance(accuracy, (int, float)):
-        return f"accuracy {float(accuracy):.1%} on held-out photos (the card gives no count or interval)"
+    return None, (float(accuracy) if isinstance(accuracy, (int, float)) else None)
+
+
+def _accuracy_fact(quality: Quality | None, accuracy: float | None) -> str | None:
+    """The accuracy as the details state it: with its 95% interval, the number of validation pictures
+    and the majority-class baseline when the card has them, so 92 pictures never read as a bare
+    "100.0%"; only the bare number for an old card without per-class supports."""
+    if quality is not None:
+        return f"{quality.accuracy_line()}; {quality.baseline_line()}"
+    if accuracy is not None:
+        return f"accuracy {accuracy:.1%} on held-out photos (the card gives no count or interval)"
     return None
 
 
-def _plain_accuracy(card: dict) -> tuple[str | None, str | None]:
+def _plain_accuracy(quality: Quality | None, accuracy: float | None) -> tuple[str | None, str | None]:
     """The accuracy in plain words ("Right on 92 of 92 test photos (likely 96-100% on new photos).") and
     the warning to show beside it when the model is barely better than guessing (or None)."""
-    metrics = card.get("metrics") or {}
-    if metrics.get("per_class") and isinstance(metrics.get("accuracy"), (int, float)):
-        try:
-            quality = card_quality(card)
-        except (KeyError, TypeError, ValueError):  # _accuracy_fact logs it
-            pass
-        else:
-            return quality.plain_line(), quality.warning()
-    accuracy = metrics.get("accuracy")
-    if accuracy is None and metrics.get("error_rate") is not None:
-        accuracy = 1 - float(metrics["error_rate"])
-    if isinstance(accuracy, (int, float)):
-        return f"Right on {float(accuracy):.0%} of the photos it was tested on.", None
+    if quality is not None:
+        return quality.plain_line(), quality.warning()
+    if accuracy is not None:
+        return f"Right on {accuracy:.0%} of the photos it was tested on.", None
     return None, None
 
 
@@ -310,14 +308,15 @@ def model_card_html(card: dict, classes: Sequence[str], threshold: float) -> str
     when it is barely better than guessing, and the details (interval, baseline, training set, date,
     architecture, the "not sure" rule) behind a toggle."""
     parts = [f"<p>Knows {len(classes)} classes: <b>{html.escape(', '.join(classes))}</b>.</p>"]
-    plain, warning = _plain_accuracy(card)
+    quality, bare = _card_accuracy(card)
+    plain, warning = _plain_accuracy(quality, bare)
     if plain:
         parts.append(f'<p class="whatsthat-accuracy">{html.escape(plain)}</p>')
     if warning:
         parts.append(f'<p class="whatsthat-warning">{html.escape(warning)}</p>')
     dataset = card.get("dataset") or {}
     facts = []
-    accuracy = _accuracy_fact(card)
+    accuracy = _accuracy_fact(quality, bare)
     if accuracy:
         facts.append(html.escape(accuracy))
     if isinstance(dataset.get("n_images"), int):
