@@ -37,11 +37,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from whatsthat.errors import WhatsthatError
+from whatsthat.flags.rules import MAX_PHOTO_SIDE, MAX_TEXT, NONE_OF_THESE
 from whatsthat.images import ImageError, load_image, sniff
 
-NONE_OF_THESE = "none of these"
-MAX_TEXT = 50
-MAX_PHOTO_SIDE = 512
 MAX_LABEL = 100  # a class name (without classes given: anything a visitor might pick)
 MAX_MODEL = 200  # a fingerprint
 MAX_CLIENT = 128

@@ -30,13 +30,11 @@ from typing import Any
 import ipywidgets as widgets
 
 from whatsthat.errors import WhatsthatError
+from whatsthat.flags.rules import MAX_TEXT, NONE_OF_THESE  # the store's words (not the store: no sqlite3 here)
 from whatsthat.web.protocol import ENV_FLAGS, PHOTO_SIDE, ModelClient
 
 log = logging.getLogger("whatsthat.web.flagform")
 
-# the store's (whatsthat.flags.store) words, repeated here because the page kernel does not import the store
-NONE_OF_THESE = "none of these"
-MAX_TEXT = 50
 QUESTION = "Wrong? Tell us what it is"
 CONSENT = "Keep my photo to improve this classifier"
 THANKS = "Thank you! We will look at it."

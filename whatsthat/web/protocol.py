@@ -33,6 +33,7 @@ from multiprocessing.connection import Client, Connection
 from typing import Any
 
 from whatsthat.errors import WhatsthatError
+from whatsthat.flags.rules import MAX_PHOTO_SIDE
 
 ENV_SOCKET = "WHATSTHAT_MODEL_SOCKET"
 ENV_AUTHKEY = "WHATSTHAT_MODEL_AUTHKEY"  # hex
@@ -42,7 +43,7 @@ THUMB_SIDE = 192  # px, the longer side of the thumbnail sent back with each ans
 # px, the longer side of the copy of each photo a page keeps while visitors' flags are on: what a flag
 # sends with the visitor's consent (issue 33). The model process makes it from the picture it decoded
 # anyway, so a kernel never decodes an upload and never keeps one (64 MiB at most) after the click.
-PHOTO_SIDE = 512
+PHOTO_SIDE = MAX_PHOTO_SIDE
 # Visitors' flags (`whatsthat serve --flags`, whatsthat.web.flagdesk): the model process reads the store's
 # URL and the per-server secret of the client hash; kernels only read whether flags are on, never the URL.
 ENV_FLAGS = "WHATSTHAT_FLAGS"  # "on" in the kernels' environment when the page offers the flag control
