@@ -25,8 +25,9 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 
 install: $(VENV)/.installed
 
-# Rebuilt when the serving lock or the package changes (whatsthat is installed non-editable, as on a dyno).
-$(SERVE_VENV)/.installed: requirements.txt pyproject.toml $(wildcard whatsthat/*.py whatsthat/*/*.py)
+# Rebuilt when the serving lock or the package changes (whatsthat is installed non-editable, as on a dyno):
+# any file of it, the page's templates and scripts too.
+$(SERVE_VENV)/.installed: requirements.txt pyproject.toml $(shell find whatsthat -type f -not -path '*/__pycache__/*')
 	$(PYTHON) tools/lock.py serve $(SERVE_VENV)
 	touch $@
 

@@ -231,13 +231,19 @@ def test_ten_visitors_classify_at_once(browser, busy_server):
     contexts = [browser.new_context() for _ in range(10)]
     try:
         pages = [c.new_page() for c in contexts]
+        console: dict[int, list[str]] = {i: [] for i in range(10)}  # what each page's browser said, for a failure
+        for i, pg in enumerate(pages):
+            pg.on("console", lambda m, i=i: console[i].append(f"{time.monotonic():.1f} {m.type}: {m.text}"))
         for pg in pages:
             pg.goto(server.url + "/", wait_until="domcontentloaded", timeout=120_000)
         for i, pg in enumerate(pages):
             try:
                 pg.get_by_role("button", name="Classify").wait_for(timeout=180_000)
             except Exception:
-                print(f"page {i}:", pg.content()[-3000:], server.log_text()[-6000:])
+                said = [line for line in console[i] if "Unsatisfied version" not in line]
+                log = [line for line in server.log_text().splitlines() if "WARNING" in line or "ERROR" in line]
+                print(f"page {i}: {pg.inner_text('body')[:500]}\nconsole:", *said[-40:], "server warnings:", *log[-40:],
+                      sep="\n")  # fmt: skip
                 raise
             upload(pg, (name, data))
         t0 = time.monotonic()

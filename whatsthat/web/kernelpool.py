@@ -28,6 +28,12 @@ left 31 kernels and 940 MB on a 512 MB dyno (issue 29). This manager adds, to ju
   model process keeps only the keyed hash (`whatsthat.web.flagdesk`).
 - **Draining** for a graceful stop: no new page, no kernel restarted, and a way to see which kernels
   are still working (`busy_kernels`).
+- **A kernel that died is not brought back empty.** jupyter_server restarts a kernel whose process died
+  (its `KernelRestarter`: a crash, the OOM killer on a full dyno) under the same id. The new process has
+  not run the notebook, so it holds none of its page's widgets: a page that connects to it afterwards
+  shows only "Error displaying widget: model not found", and a page already connected sees the restart
+  and its banner. Nothing can use it, so it is shut down at once, and Voila's pool refilled if it was
+  the pooled kernel: its page then finds the kernel gone and reloads into a working one (`asleep.js`).
 - **Culling that spares a page still connecting.** Voila's pool protects its kernels from the culler
   while they wait in the pool. A pooled kernel's last activity, though, is when it finished running the
   notebook, maybe hours earlier on a quiet site: the moment Voila hands it to a new page, it "has been
@@ -69,6 +75,7 @@ from whatsthat.web.protocol import ModelClient
 
 MEASURE_INTERVAL = 2.0  # s; one measurement reads ~10 processes' smaps_rollup: a few ms
 PROVISIONAL_PAGES = 2  # pages admitted before the first measurement (the first seconds of a cold start)
+RESTART_WAIT = 60.0  # s at most for jupyter_server to finish restarting a dead kernel before it is shut down
 SETTLE = 1.0  # s every kernel must have been idle before the start measurement
 
 
@@ -233,9 +240,39 @@ class PageKernelManager(AsyncMappingKernelManager):
     async def start_kernel(self, **kwargs: Any) -> str:
         self._starting += 1
         try:
-            return await super().start_kernel(**kwargs)
+            kernel_id = await super().start_kernel(**kwargs)
         finally:
             self._starting -= 1
+        if kernel_id in self._kernels:  # jupyter_client's restarter calls this before restarting the process
+            self._kernels[kernel_id].add_restart_callback(lambda: self._restarted(kernel_id), "restart")
+        return kernel_id
+
+    def _restarted(self, kernel_id: str) -> None:
+        """jupyter_server is restarting `kernel_id` after its process died: see the module docstring."""
+        self.log.warning("kernel %s died; restarted, it would hold none of its page's widgets: shutting it down",
+                         kernel_id)  # fmt: skip
+        self._pages.pop(kernel_id, None)
+        IOLoop.current().add_callback(self._shut_down_dead, kernel_id)
+
+    async def _shut_down_dead(self, kernel_id: str) -> None:
+        # The restarter fired this callback and is restarting the kernel now: a shutdown in the middle of
+        # that would race it, so wait until the new process is up (its `ready` resolved, the process alive).
+        deadline = time.monotonic() + RESTART_WAIT
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            kernel = self._kernels.get(kernel_id)
+            if kernel is None:
+                return
+            if kernel.ready.done() and await kernel.is_alive():
+                break
+        try:
+            await self.shutdown_kernel(kernel_id, now=True)
+        except KeyError:  # shut down meanwhile
+            return
+        notebook = getattr(self, "notebook_path", None)  # set by Voila's pooling subclass
+        refill = getattr(self, "fill_if_needed", None)
+        if notebook and refill is not None and not self.draining:
+            refill(delay=0, notebook_name=notebook)  # the pool never refills after a shutdown by itself
 
     async def shutdown_kernel(self, kernel_id: str, now: bool = False, restart: bool = False) -> None:
         try:

@@ -13,6 +13,8 @@
   var DB = "whatsthat", STORE = "choice", KEEP_MS = 10 * 60 * 1000;
   var TEXT = "This page went to sleep. Reload to classify again.";
   var LOST = "The connection to the server was lost while sending your photos. Reload to classify again.";
+  var BROKEN = "This page did not finish loading. Reload to try again.";
+  var RELOADED_AT = "whatsthat-broken-reload", RELOAD_GAP_MS = 60 * 1000, WATCH_MS = 5 * 60 * 1000;
   var config = null, asleep = false, chosen = [], checking = null;
 
   function kernelUrl() {
@@ -40,7 +42,11 @@
       checking = null;
       var k = kernelConnection();
       var connected = k && k.connectionStatus === "connected";
-      if (state === "gone" || (state === "unreachable" && !connected && navigator.onLine !== false)) sleep();
+      if (state === "gone" || (state === "unreachable" && !connected && navigator.onLine !== false)) {
+        // a page whose app never appeared has nothing to lose: it reloads by itself (see brokenWidget)
+        if (state === "gone" && neverRendered() && !reloadedRecently()) reloadBroken();
+        else sleep();
+      }
       return asleep;
     });
     return checking;
@@ -69,7 +75,7 @@
       // the widgets stay usable: choosing a photo or an example now reloads the page with that choice
     }
     banner.querySelector(".whatsthat-asleep-text").textContent =
-      reloading ? "This page went to sleep. Reloading it with your choice..." : message || TEXT;
+      message || (reloading ? "This page went to sleep. Reloading it with your choice..." : TEXT);
   }
 
   // -- keeping what the visitor chose across the reload --
@@ -168,6 +174,57 @@
     }).catch(function () { /* the page never became interactive: nothing to restore into */ });
   }
 
+  // -- a page whose widgets never came --
+  //
+  // When Voila's widget manager cannot find the page's widgets in its kernel, it writes "Error displaying
+  // widget: model not found" where the app should be (@jupyter-widgets/jupyterlab-manager's renderer), and
+  // nothing on the page can work. Seen when the kernel died and jupyter_server restarted it empty before
+  // the page connected (kernelpool.py now shuts such a kernel down), and once in CI with ten pages
+  // loading at once on 2 cores (the widget manager gives the kernel 4 s to answer:
+  // jupyter-widgets/ipywidgets#3633). The page reloads itself into a new kernel; a second failure within
+  // a minute shows the banner instead, so a page never reloads in a loop.
+
+  function brokenWidget() {
+    var outputs = document.querySelectorAll(".jupyter-widgets");
+    for (var i = 0; i < outputs.length; i++) {
+      if (outputs[i].childElementCount === 0 && outputs[i].textContent.indexOf("Error displaying widget") === 0) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  function reloadedRecently() {
+    try {
+      var at = Number(sessionStorage.getItem(RELOADED_AT) || 0);
+      if (Date.now() - at < RELOAD_GAP_MS) return true;
+      sessionStorage.setItem(RELOADED_AT, String(Date.now()));
+      return false;
+    } catch (e) {
+      return true;  // no session storage (a private window's quota): no way to tell a loop, so no reload
+    }
+  }
+
+  function neverRendered() {
+    return !document.querySelector("#rendered_cells button");
+  }
+
+  function reloadBroken() {
+    sleep(true, "This page did not finish loading. Reloading it...");
+    location.reload();
+  }
+
+  function watchBroken() {
+    var t0 = Date.now();
+    var timer = setInterval(function () {
+      if (Date.now() - t0 > WATCH_MS) return clearInterval(timer);
+      if (!brokenWidget()) return;
+      clearInterval(timer);
+      if (reloadedRecently()) sleep(false, BROKEN);
+      else reloadBroken();
+    }, 500);
+  }
+
   // -- watching --
 
   function onAct(event) {
@@ -228,6 +285,7 @@
     document.addEventListener("visibilitychange", function () { if (!document.hidden) check(); });
     window.addEventListener("pageshow", function (e) { if (e.persisted) check(); });
     watchConnection();
+    watchBroken();
     setTimeout(check, 1000);  // a kernel shut down before this page connected (a very slow start)
     takeKept().then(restore);
   }
