@@ -128,11 +128,11 @@ def score(items: list[dict], truth: Truth) -> dict:
             "floor": len(right) / n >= FLOOR_RECALL and len(right) / k >= FLOOR_PRECISION}
 
 
-def run_set(name: str, data: Path, truth: Truth, verbose: bool) -> dict:
-    from whatsthat.cleaning.suggest import suggest
+def run_set(name: str, data: Path, truth: Truth, verbose: bool, folds: int | None = None) -> dict:
+    from whatsthat.cleaning.suggest import DEFAULT_FOLDS, suggest
 
     t0 = time.time()
-    report = suggest(data, cache=CACHE / "features", progress=False, echo=lambda s: None)
+    report = suggest(data, cache=CACHE / "features", folds=folds or DEFAULT_FOLDS, progress=False, echo=lambda s: None)
     items = report.to_json(keep=True)
     result = {"set": name, "pictures": len(report.items), "seconds": round(time.time() - t0, 1),
               "accuracy": round(report.accuracy, 4), **score(items, truth)}
@@ -204,6 +204,7 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="noise draws for the injected sets (default 0)")
     ap.add_argument("--timing", action="store_true", help="also time suggest and train on 500 pictures (minutes)")
     ap.add_argument("--verbose", action="store_true", help="list every known problem and every other suggestion")
+    ap.add_argument("--folds", type=int, help="folds per round (default: suggest's)")
     ap.add_argument("--results", type=Path, help="JSON-lines file: each finished set is appended, and skipped next time")
     args = ap.parse_args()
     for needed in ["bears", *NOISY, "none"]:
@@ -221,7 +222,7 @@ def main() -> None:
                 results.append(done[label])
                 continue
             data, truth = bears_before() if seed is None else noisy(name, seed)
-            result = run_set(label, data, truth, args.verbose)
+            result = run_set(label, data, truth, args.verbose, args.folds)
             append_run(args.results, result)
             results.append(result)
             print(f"{label}: recall {result['recall_right']:.0%}, precision {result['precision_right']:.0%} "
