@@ -44,7 +44,7 @@
       var connected = k && k.connectionStatus === "connected";
       if (state === "gone" || (state === "unreachable" && !connected && navigator.onLine !== false)) {
         // a page whose app never appeared has nothing to lose: it reloads by itself (see brokenWidget)
-        if (state === "gone" && neverRendered() && !reloadedRecently()) reloadBroken();
+        if (state === "gone" && neverRendered() && mayReloadNow()) reloadBroken();
         else sleep();
       }
       return asleep;
@@ -194,14 +194,15 @@
     return false;
   }
 
-  function reloadedRecently() {
+  // True, and the time noted, when this tab has not reloaded itself for a broken page within a minute
+  function mayReloadNow() {
     try {
       var at = Number(sessionStorage.getItem(RELOADED_AT) || 0);
-      if (Date.now() - at < RELOAD_GAP_MS) return true;
+      if (Date.now() - at < RELOAD_GAP_MS) return false;
       sessionStorage.setItem(RELOADED_AT, String(Date.now()));
-      return false;
+      return true;
     } catch (e) {
-      return true;  // no session storage (a private window's quota): no way to tell a loop, so no reload
+      return false;  // no session storage (a private window's quota): no way to tell a loop, so no reload
     }
   }
 
@@ -220,8 +221,8 @@
       if (Date.now() - t0 > WATCH_MS) return clearInterval(timer);
       if (!brokenWidget()) return;
       clearInterval(timer);
-      if (reloadedRecently()) sleep(false, BROKEN);
-      else reloadBroken();
+      if (mayReloadNow()) reloadBroken();
+      else sleep(false, BROKEN);
     }, 500);
   }
 
