@@ -161,8 +161,8 @@ def describe(result: FileResult) -> str:
         return f"{result.name}: {result.error}"
     label, prob = result.ranked[0]
     if result.verdict == NOT_SURE:
-        return f"{result.name}: {NOT_SURE}{_why(result)}{_best_guess(result, f'{label}, {prob:.1%}')}"
-    return f"{result.name}: {label} ({prob:.1%})"
+        return f"{result.name}: {NOT_SURE}{_why(result)}{_best_guess(result, f'{label}, {percent(prob)}')}"
+    return f"{result.name}: {label} ({percent(prob)})"
 
 
 def _why(result: FileResult) -> str:
@@ -240,9 +240,9 @@ def result_html(result: FileResult, number: int = 1) -> str:
         return f'<div class="whatsthat-result whatsthat-error"><div><b>{name}</b>: {html.escape(result.error)}</div></div>'
     label, prob = result.ranked[0]
     if result.verdict == NOT_SURE:
-        head = f"<b>{NOT_SURE}</b>{html.escape(_why(result) + _best_guess(result, f'{label}, {prob:.1%}'))}"
+        head = f"<b>{NOT_SURE}</b>{html.escape(_why(result) + _best_guess(result, f'{label}, {percent(prob)}'))}"
     else:
-        head = f"<b>{html.escape(label)}</b> ({prob:.1%})"
+        head = f"<b>{html.escape(label)}</b> ({percent(prob)})"
     alt = html.escape(spoken(result, number), quote=True)
     img = f'<img src="{_data_uri(result.thumbnail)}" alt="{alt}">' if result.thumbnail else ""
     return (
