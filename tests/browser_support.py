@@ -229,7 +229,10 @@ def pick_model_and_photo(request) -> tuple[Path, tuple[str, bytes], str]:
         path = sorted((SHARED_BEARS / "grizzly").glob("*.jpg"))[0]
         model, photo = SHIPPED_MODEL, (path.name, path.read_bytes())
     else:
-        model, photo = request.getfixturevalue("tiny_model"), ("red.jpg", image_bytes(draw_image("red", 96)))
+        # conftest's tiny model (model_fixture.tiny_model is the same path; a fixture only the modules that
+        # import it can ask for, so without ../shared every browser test errored "fixture 'tiny_model' not found")
+        model = Path(request.getfixturevalue("tiny_training").model_path)
+        photo = ("red.jpg", image_bytes(draw_image("red", 96)))
     predictor = load_predictor(model)
     [r] = classify_files(predictor, [photo], 32)
     card = {**predictor.card, "threshold": predictor.threshold}
