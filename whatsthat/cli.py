@@ -396,12 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--limit", type=_positive_int, help="show at most this many lines of the table")
     sg.add_argument("--folds", type=_positive_int, default=5, help="folds for the out-of-fold models (default 5)")
     sg.add_argument("--seed", type=int, default=42, help="seed of the folds and the heads (default 42)")
-    sg.add_argument("--arch", default="efficientnet_lite2",
+    sg.add_argument("--arch", action="append",
                     choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet34"],
-                    help="backbone of the feature pass (default efficientnet_lite2: it finds more than train's "
-                         "lite0, docs/suggest.md)")
-    sg.add_argument("--size", type=_positive_int, default=260,
-                    help="image size in pixels of the feature pass (default 260, lite2's own)")
+                    help="backbone of a feature pass; repeat it for several, whose opinions are averaged (default "
+                         "efficientnet_lite2 and efficientnet_lite0: together they find more than train's lite0 "
+                         "alone, docs/suggest.md)")
+    sg.add_argument("--size", type=_positive_int,
+                    help="image size in pixels of every feature pass (default each backbone's own: 260 for lite2, "
+                         "224 for lite0)")
     sg.add_argument("--no-cache", action="store_true",
                     help="compute every picture's features again (default: reuse those of unchanged pictures)")
     sg.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

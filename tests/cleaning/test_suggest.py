@@ -127,6 +127,38 @@ def test_decide_relabels_a_confident_label_issue_and_deletes_a_picture_far_from_
     assert by_path["a/000.jpg"] == Suggestion("a/000.jpg", "keep", None, "a", 0.95, "looks like a (95%)")
 
 
+def test_another_label_at_relabel_sure_is_a_relabel_even_where_confident_learning_passes_over_it():
+    """cleanlab counts a picture as truly b only above b's own pictures' mean confidence (here 0.95), so a picture
+    filed under a that the folds give b at 62% is no issue to it; RELABEL_SURE (0.6) makes it a relabel, and
+    one at 55% stays a keep."""
+    from cleanlab.filter import find_label_issues
+
+    from whatsthat.cleaning.suggest import RELABEL_SURE
+
+    x, labels = _clusters()
+    paths = [f"{'ab'[y]}/{i:03d}.jpg" for i, y in enumerate(labels)]
+    probs = np.where(labels[:, None] == np.arange(2), 0.95, 0.05)
+    probs[4], probs[5] = [0.38, 0.62], [0.45, 0.55]
+    assert not find_label_issues(labels, probs, n_jobs=1)[[4, 5]].any()  # confident learning alone misses both
+    far = np.linalg.norm(x[:, None, :] - np.eye(2, 16)[None] * 5, axis=2).min(1) ** 2
+    near = nearest(torch.tensor(x)).distance.numpy()
+    by_path = {s.path: s for s in decide(paths, labels, probs, far, near, ["a", "b"])}
+    assert RELABEL_SURE == 0.6
+    assert by_path["a/004.jpg"] == Suggestion("a/004.jpg", "relabel", "b", "a", 0.62, "looks like b (62%), not a (38%)")
+    assert by_path["a/005.jpg"].action == "keep" and by_path["a/005.jpg"].why == "unsure: b 55%, a 45%"
+
+
+def test_the_bodies_default_to_lite2_and_lite0_each_at_its_own_size_or_the_one_asked():
+    from whatsthat.cleaning.suggest import DEFAULT_BODIES, bodies_for
+
+    assert bodies_for() == list(DEFAULT_BODIES) == [("efficientnet_lite2", 260), ("efficientnet_lite0", 224)]
+    assert bodies_for(size=96) == [("efficientnet_lite2", 96), ("efficientnet_lite0", 96)]
+    assert bodies_for("efficientnet_lite1") == [("efficientnet_lite1", 240)]
+    assert bodies_for(["resnet18", "efficientnet_lite0", "resnet18"]) == [("resnet18", 224), ("efficientnet_lite0", 224)]
+    with pytest.raises(WhatsthatError, match="at least one backbone"):
+        bodies_for([])
+
+
 def test_a_picture_with_no_neighbour_is_junk_even_near_a_class_centre():
     """Junk is far from every class OR from every other picture: one measure beyond the fence is enough."""
     rng = np.random.default_rng(0)
@@ -217,7 +249,11 @@ def test_suggest_finds_the_mislabelled_picture_and_the_junk_and_reruns_from_the_
     top = report.suggestions[:2]
     assert {(s.path, s.action, s.label, s.given) for s in top} == {
         ("red/oops_blue.jpg", "relabel", "blue", "red"), ("blue/junk_logo.jpg", "delete", None, "blue")}
-    assert any("body features of 30 pictures" in line for line in lines)
+    # both bodies (lite2 and lite0), each its own feature pass and its own cache file
+    assert report.arch == "efficientnet_lite2+efficientnet_lite0"
+    assert [line.split()[1] for line in lines if "body features of 30 pictures" in line] == [
+        "efficientnet_lite2", "efficientnet_lite0"]
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
     again = suggest(noisy_data, size=SIZE, cache=tmp_path / "cache", echo=lines.append)
     assert again.cached == 30 and again.items == report.items  # from the cache: the same answer
     # a cleaning round: only the moved picture's folder changes; its features are found by content

@@ -4,21 +4,22 @@ A model that trained on a picture has memorised its label, wrong or not, so the 
 first" hides a mislabelled picture on a late page. Here every picture is judged by models that never
 saw it (out-of-fold), in four steps:
 
-1. **One feature pass.** Every picture goes once through the pretrained body of `--arch`
-   (efficientnet_lite2 at 260 px by default: a bigger body than train's lite0, because the
-   suggestions are only as good as the features; see DEFAULT_ARCH), with the validation transforms
-   `whatsthat train` uses; the body's output, pooled as the head pools it
-   (max and average), is kept. The features of a picture depend only on its bytes, the backbone and
+1. **One feature pass per body.** Every picture goes once through each pretrained body of `--arch`
+   (by default two: efficientnet_lite2 at 260 px and train's efficientnet_lite0 at 224, because the
+   suggestions are only as good as the features, and two bodies err less often than one; see
+   DEFAULT_BODIES), with the validation transforms `whatsthat train` uses; the body's output,
+   pooled as the head pools it (max and average), is kept. The features of a picture depend only on its bytes, the backbone and
    the size, so they are kept on disk (`FeatureCache`, keyed by each file's sha256): a second run on
    the same data, or on the data after a cleaning round, computes only the pictures it has not seen.
-2. **K folds** (5 by default), **three times** (`repeated_out_of_fold`). The pictures are dealt into
+2. **K folds** (5 by default), **twice per body** (`repeated_out_of_fold`). The pictures are dealt into
    folds, class by class, in the order of a seeded hash of their file name (so a rerun gives the same
    folds); each round has its own seed, so its own split, and the rounds' outputs are averaged. For each fold a fresh head,
    the head `whatsthat train` builds, trains on the other folds' features with the head stage's
    recipe (whatsthat.training.cached.fit_head: AdamW, one cycle, 8 epochs, batch 64, 5x the base learning rate), and
    gives the fold's pictures their class probabilities. Beside it an out-of-class detector
    (whatsthat.model.detector, Mahalanobis on the average-pooled features, as "not sure" uses) is fitted on the
-   same training folds and scores the fold's pictures: how far each lies from every class.
+   same training folds and scores the fold's pictures: how far each lies from every class. The
+   bodies' probabilities are averaged, and their distances on a log scale.
 3. **A second opinion.** Each picture's 10 nearest other pictures (cosine on the pooled features)
    vote with their labels; the vote and the heads' probabilities are averaged. Both are out of sample
    (a picture is never its own neighbour), and the two kinds of model err differently: on the shared
@@ -28,7 +29,8 @@ saw it (out-of-fold), in four steps:
    (`cleanlab.filter.find_label_issues`, `cleanlab.rank.get_label_quality_scores`), which flags the
    pictures whose given label is unlikely against what the classes look like (judged among the
    pictures that are not junk: junk would inflate the estimated noise rate); a flagged picture whose
-   most likely label is another one is a `relabel` to it. A picture far from every class is a
+   most likely label is another one is a `relabel` to it, and so is one whose most likely label is
+   another at 60% or more (RELABEL_SURE), flagged or not. A picture far from every class is a
    `delete` (a logo, a book cover, a product grid), not a relabel: its Mahalanobis distance to the
    nearest class or its distance to its nearest pictures, each in units of its spread over the
    dataset, the larger of the two, lies beyond Tukey's fence (as cleanlab's Datalab flags outliers). Everything
@@ -71,12 +73,15 @@ if TYPE_CHECKING:
     from torch import nn
 
 DEFAULT_FOLDS = 5
-# efficientnet_lite2 at its own resolution: measured against lite0 at 224 (docs/suggest.md), the best achievable
-# precision at 80% recall rose from 39% to 71% on faces-web and from 59% to 79% on the hardest insects draw,
-# for about twice lite0's feature pass. `whatsthat train` keeps lite0: it pays the body on every epoch.
-DEFAULT_ARCH = "efficientnet_lite2"
-DEFAULT_SIZE = 260
-DEFAULT_ROUNDS = 3  # repeated K-fold: each its own seeded split (repeated_out_of_fold)
+# Two pretrained bodies, each at its own resolution, whose heads' probabilities are averaged. lite2 alone, against
+# lite0 alone, raised the best achievable precision at 80% recall from 39% to 71% on faces-web and from 59% to 79%
+# on the hardest insects draw (docs/suggest.md); the two together err less often than either (out-of-fold agreement
+# with the given labels +2 to +4 points on the FER faces) and cut the wrong suggestions: mean precision over the
+# shared noisy sets +3.5 points at the same recall, for lite0's feature pass (about half of lite2's). `whatsthat
+# train` keeps lite0 alone: it pays the body on every epoch.
+DEFAULT_BODIES = (("efficientnet_lite2", 260), ("efficientnet_lite0", 224))
+NATIVE_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}  # else 224
+DEFAULT_ROUNDS = 2  # per body; repeated K-fold: each round its own seeded split (repeated_out_of_fold)
 DEFAULT_SEED = 42
 DEFAULT_HEAD_EPOCHS = 8  # the head stage of `whatsthat train` (whatsthat.training.train.train's head_epochs)
 DEFAULT_LR = 2e-3  # train's base learning rate (whatsthat.training.cached.fit_head trains the head at a multiple of it)
@@ -86,6 +91,12 @@ ACTIONS = ("relabel", "delete", "keep")
 KNN = 10  # neighbours for the distance to the nearest pictures (cleanlab Datalab's default k)
 FENCE = 1.5  # Tukey's fence: junk lies more than 1.5 interquartile ranges above the third quartile
 RELABEL_MIN = 0.5  # a relabel only where another label is more likely than not (2 classes: any other best label)
+# ...and a relabel wherever another label is at least this likely, flagged by confident learning or not: its
+# per-class thresholds (each class's mean confidence) pass over a picture whose true class the models give 60-77%
+# when that class's own pictures average more. On the shared noisy sets: recall +2 points on average (web faces
+# and insects +3 to +4, each up to 2 pictures over the floor), precision -2.5; on the shared bears it adds wrong
+# relabels of brown-coated black bears to grizzly (precision 50% -> 33%). docs/suggest.md has the runs.
+RELABEL_SURE = 0.6
 
 
 @dataclass(frozen=True)
@@ -111,10 +122,10 @@ class SuggestReport:
     classes: list[str]
     items: list[Suggestion]
     folds: int
-    arch: str
+    arch: str  # the bodies, "+"-joined
     seconds: float = 0.0
     feature_seconds: float = 0.0
-    cached: int = 0  # pictures whose features came from the cache
+    cached: int = 0  # pictures whose features came from the cache, for every body
     skipped: list[str] = field(default_factory=list)  # unreadable files, left out
     accuracy: float = 0.0  # how often the out-of-sample best label is the given one
 
@@ -271,8 +282,8 @@ class Features:
         return self.x[:, self.x.shape[1] // 2 :]
 
 
-def compute_features(data: Path, files: Sequence[Path], *, exclude: Sequence[str] = (), arch: str = DEFAULT_ARCH,
-                     size: int = DEFAULT_SIZE, seed: int = DEFAULT_SEED, pretrained: bool = True,
+def compute_features(data: Path, files: Sequence[Path], *, exclude: Sequence[str] = (), arch: str = DEFAULT_BODIES[0][0],
+                     size: int = DEFAULT_BODIES[0][1], seed: int = DEFAULT_SEED, pretrained: bool = True,
                      cache: FeatureCache | None = None, bar: bool = False,
                      echo: Callable[[str], None] | None = None) -> Features:
     """Every picture of `files` once through the body, with train's validation transforms; `exclude` as ImageFiles.
@@ -317,7 +328,7 @@ def compute_features(data: Path, files: Sequence[Path], *, exclude: Sequence[str
                 out.append(pool(body(xb)).half())
                 progress.update(b + 1)
         seconds = progress.close()
-        echo(f"[suggest] body features of {len(todo)} pictures in {seconds:.0f}s"
+        echo(f"[suggest] {arch} body features of {len(todo)} pictures in {seconds:.0f}s"
              + (f" ({len(files) - len(todo)} from the cache)" if len(todo) < len(files) else ""))
         rows |= {shas[i]: row.clone() for i, row in zip(todo, torch.cat(out), strict=True)}
         if cache is not None:
@@ -435,7 +446,7 @@ def decide(paths: Sequence[str], labels: np.ndarray, probs: np.ndarray, far: np.
       third quartile plus 1.5 interquartile ranges, as cleanlab's Datalab flags outliers) it is junk.
     - relabel: confident learning (cleanlab.filter.find_label_issues on the out-of-sample probabilities
       `probs` of the pictures that are not junk) says the given label is an issue, and another label is
-      more likely (RELABEL_MIN).
+      more likely (RELABEL_MIN); or, flagged or not, another label is at least RELABEL_SURE likely.
     - keep: everything else.
     """
     import numpy as np
@@ -469,7 +480,7 @@ def decide(paths: Sequence[str], labels: np.ndarray, probs: np.ndarray, far: np.
             out.append(Suggestion(path, "delete", None, given, round(1 - 0.5 * math.exp(-(junk[i] - fence) / spread), 4),
                                   f"unlike every class (farther out than {order[i]} of the {len(paths)} pictures; "
                                   f"nearest: {best})"))
-        elif issues[i] and pred[i] != labels[i] and probs[i, pred[i]] >= RELABEL_MIN:
+        elif pred[i] != labels[i] and probs[i, pred[i]] >= (RELABEL_MIN if issues[i] else RELABEL_SURE):
             out.append(Suggestion(path, "relabel", best, given, round(float(probs[i, pred[i]]), 4),
                                   f"looks like {best} ({probs[i, pred[i]]:.0%}), not {given} ({quality[i]:.0%})"))
         else:
@@ -484,15 +495,29 @@ def decide(paths: Sequence[str], labels: np.ndarray, probs: np.ndarray, far: np.
 # --- the whole step ------------------------------------------------------------------------------
 
 
-def suggest(data: str | Path, *, arch: str = DEFAULT_ARCH, size: int = DEFAULT_SIZE, folds: int = DEFAULT_FOLDS,
-            seed: int = DEFAULT_SEED, head_epochs: int = DEFAULT_HEAD_EPOCHS, rounds: int = DEFAULT_ROUNDS,
-            pretrained: bool = True, cache: bool | str | Path = True, progress: bool | None = None,
-            echo: Callable[[str], None] | None = None) -> SuggestReport:
+def bodies_for(arch: str | Sequence[str] | None = None, size: int | None = None) -> list[tuple[str, int]]:
+    """(backbone, image size) of each feature pass: DEFAULT_BODIES, or the backbones named, each at its own size
+    (NATIVE_SIZE, else 224) unless `size` is given."""
+    if arch is None:
+        return [(name, size or px) for name, px in DEFAULT_BODIES]
+    chosen = [arch] if isinstance(arch, str) else list(dict.fromkeys(arch))  # each once, in the order given
+    if not chosen:
+        raise WhatsthatError("name at least one backbone (--arch)")
+    return [(name, size or NATIVE_SIZE.get(name, 224)) for name in chosen]
+
+
+def suggest(data: str | Path, *, arch: str | Sequence[str] | None = None, size: int | None = None,
+            folds: int = DEFAULT_FOLDS, seed: int = DEFAULT_SEED, head_epochs: int = DEFAULT_HEAD_EPOCHS,
+            rounds: int = DEFAULT_ROUNDS, pretrained: bool = True, cache: bool | str | Path = True,
+            progress: bool | None = None, echo: Callable[[str], None] | None = None) -> SuggestReport:
     """Suggest a delete, relabel or keep for every picture of the folder-per-class dataset `data`.
 
-    `cache`: True keeps the features under default_cache_dir(), a folder keeps them there, False
-    computes them every time. `pretrained=False` (tests only) uses a random body. `progress`: a bar
-    (True), plain lines (False), or a bar only on a terminal (None). Moves nothing.
+    `arch`: one backbone or several (default DEFAULT_BODIES); each body's heads and out-of-class
+    distances are averaged, the neighbours come from the first. `size`: every body's image size
+    (default each one's own). `rounds`: splits per body. `cache`: True keeps the features under
+    default_cache_dir(), a folder keeps them there, False computes them every time.
+    `pretrained=False` (tests only) uses random bodies. `progress`: a bar (True), plain lines
+    (False), or a bar only on a terminal (None). Moves nothing.
     """
     import torch
 
@@ -501,7 +526,8 @@ def suggest(data: str | Path, *, arch: str = DEFAULT_ARCH, size: int = DEFAULT_S
     echo = echo or (lambda s: print(s, file=sys.stderr))
     t0 = time.time()
     data = Path(data)
-    if size < 32:
+    bodies = bodies_for(arch, size)
+    if min(s for _, s in bodies) < 32:
         raise WhatsthatError(f"image size {size} is too small; use 32 or more (224 is the usual)")
     if head_epochs < 1:
         raise WhatsthatError(f"head_epochs must be 1 or more, not {head_epochs}")
@@ -512,21 +538,26 @@ def suggest(data: str | Path, *, arch: str = DEFAULT_ARCH, size: int = DEFAULT_S
     counts = check_dataset(data, unreadable) if unreadable else check_dataset(data)
     check_enough(counts, folds)
     rel = [f.relative_to(data).as_posix() for f in readable]
-    store = None
-    if cache:
-        store = FeatureCache(default_cache_dir() if cache is True else Path(cache), data, arch, size, pretrained)
     bar = sys.stderr.isatty() if progress is None else progress
-    features = compute_features(data, readable, exclude=unreadable, arch=arch, size=size, seed=seed,
-                                pretrained=pretrained, cache=store, bar=bar, echo=echo)
-    labels = torch.tensor([features.classes.index(r.split("/")[0]) for r in rel])
-    heads, far = repeated_out_of_fold(features, rel, labels, folds, rounds=rounds, head_epochs=head_epochs, seed=seed)
-    near = nearest(features.pooled)
+    heads, log_far, seconds, cached, first = 0.0, 0.0, 0.0, len(rel), None
+    for name, px in bodies:
+        store = None
+        if cache:
+            store = FeatureCache(default_cache_dir() if cache is True else Path(cache), data, name, px, pretrained)
+        features = compute_features(data, readable, exclude=unreadable, arch=name, size=px, seed=seed,
+                                    pretrained=pretrained, cache=store, bar=bar, echo=echo)
+        labels = torch.tensor([features.classes.index(r.split("/")[0]) for r in rel])
+        p, far = repeated_out_of_fold(features, rel, labels, folds, rounds=rounds, head_epochs=head_epochs, seed=seed)
+        # the bodies' opinions averaged as the rounds' are: probabilities, and distances on a log scale
+        heads, log_far = heads + p / len(bodies), log_far + far.clamp_min(1e-12).log() / len(bodies)
+        seconds, cached, first = seconds + features.seconds, min(cached, features.cached), first or features
+    near = nearest(first.pooled)
     # two out-of-sample opinions, averaged: the folds' heads, and the vote of each picture's 10 nearest others
-    probs = (heads + near.vote(labels, len(features.classes))) / 2
-    items = decide(rel, labels.numpy(), probs.numpy(), far.numpy(), near.distance.numpy(), features.classes)
+    probs = (heads + near.vote(labels, len(first.classes))) / 2
+    items = decide(rel, labels.numpy(), probs.numpy(), log_far.exp().numpy(), near.distance.numpy(), first.classes)
     accuracy = float((probs.argmax(1) == labels).float().mean())
-    report = SuggestReport(data, features.classes, items, folds, arch, time.time() - t0, features.seconds,
-                           features.cached, unreadable, accuracy)
+    report = SuggestReport(data, first.classes, items, folds, "+".join(name for name, _ in bodies), time.time() - t0,
+                           seconds, cached, unreadable, accuracy)
     echo(f"[suggest] {report.summary()}")
     return report
 
