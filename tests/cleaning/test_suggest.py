@@ -279,6 +279,10 @@ def test_the_command_prints_one_json_list_ordered_by_score(noisy_data, tmp_path,
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["score", "action", "path", "why"] and "more (--json lists them all)" in table[2]
     assert table[-1].startswith(f"{len(items)} suggestion(s) for 30 pictures")
+    # --arch names the bodies (here one): only its feature pass runs
+    assert main(["suggest", str(noisy_data), "--size", str(SIZE), "--json", "--arch", "efficientnet_lite1"]) == 0
+    err = capsys.readouterr().err
+    assert [line.split()[1] for line in err.splitlines() if "body features of" in line] == ["efficientnet_lite1"]
 
 
 def test_suggestions_files_load_or_say_what_is_wrong(tmp_path):
