@@ -226,6 +226,10 @@ def test_a_failing_step_after_the_epochs_keeps_the_model(tmp_path, capsys, monke
     assert not (out / "export.safetensors").exists() and not (out / "export.serving.json").exists()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_during_the_top_stage_keeps_the_previous_export(tmp_path, sig):
     data = two_classes(tmp_path / "d")
@@ -234,7 +238,10 @@ def test_interrupted_during_the_top_stage_keeps_the_previous_export(tmp_path, si
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "whatsthat.cli", "train", str(data), "--out", str(out), "--size", "32",
            "--head-epochs", "1", "--top-epochs", "200", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    # Ctrl-C's default, whatever this run inherited: a shell without job control starts a background job
+    # (`make test &`, `nohup ... &`) with SIGINT ignored, and Python then installs no KeyboardInterrupt for it
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
     lines = []
     deadline = time.monotonic() + 240
     for line in proc.stderr:
