@@ -151,7 +151,7 @@ def test_another_label_at_relabel_sure_is_a_relabel_even_where_confident_learnin
 def test_the_bodies_default_to_lite2_and_lite0_each_at_its_own_size_or_the_one_asked():
     from whatsthat.cleaning.suggest import DEFAULT_BODIES, bodies_for
 
-    assert bodies_for() == list(DEFAULT_BODIES) == [("efficientnet_lite2", 260), ("efficientnet_lite0", 224)]
+    assert bodies_for() == bodies_for(DEFAULT_BODIES) == [("efficientnet_lite2", 260), ("efficientnet_lite0", 224)]
     assert bodies_for(size=96) == [("efficientnet_lite2", 96), ("efficientnet_lite0", 96)]
     assert bodies_for("efficientnet_lite1") == [("efficientnet_lite1", 240)]
     assert bodies_for(["resnet18", "efficientnet_lite0", "resnet18"]) == [("resnet18", 224), ("efficientnet_lite0", 224)]

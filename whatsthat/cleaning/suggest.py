@@ -79,7 +79,7 @@ DEFAULT_FOLDS = 5
 # with the given labels +2 to +4 points on the FER faces) and cut the wrong suggestions: mean precision over the
 # shared noisy sets +3.5 points at the same recall, for lite0's feature pass (about half of lite2's). `whatsthat
 # train` keeps lite0 alone: it pays the body on every epoch.
-DEFAULT_BODIES = (("efficientnet_lite2", 260), ("efficientnet_lite0", 224))
+DEFAULT_BODIES = ("efficientnet_lite2", "efficientnet_lite0")  # each at its NATIVE_SIZE
 NATIVE_SIZE = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}  # else 224
 DEFAULT_ROUNDS = 2  # per body; repeated K-fold: each round its own seeded split (repeated_out_of_fold)
 DEFAULT_SEED = 42
@@ -282,8 +282,8 @@ class Features:
         return self.x[:, self.x.shape[1] // 2 :]
 
 
-def compute_features(data: Path, files: Sequence[Path], *, exclude: Sequence[str] = (), arch: str = DEFAULT_BODIES[0][0],
-                     size: int = DEFAULT_BODIES[0][1], seed: int = DEFAULT_SEED, pretrained: bool = True,
+def compute_features(data: Path, files: Sequence[Path], *, exclude: Sequence[str] = (), arch: str = DEFAULT_BODIES[0],
+                     size: int = NATIVE_SIZE[DEFAULT_BODIES[0]], seed: int = DEFAULT_SEED, pretrained: bool = True,
                      cache: FeatureCache | None = None, bar: bool = False,
                      echo: Callable[[str], None] | None = None) -> Features:
     """Every picture of `files` once through the body, with train's validation transforms; `exclude` as ImageFiles.
@@ -498,8 +498,7 @@ def decide(paths: Sequence[str], labels: np.ndarray, probs: np.ndarray, far: np.
 def bodies_for(arch: str | Sequence[str] | None = None, size: int | None = None) -> list[tuple[str, int]]:
     """(backbone, image size) of each feature pass: DEFAULT_BODIES, or the backbones named, each at its own size
     (NATIVE_SIZE, else 224) unless `size` is given."""
-    if arch is None:
-        return [(name, size or px) for name, px in DEFAULT_BODIES]
+    arch = DEFAULT_BODIES if arch is None else arch
     chosen = [arch] if isinstance(arch, str) else list(dict.fromkeys(arch))  # each once, in the order given
     if not chosen:
         raise WhatsthatError("name at least one backbone (--arch)")
