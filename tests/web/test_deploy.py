@@ -346,6 +346,19 @@ def test_serve_refuses_missing_model_before_starting(tmp_path, monkeypatch):
     assert started == []
 
 
+def test_serve_passes_the_page_options_on_and_refuses_bad_ones_before_starting(tmp_path, monkeypatch):
+    # serve() keeps no list of its own: the options, their defaults and their checks are voila_settings'
+    (tmp_path / "export.pkl").write_bytes(b"x")
+    started = []
+    monkeypatch.setattr(servemod, "run_voila_beside_model", lambda m, env, args, **k: started.append(args) or 0)
+    with pytest.raises(WhatsthatError, match="culling must stay on"):
+        serve(tmp_path / "export.pkl", echo=lambda s: None, cull_interval=0)
+    assert started == []
+    assert serve(tmp_path / "export.pkl", echo=lambda s: None, per_client=3, preheat=False) == 0
+    [args] = started
+    assert "--PageKernelManager.per_client=3" in args and "--preheat_kernel=True" not in args
+
+
 def test_serve_runs_voila_in_the_notebook_folder_beside_the_model_process(tmp_path, monkeypatch):
     model = tmp_path / "export.pkl"
     model.write_bytes(b"x")

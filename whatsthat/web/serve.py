@@ -314,27 +314,19 @@ def serve(
     host: str = "127.0.0.1",
     notebook: str | Path | None = None,
     examples: str | Path | None = None,
-    cull_idle_timeout: int = CULL_IDLE_TIMEOUT,
-    cull_interval: int = CULL_INTERVAL,
-    preheat: bool = True,
-    pool_size: int = POOL_SIZE,
     kernel_factory: bool = True,
-    memory_mb: float | None = None,
-    per_client: int = PER_CLIENT,
-    join_timeout: float = JOIN_TIMEOUT,
-    trust_forwarded_for: bool | None = None,
-    public_url: str | None = None,
-    frame_ancestors: str = "",
     flags: str | None = None,
     voila_args: Sequence[str] = (),
     echo: Callable[[str], None] | None = None,
+    **page: Any,
 ) -> int:
     """Run the model process and Voila on `notebook` until interrupted; returns Voila's exit code.
 
     The model path is made absolute (the kernel runs in the notebook's folder). A missing model
     or notebook raises WhatsthatError before anything starts. `kernel_factory=False` starts each
-    kernel as a process of its own instead of forking it (see `whatsthat.web.kernelfactory`). The
-    admission options are `voila_settings`'. `flags`: off (default), on or a database URL (`flags_url`).
+    kernel as a process of its own instead of forking it (see `whatsthat.web.kernelfactory`). `flags`:
+    off (default), on or a database URL (`flags_url`). `page`: `voila_settings`' keyword options (culling,
+    preheating, admission, link previews), which keeps their one list and their defaults.
     """
     store = flags_url(flags)  # a bad value stops here, before anything starts
     nb = find_notebook(notebook)
@@ -371,20 +363,11 @@ def serve(
             host,
             model_path,
             examples=examples_path,
-            cull_idle_timeout=cull_idle_timeout,
-            cull_interval=cull_interval,
-            preheat=preheat,
-            pool_size=pool_size,
             kernel_path=write_page_kernelspec(kernels, forked=kernel_factory),
-            memory_mb=memory_mb,
-            per_client=per_client,
-            join_timeout=join_timeout,
-            trust_forwarded_for=trust_forwarded_for,
-            public_url=public_url,
-            frame_ancestors=frame_ancestors,
             meta=meta,
             flags=store is not None,
             extra_args=voila_args,
+            **page,
         )
         echo(f"serving {nb} with {model_path} at http://{shown}:{port}/ (Ctrl-C stops)")
         # the kernel's cwd is the notebook's folder, as in Voila; the model process runs beside Voila
