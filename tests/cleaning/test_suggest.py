@@ -249,6 +249,11 @@ def test_suggest_finds_the_mislabelled_picture_and_the_junk_and_reruns_from_the_
     top = report.suggestions[:2]
     assert {(s.path, s.action, s.label, s.given) for s in top} == {
         ("red/oops_blue.jpg", "relabel", "blue", "red"), ("blue/junk_logo.jpg", "delete", None, "blue")}
+    # the probabilities each suggestion was decided from, for analysis: one row per picture, in class order
+    assert set(report.probs) == {s.path for s in report.items}
+    assert all(abs(sum(row) - 1) < 1e-3 for row in report.probs.values())
+    relabel = next(s for s in top if s.action == "relabel")
+    assert abs(report.probs[relabel.path][0] - relabel.score) < 1e-3  # blue's probability, the relabel's score
     # both bodies (lite2 and lite0), each its own feature pass and its own cache file
     assert report.arch == "efficientnet_lite2+efficientnet_lite0"
     assert [line.split()[1] for line in lines if "body features of 30 pictures" in line] == [

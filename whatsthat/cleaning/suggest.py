@@ -128,6 +128,9 @@ class SuggestReport:
     cached: int = 0  # pictures whose features came from the cache, for every body
     skipped: list[str] = field(default_factory=list)  # unreadable files, left out
     accuracy: float = 0.0  # how often the out-of-sample best label is the given one
+    # path -> the out-of-sample class probabilities (in `classes` order) each suggestion was decided from: for
+    # analysis (bench/suggest_bench.py's best cut-off), not in the JSON
+    probs: dict[str, list[float]] = field(default_factory=dict, repr=False)
 
     @property
     def suggestions(self) -> list[Suggestion]:
@@ -556,7 +559,8 @@ def suggest(data: str | Path, *, arch: str | Sequence[str] | None = None, size: 
     items = decide(rel, labels.numpy(), probs.numpy(), log_far.exp().numpy(), near.distance.numpy(), first.classes)
     accuracy = float((probs.argmax(1) == labels).float().mean())
     report = SuggestReport(data, first.classes, items, folds, "+".join(name for name, _ in bodies), time.time() - t0,
-                           seconds, cached, unreadable, accuracy)
+                           seconds, cached, unreadable, accuracy,
+                           {r: [round(v, 4) for v in row] for r, row in zip(rel, probs.tolist(), strict=True)})
     echo(f"[suggest] {report.summary()}")
     return report
 
