@@ -1,6 +1,6 @@
 """`whatsthat suggest` against known decisions: how many of the problems it finds, and how many of its suggestions are right.
 
-    python bench/suggest_bench.py [--seeds 0 1 2] [--sets bears farm ...] [--timing] [--verbose]
+    python bench/suggest_bench.py [--seeds 0 1 2] [--sets bears farm ...] [--flip 0.08 --junk 0.05] [--timing] [--verbose]
 
 Sets (nothing is written into the repository; everything lives under $WHATSTHAT_BENCH_CACHE, default
 /tmp/whatsthat-bench/suggest):
@@ -14,7 +14,8 @@ Sets (nothing is written into the repository; everything lives under $WHATSTHAT_
   a suggestion the csv lacks counts against precision here even where a look shows a real problem.
 - every other shared dataset (faces-fer, faces-web, insects, farm) with injected noise, one draw per
   `--seeds` value: 8% of the pictures moved to another class (chosen at random), and 5% as many
-  pictures from ../shared/datasets/none added to random classes. The truth is known: a moved picture
+  pictures from ../shared/datasets/none added to random classes (other rates: --flip, --junk, to see
+  that the suggestions hold where the noise is not what they were measured on). The truth is known: a moved picture
   should be relabelled to its class, a `none` picture deleted. Pictures are symlinks named by a hash
   of where they came from, so neither the name nor the folder gives the truth away. The datasets'
   own noise (web photos) counts against precision.
@@ -84,17 +85,18 @@ def pictures(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def noisy(domain: str, seed: int) -> tuple[Path, Truth]:
-    """`domain` with FLIP of its pictures in another class and JUNK as many `none` pictures added (symlinks)."""
-    data = CACHE / f"noisy-{domain}-s{seed}"
+def noisy(domain: str, seed: int, flip: float = FLIP, junk: float = JUNK) -> tuple[Path, Truth]:
+    """`domain` with `flip` of its pictures in another class and `junk` as many `none` pictures added (symlinks)."""
+    rates = "" if (flip, junk) == (FLIP, JUNK) else f"-flip{flip:g}-junk{junk:g}"
+    data = CACHE / f"noisy-{domain}-s{seed}{rates}"
     truth_file = data.with_name(data.name + ".truth.json")
     if data.is_dir() and truth_file.is_file():
         return data, json.loads(truth_file.read_text())
-    rng = random.Random(f"{domain}-{seed}")
+    rng = random.Random(f"{domain}-{seed}{rates}")
     classes = sorted(p.name for p in (SHARED / domain).iterdir() if p.is_dir())
     files = [(c, f) for c in classes for f in pictures(SHARED / domain / c)]
-    moved = set(rng.sample(range(len(files)), round(FLIP * len(files))))
-    junk = rng.sample(pictures(SHARED / "none" / "other"), round(JUNK * len(files)))
+    moved = set(rng.sample(range(len(files)), round(flip * len(files))))
+    others = rng.sample(pictures(SHARED / "none" / "other"), round(junk * len(files)))
     truth: Truth = {}
     tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=f".{data.name}-"))  # complete before it gets its name
 
@@ -109,7 +111,7 @@ def noisy(domain: str, seed: int) -> tuple[Path, Truth]:
         rel = link(f, label, f"{domain}/{c}/{f.name}")
         if i in moved:
             truth[rel] = ["relabel", c]
-    for f in junk:
+    for f in others:
         truth[link(f, rng.choice(classes), f"none/{f.name}")] = ["delete", None]
     shutil.rmtree(data, ignore_errors=True)
     tmp.rename(data)
@@ -244,8 +246,12 @@ def main() -> None:
     ap.add_argument("--timing", action="store_true", help="also time suggest and train on 500 pictures (minutes)")
     ap.add_argument("--verbose", action="store_true", help="list every known problem and every other suggestion")
     ap.add_argument("--folds", type=int, help="folds per round (default: suggest's)")
+    ap.add_argument("--flip", type=float, default=FLIP, help=f"share of pictures moved to another class (default {FLIP})")
+    ap.add_argument("--junk", type=float, default=JUNK, help=f"pictures from none added, per picture (default {JUNK})")
     ap.add_argument("--results", type=Path, help="JSON-lines file: each finished set is appended, and skipped next time")
     args = ap.parse_args()
+    if not (0 <= args.flip < 1 and 0 <= args.junk < 1):
+        ap.error(f"--flip and --junk are shares of the pictures, from 0 up to 1 (not {args.flip}, {args.junk})")
     for needed in ["bears", *NOISY, "none"]:
         if not (SHARED / needed).is_dir():
             sys.exit(f"bench needs the shared datasets at {SHARED} ({needed} is missing; set WHATSTHAT_SHARED)")
@@ -256,11 +262,12 @@ def main() -> None:
     results = []
     for name in args.sets:
         for seed in [None] if name == "bears" else args.seeds:
-            label = name if seed is None else f"{name} (noise draw {seed})"
+            rates = "" if (args.flip, args.junk) == (FLIP, JUNK) else f", {args.flip:.0%} moved, {args.junk:.0%} junk"
+            label = name if seed is None else f"{name} (noise draw {seed}{rates})"
             if label in done:
                 results.append(done[label])
                 continue
-            data, truth = bears_before() if seed is None else noisy(name, seed)
+            data, truth = bears_before() if seed is None else noisy(name, seed, args.flip, args.junk)
             result = run_set(label, data, truth, args.verbose, args.folds)
             append_run(args.results, result)
             results.append(result)
