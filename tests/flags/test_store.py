@@ -388,3 +388,36 @@ def test_as_a_database_owner_without_superuser_rights_as_on_heroku(postgres):
             finally:
                 admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT -1")
             assert [r.id for r in store.rows()] == [first]
+
+
+def test_a_database_over_its_plan_takes_no_rows_but_can_still_be_read_and_cleared(postgres):
+    # Heroku Postgres past its plan's row or storage limit revokes INSERT and CREATE from the app's user (and
+    # PostgreSQL itself can be put read-only): a flag is then "full", never a bug; and the maintainer, after
+    # a dyno restart too, can still pull the flags and delete old ones to make room
+    name, role = "t_plan_" + uuid.uuid4().hex[:8], "app_" + uuid.uuid4().hex[:8]  # made up here: no injection
+    with psycopg.connect(postgres.url(), autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f'CREATE DATABASE "{name}" OWNER {role}')
+        url = postgres.url(name).replace("postgres@", f"{role}@")
+        old = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+        with open_store(url, classes=CLASSES) as store:
+            first = store.add(flag(client="a", photo=jpeg()), now=old)
+            second = store.add(flag(client="b"))
+        with psycopg.connect(postgres.url(name), autocommit=True) as db:  # as Heroku does, as a superuser
+            db.execute(f"REVOKE INSERT ON ALL TABLES IN SCHEMA public FROM {role}")
+            db.execute(f"REVOKE CREATE ON SCHEMA public FROM {role}")
+            db.execute("REVOKE CREATE ON SCHEMA public FROM pg_database_owner")
+        with open_store(url, classes=CLASSES) as store:  # a fresh store: the schema is up to date, nothing to create
+            with pytest.raises(FlagStoreDown) as e:
+                store.add(flag(client="c"))
+            assert e.value.reason == "full" and "takes no new rows" in str(e.value) and "permission denied" in str(e.value)
+            assert [r.id for r in store.rows()] == [first, second]  # the maintainer can still pull them
+            assert store.rows()[0].photo is not None
+            assert store.delete(dt.datetime(2026, 2, 1, tzinfo=dt.UTC)) == 1  # ... and make room
+            assert [r.id for r in store.rows()] == [second]
+        admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        with open_store(url, classes=CLASSES) as store:
+            with pytest.raises(FlagStoreDown) as e:
+                store.add(flag(client="d"))
+            assert e.value.reason == "full" and "read-only" in str(e.value)
+            assert [r.id for r in store.rows()] == [second]

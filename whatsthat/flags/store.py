@@ -15,8 +15,9 @@ SQLite in a file by default (stdlib sqlite3, WAL), PostgreSQL (psycopg 3) when t
   are counted in the database inside the inserting transaction (serialised by a write lock), so they
   hold across every page kernel, model process and dyno writing to it.
 * **Errors.** `FlagRefused`: this flag is not accepted (its message is a sentence for the visitor).
-  `FlagStoreDown`: the database cannot be reached or is full. Neither loses a stored row: every write
-  is one transaction, rolled back whole on any error, and the store reconnects on the next call.
+  `FlagStoreDown`: the database cannot be reached or takes no new rows (full, over its plan's limit,
+  read-only; it can still be read and cleared). Neither loses a stored row: every write is one
+  transaction, rolled back whole on any error, and the store reconnects on the next call.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ class FlagRefused(WhatsthatError):
 class FlagStoreDown(WhatsthatError):
     """The database cannot be reached, or is full: nothing was stored, nothing stored was lost.
 
-    `.reason` is ``"unreachable"`` or ``"full"``; `str()` says why, for the log (the page says only
-    that the flag could not be sent).
+    `.reason` is ``"unreachable"`` or ``"full"`` (takes no new rows: its disk, its plan's limit, or set
+    read-only); `str()` says why, for the log (the page says only that the flag could not be sent).
     """
 
     def __init__(self, reason: str, message: str):
@@ -271,6 +272,8 @@ class _Backend:
 
     dialect: str
     conn: Any = None
+    # how many tables of this name the database has (0 or 1), one ? parameter
+    has_table: str = ""
 
     def connect(self) -> None: ...
     def close(self) -> None: ...
@@ -287,6 +290,7 @@ class _Backend:
 
 class _Sqlite(_Backend):
     dialect = "sqlite"
+    has_table = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
 
     def __init__(self, path: Path, create: bool):
         self.path, self.create = path, create
@@ -347,6 +351,7 @@ class _Sqlite(_Backend):
 
 class _Postgres(_Backend):
     dialect = "postgresql"
+    has_table = "SELECT COUNT(*) FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = ?"
 
     def __init__(self, url: str):
         self.url = url
@@ -390,6 +395,14 @@ class _Postgres(_Backend):
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if e.sqlstate in ("53100", "53200"):  # disk full, out of memory
             return FlagStoreDown("full", f"the flags database {describe_url(self.url)} is full ({text})")
+        # a plan's limit: Heroku Postgres past its row or storage limit revokes INSERT and CREATE (42501); a
+        # database set read-only (25006), as a full or a standby one is. Reading and deleting still work.
+        if e.sqlstate == "42501":
+            return FlagStoreDown("full", f"the flags database {describe_url(self.url)} takes no new rows ({text}: "
+                                         "over its plan's limit? delete old flags, or upgrade the plan)")
+        if e.sqlstate == "25006":
+            return FlagStoreDown("full", f"the flags database {describe_url(self.url)} is read-only and takes "
+                                         f"no new rows ({text})")
         if isinstance(e, psycopg.OperationalError | psycopg.InterfaceError):
             return FlagStoreDown("unreachable", f"the flags database {describe_url(self.url)} "
                                                 f"cannot be reached ({text})")
@@ -443,6 +456,15 @@ class FlagStore:
                 raise down from e
 
     def _migrate(self) -> None:
+        # read first: a schema that is up to date needs no write, and a database that takes no writes (over
+        # its plan's limit, read-only) must still let the maintainer pull and delete flags
+        with self._db.transaction(write=False) as conn:
+            db = _Exec(conn, self._db)
+            if db.execute(self._db.has_table, ("schema_version",)).fetchone()[0]:
+                row = db.execute("SELECT version FROM schema_version").fetchone()
+                if row is not None and row[0] == SCHEMA_VERSION:
+                    self._migrated = True
+                    return
         with self._db.transaction() as conn:
             db = _Exec(conn, self._db)
             db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
