@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -369,36 +371,37 @@ def test_two_writers_at_once_never_pass_a_cap_together(db_url):
         s.close()
 
 
-def test_as_a_database_owner_without_superuser_rights_as_on_heroku(postgres):
-    # Heroku's DATABASE_URL user owns its database and is no superuser (PostgreSQL 15: no CREATE on the
-    # public schema for others); a superuser would also ignore the connection limit tried below
-    name, role = "t_owner_" + uuid.uuid4().hex[:8], "app_" + uuid.uuid4().hex[:8]  # made up here: no injection
+@contextlib.contextmanager
+def owned_database(postgres) -> Iterator[tuple[psycopg.Connection, str, str, str]]:
+    """(a superuser's connection, database, role, the role's URL): a new database owned by a new login role
+    that is no superuser, as Heroku's DATABASE_URL user (PostgreSQL 15: no CREATE on the public schema for
+    others; a superuser would also ignore limits the tests set)."""
+    name, role = "t_owned_" + uuid.uuid4().hex[:8], "app_" + uuid.uuid4().hex[:8]  # made up here: no injection
     with psycopg.connect(postgres.url(), autocommit=True) as admin:
         admin.execute(f"CREATE ROLE {role} LOGIN")
         admin.execute(f'CREATE DATABASE "{name}" OWNER {role}')
-        url = postgres.url(name).replace("postgres@", f"{role}@")
-        with open_store(url, classes=CLASSES) as store:
-            first = store.add(flag(client="a", photo=jpeg()))
-            admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT 0")  # no more connections for it
-            try:
-                store._db.close()  # the next call must connect again (as after a dyno restart)
-                with pytest.raises(FlagStoreDown) as e:
-                    store.add(flag(client="b"))
-                assert e.value.reason == "unreachable" and "too many connections" in str(e.value)
-            finally:
-                admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT -1")
-            assert [r.id for r in store.rows()] == [first]
+        yield admin, name, role, postgres.url(name).replace("postgres@", f"{role}@")
+
+
+def test_as_a_database_owner_without_superuser_rights_as_on_heroku(postgres):
+    with owned_database(postgres) as (admin, _, role, url), open_store(url, classes=CLASSES) as store:
+        first = store.add(flag(client="a", photo=jpeg()))
+        admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT 0")  # no more connections for it
+        try:
+            store._db.close()  # the next call must connect again (as after a dyno restart)
+            with pytest.raises(FlagStoreDown) as e:
+                store.add(flag(client="b"))
+            assert e.value.reason == "unreachable" and "too many connections" in str(e.value)
+        finally:
+            admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT -1")
+        assert [r.id for r in store.rows()] == [first]
 
 
 def test_a_database_over_its_plan_takes_no_rows_but_can_still_be_read_and_cleared(postgres):
     # Heroku Postgres past its plan's row or storage limit revokes INSERT and CREATE from the app's user (and
     # PostgreSQL itself can be put read-only): a flag is then "full", never a bug; and the maintainer, after
     # a dyno restart too, can still pull the flags and delete old ones to make room
-    name, role = "t_plan_" + uuid.uuid4().hex[:8], "app_" + uuid.uuid4().hex[:8]  # made up here: no injection
-    with psycopg.connect(postgres.url(), autocommit=True) as admin:
-        admin.execute(f"CREATE ROLE {role} LOGIN")
-        admin.execute(f'CREATE DATABASE "{name}" OWNER {role}')
-        url = postgres.url(name).replace("postgres@", f"{role}@")
+    with owned_database(postgres) as (admin, name, role, url):
         old = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
         with open_store(url, classes=CLASSES) as store:
             first = store.add(flag(client="a", photo=jpeg()), now=old)
