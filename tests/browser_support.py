@@ -301,6 +301,21 @@ def wait_for_answer(page, before: int, timeout_ms: int = 120_000) -> None:
                            arg=before, timeout=timeout_ms)  # fmt: skip
 
 
+def wait_for_cards(page, n: int, timeout_ms: int = 30_000) -> None:
+    """Until the Output shows `n` answer cards, each with its thumbnail. The live region announces a click's
+    answers as the cards go to the Output, a message ahead of them (whatsthat.web.app.App._shown): after
+    wait_for_answer the cards may still be on their way."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(
+            "n => document.querySelectorAll('.whatsthat-result').length === n"
+            " && document.querySelectorAll('.whatsthat-result img').length === n", arg=n, timeout=timeout_ms)
+    except PlaywrightTimeout:  # say what the page shows instead
+        shown = page.locator(".whatsthat-result").all_inner_texts()
+        pytest.fail(f"expected {n} answer card(s) with thumbnails, the page shows {len(shown)}: {shown!r}")
+
+
 def as_files(files) -> list:
     return [f if isinstance(f, Path) else {"name": f[0], "mimeType": "image/jpeg", "buffer": f[1]} for f in files]
 
