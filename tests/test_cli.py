@@ -136,9 +136,10 @@ def test_train_defaults_to_the_measured_offline_backbone():
     args = parser.parse_args(["train", "data"])
     assert args.arch == "efficientnet_lite0" == TrainSettings().arch
     # the CLI lists its choices without importing torch; they must stay the library's
-    train_parser = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(" train"))
-    (arch_action,) = [a for a in train_parser._actions if a.dest == "arch"]
-    assert sorted(arch_action.choices) == sorted(ARCHS)
+    for command in ("train", "suggest"):
+        sub = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith(f" {command}"))
+        (arch_action,) = [a for a in sub._actions if a.dest == "arch"]
+        assert sorted(arch_action.choices) == sorted(ARCHS), command
     assert args.head_epochs == 8 and args.top_epochs == 10 and args.epochs == 0 and args.freeze_epochs == 0
     assert args.mirrors is False is TrainSettings().mirrors
 

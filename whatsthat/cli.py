@@ -20,6 +20,10 @@ from whatsthat.errors import WhatsthatError
 from whatsthat.training.settings import FINE_TUNE_LR, KNOBS, TrainSettings
 from whatsthat.web.deploy import TARGETS as DEPLOY_TARGETS
 
+# whatsthat.training.backbones.ARCHS's names, listed here so that parsing a command imports no torch
+# (tests/test_cli.py keeps the two the same); `train --arch` and `suggest --arch` choose among them
+BACKBONES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet34"]
+
 EXAMPLES = """\
 examples:
   whatsthat gather grizzly="grizzly bear" black="black bear" teddy="teddy bear"
@@ -342,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data", type=Path, nargs="?", default=Path("data"), help="dataset folder (default: data)")
     t.add_argument("--out", type=Path, default=Path("."), help="where export.pkl goes (default: .)")
     t.add_argument("--arch", default=d.arch,
-                   choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet34"],
+                   choices=BACKBONES,
                    help=f"backbone (default {d.arch}: the measured recipe, trains offline; lite1 and lite2 "
                         "are bigger and slower; resnet18/34, the course's, download torchvision's weights once)")
     t.add_argument("--head-epochs", type=_count, default=d.head_epochs,
@@ -397,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--folds", type=_positive_int, default=5, help="folds for the out-of-fold models (default 5)")
     sg.add_argument("--seed", type=int, default=42, help="seed of the folds and the heads (default 42)")
     sg.add_argument("--arch", action="append",
-                    choices=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet18", "resnet34"],
+                    choices=BACKBONES,
                     help="backbone of a feature pass; repeat it for several, whose opinions are averaged (default "
                          "efficientnet_lite2 and efficientnet_lite0: together they find more than train's lite0 "
                          "alone, docs/suggest.md)")
