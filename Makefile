@@ -13,7 +13,7 @@ PORT   ?= 8866
 # browser tests serve the page from it, so what is deployed is what is tested.
 SERVE_VENV ?= .venv-serve
 
-.PHONY: install serve-env app test test-fast lint lock bench clean-venv
+.PHONY: install serve-env app disk-check test test-fast lint lock bench clean-venv
 
 # Rebuilt when the lock changes; `tools/lock.py sync` installs exactly the lock (pip, torch and all),
 # removes what it does not list, installs whatsthat editable and runs `pip check`.
@@ -41,10 +41,15 @@ app: serve-env
 lint: install
 	$(VENV)/bin/ruff check .
 
+# Before anything is installed: stop with the numbers where the disk has no room for .venv, .venv-serve and
+# the tests' temp files (a shared CI disk once ran out mid-suite: hundreds of errors, no clear cause).
+disk-check:
+	bash .ci/ensure-disk
+
 # pytest exits 5 when it collects nothing: a missing suite must fail, not pass silently. Browser tests
 # must run: Chromium is installed first where we may, and a missing browser fails them instead of skipping.
 # So must the flags tests against a real PostgreSQL server: installed first the same way.
-test: lint serve-env
+test: disk-check lint serve-env
 	bash .ci/ensure-chromium && bash .ci/ensure-postgres && bash .ci/ensure-axe
 	WHATSTHAT_BROWSER_TESTS=required WHATSTHAT_POSTGRES_TESTS=required WHATSTHAT_SERVE_VENV=$(abspath $(SERVE_VENV)) $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
