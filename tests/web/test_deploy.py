@@ -271,6 +271,7 @@ def test_voila_command_flags():
         "--preheat_kernel=True",
         "--pool_size=1",
         "--template=whatsthat",
+        "--VoilaExecutor.iopub_timeout=60",  # not nbclient's 4 s: a slow kernel's app is waited for, not dropped
     ]:
         assert flag in cmd
     # the tornado settings survive traitlets' command-line parsing as a dict of the right types
@@ -284,6 +285,15 @@ def test_voila_command_flags():
     probe = Probe()
     probe.parse_command_line([setting.replace("--Voila.", "--Probe.")])
     assert probe.tornado_settings == {"websocket_max_message_size": 64 * 2**20, "compress_response": True}
+    # and the executor Voila renders the page with (voila/notebook_renderer.py passes it the app's config)
+    # waits that long for the app's output
+    import nbformat
+    from voila.app import Voila
+    from voila.execute import VoilaExecutor
+
+    voila = Voila()
+    voila.parse_command_line([a for a in cmd if a.startswith("--VoilaExecutor.")])
+    assert VoilaExecutor(nbformat.v4.new_notebook(), config=voila.config).iopub_timeout == 60
     no_preheat = voila_command(preheat=False, voila=["voila"])
     assert not any("preheat" in a or "pool_size" in a for a in no_preheat)
     assert "voila" in no_preheat and "WHATSTHAT_MODEL" not in " ".join(no_preheat)

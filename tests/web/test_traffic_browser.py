@@ -341,6 +341,45 @@ def test_a_page_whose_widgets_never_came_reloads_once_then_shows_the_banner(serv
     close_tab(context, page)
 
 
+# The app's output lost on the server: Voila drops a cell's output that comes later than nbclient's
+# iopub_timeout after the cell ("Timeout waiting for IOPub output"), and app.ipynb's one output is the whole
+# app. CI once served such a page with ten pages loading at once (serve.py now waits 60 s, not 4). No test
+# can make a kernel that late on demand: this takes the app's output (Voila's cell-output script) out of
+# the page as it arrives, which leaves what such a page has, the app's cell with nothing in it.
+APP_NEVER_CAME = """
+if (!sessionStorage.getItem("test-empty")) {
+  sessionStorage.setItem("test-empty", "1");
+  new MutationObserver(function (records) {
+    records.forEach(function (r) { r.addedNodes.forEach(function (n) {
+      if (n.nodeName === "SCRIPT" && n.type === "application/vnd.voila.cell-output+json") n.remove();
+    }); });
+  }).observe(document, {childList: true, subtree: true});
+}
+"""
+
+
+def test_a_page_that_came_without_its_app_reloads_once_and_a_working_page_never(server, browser):
+    context = browser.new_context(extra_http_headers={"X-Forwarded-For": "203.0.113.30"})
+    context.add_init_script(APP_NEVER_CAME)
+    page = context.new_page()
+    loads: list[float] = []
+    page.on("load", lambda _: loads.append(time.monotonic()))
+    page.goto(server.url + "/", wait_until="load", timeout=120_000)
+    page.wait_for_timeout(5_000)
+    assert page.locator("#rendered_cells .jp-OutputArea-output").count() == 0  # what the visitor saw: nothing
+    deadline = time.monotonic() + 90  # 45 s after the kernel connection (asleep.js APPEAR_MS), and a margin
+    while len(loads) < 2 and time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+    assert len(loads) == 2, "the empty page did not reload by itself"
+    page.get_by_role("button", name="Classify").wait_for(timeout=120_000)
+    upload(page, server.photo)
+    assert classify(page, "Prediction:").startswith(f"Prediction: {server.expected}")
+    # the working page stays: past the 45 s the empty page got, it has not reloaded, and shows no banner
+    page.wait_for_timeout(max(0.0, loads[1] + 50 - time.monotonic()) * 1000)
+    assert len(loads) == 2 and page.locator("#whatsthat-asleep").count() == 0
+    close_tab(context, page)
+
+
 def test_sigterm_to_every_process_finishes_the_classification_in_flight_then_all_stop(browser, model_and_photo,
                                                                                       tmp_path):  # fmt: skip
     """Heroku's stop: SIGTERM to every process of the dyno at once, SIGKILL 30 s later."""

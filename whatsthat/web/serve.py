@@ -63,6 +63,7 @@ DEFAULT_PORT = 8866
 CULL_IDLE_TIMEOUT = 600  # seconds; a visitor thinking for 10 minutes reloads the page, a leak lasts forever
 CULL_INTERVAL = 60
 POOL_SIZE = 1  # one warm kernel: the next visitor gets a page at once; a thin kernel costs ~60 MB
+IOPUB_TIMEOUT = 60  # seconds Voila waits for the app's output after its cell has run (nbclient's default: 4)
 # One upload (all its files) travels in one websocket message. Tornado's default limit, 10 MiB, is
 # smaller than many phone photos, and a bigger message drops the connection: the page stops working.
 # 64 MiB lets several photos through and lets images.load_image refuse the oversized ones politely.
@@ -201,6 +202,10 @@ def voila_settings(
         "--no-browser",
         "--strip_sources=True",
         "--show_tracebacks=False",
+        # nbclient waits 4 s after a cell's reply for its output, then drops it with a warning ("Timeout
+        # waiting for IOPub output"). app.ipynb's one output is the whole app, so a kernel slowed by a crowd
+        # (ten pages at once on 2 cores, in CI) served an empty page. Waiting costs nothing when it is on time.
+        f"--VoilaExecutor.iopub_timeout={IOPUB_TIMEOUT}",
         f"--MappingKernelManager.cull_idle_timeout={int(cull_idle_timeout)}",
         f"--MappingKernelManager.cull_interval={int(cull_interval)}",
         f"--MappingKernelManager.cull_connected={cull_connected}",

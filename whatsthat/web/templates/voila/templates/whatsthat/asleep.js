@@ -15,6 +15,7 @@
   var LOST = "The connection to the server was lost while sending your photos. Reload to classify again.";
   var BROKEN = "This page did not finish loading. Reload to try again.";
   var RELOADED_AT = "whatsthat-broken-reload", RELOAD_GAP_MS = 60 * 1000, WATCH_MS = 5 * 60 * 1000;
+  var APPEAR_MS = 45 * 1000;  // from the kernel connection to the app on the page: seconds, even on a slow phone
   var config = null, asleep = false, chosen = [], checking = null;
 
   function kernelUrl() {
@@ -215,15 +216,30 @@
     location.reload();
   }
 
+  // once a minute at most the page reloads itself; a second failure within it shows the banner
+  function broken() {
+    if (asleep) return;
+    if (mayReloadNow()) reloadBroken();
+    else sleep(false, BROKEN);
+  }
+
   function watchBroken() {
     var t0 = Date.now();
     var timer = setInterval(function () {
       if (Date.now() - t0 > WATCH_MS) return clearInterval(timer);
       if (!brokenWidget()) return;
       clearInterval(timer);
-      if (mayReloadNow()) reloadBroken();
-      else sleep(false, BROKEN);
+      broken();
     }, 500);
+  }
+
+  // The other way a page can be broken: nothing at all where the app goes, the kernel connected. The
+  // app is app.ipynb's one output, and Voila drops a cell's output that comes too late after the cell
+  // (nbclient's iopub_timeout: "Timeout waiting for IOPub output" in the server log). Seen once in CI,
+  // ten pages at once on 2 cores, with nbclient's 4 s; serve.py now waits 60 s, and this catches the rest.
+  // Any output counts as the app: the "not available right now" page must not reload.
+  function appeared() {
+    return !!document.querySelector("#rendered_cells .jp-OutputArea-output");
   }
 
   // -- watching --
@@ -258,6 +274,7 @@
   function watchConnection() {
     whenReady(kernelConnection, 120000).then(function (k) {
       whenReady(function () { return buttonNamed("Classify"); }, 120000).then(watchUploads, function () {});
+      whenReady(appeared, APPEAR_MS).catch(broken);
       k.connectionStatusChanged.connect(function (_, status) { if (status !== "connected") check(); });
       k.statusChanged.connect(function (_, status) {
         // a restarted kernel has lost the page's widgets: the page cannot work any more
