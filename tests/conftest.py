@@ -6,6 +6,8 @@ import importlib.util
 import io
 import os
 import random
+import secrets
+import threading
 from pathlib import Path
 
 import pytest
@@ -204,3 +206,34 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'flags.db'}"
     return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture
+def model_server(tmp_path):
+    """start(predictor, path=None, key=None, flags=None) -> (socket path, key): a model process's server loop
+    (whatsthat.web.modelprocess.serve_forever) in a thread, on a Unix socket in tmp_path by default.
+
+    Each is stopped as the test ends, as SIGTERM stops a model process: its listener closed and its socket
+    file removed while tmp_path still exists (a listener left open tried to unlink it at exit, after pytest
+    had removed the folder: one traceback per test).
+    """
+    from whatsthat.web.modelprocess import serve_forever
+
+    started: list[tuple[threading.Event, threading.Thread]] = []
+
+    def start(predictor, path=None, key=None, flags=None) -> tuple[str, bytes]:
+        path, key = str(path or tmp_path / "model.sock"), key or secrets.token_bytes(32)
+        ready, stop = threading.Event(), threading.Event()
+        thread = threading.Thread(target=serve_forever, args=(predictor, path, key, ready.set, stop.wait),
+                                  kwargs={"flags": flags}, daemon=True, name="model-server")  # fmt: skip
+        thread.start()
+        started.append((stop, thread))
+        assert ready.wait(10), "the model server did not start"
+        return path, key
+
+    yield start
+    for stop, _ in started:
+        stop.set()
+    for _, thread in started:
+        thread.join(30)
+        assert not thread.is_alive(), "a model server did not stop within 30 s"

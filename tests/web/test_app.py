@@ -515,18 +515,12 @@ def test_model_process_trouble_is_a_friendly_message_and_the_next_click_works(ca
     assert app.label.value == "Prediction: grizzly; Probability: 0.9000"
 
 
-def test_app_or_none_uses_the_model_process_named_in_the_environment(tmp_path, monkeypatch, caplog):
-    import secrets
-    import threading
-
-    from whatsthat.web.modelprocess import Predictor, serve_forever
+def test_app_or_none_uses_the_model_process_named_in_the_environment(model_server, monkeypatch, caplog):
+    from whatsthat.web.modelprocess import Predictor
     from whatsthat.web.protocol import ENV_AUTHKEY, ENV_SOCKET
 
     predictor = Predictor(["a", "b"], {"name": "a / b"}, 0.6, "stub", lambda ims: [([("b", 0.7), ("a", 0.3)], None) for _ in ims])
-    path, key = str(tmp_path / "m.sock"), secrets.token_bytes(32)
-    ready = threading.Event()
-    threading.Thread(target=serve_forever, args=(predictor, path, key, ready.set), daemon=True).start()
-    assert ready.wait(10)
+    path, key = model_server(predictor)
     monkeypatch.setenv(ENV_SOCKET, path)
     monkeypatch.setenv(ENV_AUTHKEY, key.hex())
     with caplog.at_level(logging.INFO, logger="whatsthat.web.app"):
@@ -540,14 +534,13 @@ def test_app_or_none_uses_the_model_process_named_in_the_environment(tmp_path, m
     assert app.label.value == "Prediction: b; Probability: 0.7000"
 
 
-def test_with_a_card_the_page_is_built_before_the_model_process_answers(tmp_path, monkeypatch, caplog):
+def test_with_a_card_the_page_is_built_before_the_model_process_answers(model_server, tmp_path, monkeypatch, caplog):
     """Cold start: the kernel builds the page from the card beside the model, while the model process is
     still loading; the first click waits for it and gets its answer."""
     import json
     import secrets
-    import threading
 
-    from whatsthat.web.modelprocess import Predictor, serve_forever
+    from whatsthat.web.modelprocess import Predictor
     from whatsthat.web.protocol import ENV_AUTHKEY, ENV_SOCKET
 
     model = tmp_path / "export.pkl"
@@ -562,9 +555,7 @@ def test_with_a_card_the_page_is_built_before_the_model_process_answers(tmp_path
     assert "a, b" in app.card.value and "not waiting for the process" in caplog.text
 
     predictor = Predictor(["a", "b"], card, 0.7, "stub", lambda ims: [([("b", 0.8), ("a", 0.2)], 1.0) for _ in ims])
-    ready = threading.Event()
-    threading.Thread(target=serve_forever, args=(predictor, path, key, ready.set), daemon=True).start()
-    assert ready.wait(10)
+    model_server(predictor, path, key)
     upload_and_click(app, ("x.jpg", red_jpeg()))
     assert app.label.value == "Prediction: b; Probability: 0.8000"
 

@@ -21,7 +21,7 @@ from whatsthat.flags.store import NONE_OF_THESE, Caps, client_hash, open_store
 from whatsthat.web.app import App, RemoteClassifier
 from whatsthat.web.flagdesk import FlagDesk, model_fingerprint
 from whatsthat.web.flagform import CONSENT, COULD_NOT_SEND, PICK_FIRST, THANKS, TOO_LONG, FlagForm, FlagForms
-from whatsthat.web.modelprocess import Predictor, Supervisor, serve_forever
+from whatsthat.web.modelprocess import Predictor, Supervisor
 from whatsthat.web.protocol import ENV_FLAG_SECRET, ENV_FLAGS, ENV_FLAGS_URL, PHOTO_SIDE, ModelClient
 from whatsthat.web.serve import flags_url, voila_settings
 
@@ -44,13 +44,9 @@ def stub_predictor() -> Predictor:
     return Predictor(list(CLASSES), dict(CARD), 0.6, "stub", score)
 
 
-def start(tmp_path, desk: FlagDesk | None) -> ModelClient:
+def start(model_server, desk: FlagDesk | None) -> ModelClient:
     """A model process's server loop in a thread (stub model, the given desk); a client to it."""
-    path, key = str(tmp_path / "model.sock"), secrets.token_bytes(32)
-    ready = threading.Event()
-    threading.Thread(target=serve_forever, args=(stub_predictor(), path, key, ready.set),
-                     kwargs={"flags": desk}, daemon=True).start()  # fmt: skip
-    assert ready.wait(10)
+    path, key = model_server(stub_predictor(), flags=desk)
     return ModelClient(path, key, connect_wait=5)
 
 
@@ -72,8 +68,8 @@ def stored(url: str):
 # -- the model process's side --
 
 
-def test_a_flag_travels_to_the_store_with_the_photo_only_with_consent(tmp_path, desk, db_url):
-    client = start(tmp_path, desk)
+def test_a_flag_travels_to_the_store_with_the_photo_only_with_consent(model_server, tmp_path, desk, db_url):
+    client = start(model_server, desk)
     big = red(1500)
     [result] = client.classify_files([("bear.jpg", big)], 32, PHOTO_SIDE)
     photo = result["photo"]
@@ -94,24 +90,24 @@ def test_a_flag_travels_to_the_store_with_the_photo_only_with_consent(tmp_path, 
     assert all("203.0.113.7" not in repr(r) for r in rows)
 
 
-def test_no_photo_copy_without_flags_and_flag_requests_are_refused_politely(tmp_path):
-    client = start(tmp_path, None)
+def test_no_photo_copy_without_flags_and_flag_requests_are_refused_politely(model_server, tmp_path):
+    client = start(model_server, None)
     [result] = client.classify_files([("bear.jpg", red())], 32, PHOTO_SIDE)
     assert result["photo"] == b"" and result["ranked"]  # classification as ever, nothing more kept
     with pytest.raises(Exception, match="flags are off"):
         client.flag("k", result["ranked"], None, "blue")
 
 
-def test_a_kernel_nobody_vouched_for_counts_by_its_own_id(tmp_path, desk, db_url):
-    client = start(tmp_path, desk)
+def test_a_kernel_nobody_vouched_for_counts_by_its_own_id(model_server, tmp_path, desk, db_url):
+    client = start(model_server, desk)
     client.flag("kernel-9", [("red", 0.9)], None, "blue")
     assert stored(db_url)[0].client == client_hash("kernel:kernel-9", SECRET)
 
 
-def test_refusals_reach_the_visitor_as_sentences_and_malformed_flags_as_errors(tmp_path, db_url):
+def test_refusals_reach_the_visitor_as_sentences_and_malformed_flags_as_errors(model_server, tmp_path, db_url):
     desk = FlagDesk(db_url, SECRET, CLASSES)
     try:
-        client = start(tmp_path, desk)
+        client = start(model_server, desk)
         unknown = client.flag("k", [("red", 0.9)], None, "a grizzly?")  # not one of the classes
         assert unknown["sent"] is False and unknown["refused"]
         refused = client.flag("k", [("red", 0.9)], None, "blue", "x" * 51)
@@ -127,10 +123,10 @@ def test_refusals_reach_the_visitor_as_sentences_and_malformed_flags_as_errors(t
         desk.close()
 
 
-def test_the_rate_limit_answers_with_its_sentence(tmp_path, db_url):
+def test_the_rate_limit_answers_with_its_sentence(model_server, tmp_path, db_url):
     desk = FlagDesk(db_url, SECRET, CLASSES)
     try:
-        client = start(tmp_path, desk)
+        client = start(model_server, desk)
         client.tell_client("k", "198.51.100.1")
         replies = [client.flag("k", [("red", 0.9)], None, "blue") for _ in range(Caps().per_client_per_minute + 1)]
         assert all(r["sent"] for r in replies[:-1])
@@ -140,7 +136,7 @@ def test_the_rate_limit_answers_with_its_sentence(tmp_path, db_url):
         desk.close()
 
 
-def test_a_database_stopped_mid_session_never_stops_classification(tmp_path, caplog):
+def test_a_database_stopped_mid_session_never_stops_classification(model_server, tmp_path, caplog):
     """pg_ctl stop while the page runs: classify goes on, a flag is answered "down" (and logged), then works again."""
     from pgserver import PostgresServer, find_bin
 
@@ -153,7 +149,7 @@ def test_a_database_stopped_mid_session_never_stops_classification(tmp_path, cap
     try:
         url = server.new_database()
         desk = FlagDesk(url, SECRET, CLASSES)
-        client = start(tmp_path, desk)
+        client = start(model_server, desk)
         [result] = client.classify_files([("a.jpg", red())], 32, PHOTO_SIDE)
         assert client.flag("k", result["ranked"], None, "blue", "", result["photo"])["sent"]
         server.stop()
@@ -174,12 +170,12 @@ def test_a_database_stopped_mid_session_never_stops_classification(tmp_path, cap
         server.close()
 
 
-def test_a_store_that_is_down_at_the_start_is_logged_and_classification_starts(tmp_path, caplog):
+def test_a_store_that_is_down_at_the_start_is_logged_and_classification_starts(model_server, tmp_path, caplog):
     url = f"postgresql://nobody@/none?host={tmp_path}&port=1"  # no server listens there
     with caplog.at_level(logging.ERROR, logger="whatsthat.web.flagdesk"):
         desk = FlagDesk(url, SECRET, CLASSES)
         try:
-            client = start(tmp_path, desk)
+            client = start(model_server, desk)
             assert client.classify_files([("a.jpg", red())], 32)[0]["ranked"]
             assert client.flag("k", [("red", 0.9)], None, "blue")["down"]
         finally:
@@ -245,11 +241,11 @@ def test_the_form_says_it_could_not_send_and_lets_the_visitor_retry(reply, expec
     assert not form.button.disabled and "Traceback" not in form.status.value
 
 
-def test_the_page_shows_a_form_under_each_answer_and_sends_the_photo_only_with_consent(tmp_path, desk, db_url,
-                                                                                        monkeypatch):  # fmt: skip
+def test_the_page_shows_a_form_under_each_answer_and_sends_the_photo_only_with_consent(model_server, tmp_path, desk,
+                                                                                        db_url, monkeypatch):  # fmt: skip
     monkeypatch.setenv(ENV_FLAGS, "on")
     monkeypatch.setenv("VOILA_KERNEL_ID", "kernel-7")
-    client = start(tmp_path, desk)
+    client = start(model_server, desk)
     client.tell_client("kernel-7", "192.0.2.5")
     app = App(RemoteClassifier(client, dict(CARD)))
     assert app.flag_forms is not None
@@ -272,9 +268,9 @@ def test_the_page_shows_a_form_under_each_answer_and_sends_the_photo_only_with_c
     assert old.comm is None and len(app.flag_forms.forms) == 1
 
 
-def test_no_form_and_no_photo_copy_when_flags_are_off(tmp_path, monkeypatch):
+def test_no_form_and_no_photo_copy_when_flags_are_off(model_server, tmp_path, monkeypatch):
     monkeypatch.setenv(ENV_FLAGS, "off")
-    client = start(tmp_path, None)
+    client = start(model_server, None)
     app = App(RemoteClassifier(client, dict(CARD)))
     shown = app._guarded(lambda: [("a.jpg", red())])
     assert app.flag_forms is None and len(shown.cards) == 1 and shown.results[0].photo == b""
@@ -315,8 +311,9 @@ def test_cli_says_what_is_wrong_with_a_bad_flags_value(tmp_path, capsys):
     assert "--flags takes off, on or a database URL" in err and "'maybe'" in err and "Traceback" not in err
 
 
-def test_a_thousand_flags_in_a_minute_from_one_client_and_classification_does_not_slow(tmp_path, desk, db_url):
-    flooder = start(tmp_path, desk)
+def test_a_thousand_flags_in_a_minute_from_one_client_and_classification_does_not_slow(model_server, tmp_path, desk,
+                                                                                         db_url):  # fmt: skip
+    flooder = start(model_server, desk)
     visitor = ModelClient(flooder.path, flooder.authkey, connect_wait=5)  # another kernel on the same model process
     flooder.tell_client("flood", "198.51.100.66")
 
@@ -347,14 +344,15 @@ def test_a_thousand_flags_in_a_minute_from_one_client_and_classification_does_no
     assert during and sorted(during)[len(during) // 2] < quiet + 0.1, (quiet, sorted(during)[-5:])
 
 
-def test_the_server_tells_the_model_process_which_client_a_page_kernel_serves(tmp_path, desk, db_url, monkeypatch):
+def test_the_server_tells_the_model_process_which_client_a_page_kernel_serves(model_server, tmp_path, desk, db_url,
+                                                                              monkeypatch):  # fmt: skip
     """The hook behind the client hash: the kernel manager hands a kernel to a page, the model process learns its client."""
     import asyncio
 
     from whatsthat.web.kernelpool import PageKernelManager
     from whatsthat.web.protocol import ENV_AUTHKEY, ENV_SOCKET
 
-    model = start(tmp_path, desk)
+    model = start(model_server, desk)
     monkeypatch.setenv(ENV_SOCKET, model.path)
     monkeypatch.setenv(ENV_AUTHKEY, model.authkey.hex())
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from conftest import ROOT, draw_image, image_bytes
 from model_fixture import tiny_model  # noqa: F401  (pytest fixture)
 
 from whatsthat.errors import WhatsthatError
-from whatsthat.web.modelprocess import Predictor, Supervisor, classify_files, serve_forever
+from whatsthat.web.modelprocess import Predictor, Supervisor, classify_files
 from whatsthat.web.protocol import (
     ENV_AUTHKEY,
     ENV_SOCKET,
@@ -55,13 +54,10 @@ def stub_predictor(fail_on: str | None = None, delay: float = 0.0) -> Predictor:
 
 
 @pytest.fixture
-def server(tmp_path):
+def server(model_server):
     """A model server thread on a Unix socket in tmp, with a stub model; yields (path, key, predictor)."""
-    path, key = str(tmp_path / "model.sock"), secrets.token_bytes(32)
     predictor = stub_predictor()
-    ready = threading.Event()
-    threading.Thread(target=serve_forever, args=(predictor, path, key, ready.set), daemon=True).start()
-    assert ready.wait(10)
+    path, key = model_server(predictor)
     return path, key, predictor
 
 
@@ -142,12 +138,8 @@ def test_socket_file_is_owner_only(server):
     assert os.stat(path).st_mode & 0o077 == 0
 
 
-def test_ten_kernels_at_once_each_get_their_own_answers(tmp_path):
-    path, key = str(tmp_path / "m.sock"), secrets.token_bytes(32)
-    ready = threading.Event()
-    predictor = stub_predictor(delay=0.02)
-    threading.Thread(target=serve_forever, args=(predictor, path, key, ready.set), daemon=True).start()
-    assert ready.wait(10)
+def test_ten_kernels_at_once_each_get_their_own_answers(model_server):
+    path, key = model_server(stub_predictor(delay=0.02))
     answers: dict[int, list[str]] = {}
     errors: list[BaseException] = []
 
@@ -169,12 +161,9 @@ def test_ten_kernels_at_once_each_get_their_own_answers(tmp_path):
         assert answers[i] == ["red" if (i + j) % 2 else "blue" for j in range(3)], (i, answers[i])
 
 
-def test_a_failing_request_is_refused_and_others_are_unaffected(tmp_path):
-    path, key = str(tmp_path / "m.sock"), secrets.token_bytes(32)
-    ready = threading.Event()
+def test_a_failing_request_is_refused_and_others_are_unaffected(model_server):
     predictor = stub_predictor()
-    threading.Thread(target=serve_forever, args=(predictor, path, key, ready.set), daemon=True).start()
-    assert ready.wait(10)
+    path, key = model_server(predictor)
     victim, other = ModelClient(path, key), ModelClient(path, key)
     good = predictor._score
     predictor._score = stub_predictor(fail_on="any")._score
