@@ -44,7 +44,7 @@ lint: install
 # Before anything is installed: stop with the numbers where the disk has no room for .venv, .venv-serve and
 # the tests' temp files (a shared CI disk once ran out mid-suite: hundreds of errors, no clear cause).
 disk-check:
-	bash .ci/ensure-disk
+	VENV=$(VENV) SERVE_VENV=$(SERVE_VENV) bash .ci/ensure-disk
 
 # pytest exits 5 when it collects nothing: a missing suite must fail, not pass silently. Browser tests
 # must run: Chromium is installed first where we may, and a missing browser fails them instead of skipping.

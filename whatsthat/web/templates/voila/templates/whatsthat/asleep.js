@@ -238,7 +238,7 @@
   // (nbclient's iopub_timeout: "Timeout waiting for IOPub output" in the server log). Seen once in CI,
   // ten pages at once on 2 cores, with nbclient's 4 s; serve.py now waits 60 s, and this catches the rest.
   // Any output counts as the app: the "not available right now" page must not reload.
-  function appeared() {
+  function anyOutput() {
     return !!document.querySelector("#rendered_cells .jp-OutputArea-output");
   }
 
@@ -274,7 +274,7 @@
   function watchConnection() {
     whenReady(kernelConnection, 120000).then(function (k) {
       whenReady(function () { return buttonNamed("Classify"); }, 120000).then(watchUploads, function () {});
-      whenReady(appeared, APPEAR_MS).catch(broken);
+      whenReady(anyOutput, APPEAR_MS).catch(broken);
       k.connectionStatusChanged.connect(function (_, status) { if (status !== "connected") check(); });
       k.statusChanged.connect(function (_, status) {
         // a restarted kernel has lost the page's widgets: the page cannot work any more
