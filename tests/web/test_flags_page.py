@@ -68,7 +68,7 @@ def stored(url: str):
 # -- the model process's side --
 
 
-def test_a_flag_travels_to_the_store_with_the_photo_only_with_consent(model_server, tmp_path, desk, db_url):
+def test_a_flag_travels_to_the_store_with_the_photo_only_with_consent(model_server, desk, db_url):
     client = start(model_server, desk)
     big = red(1500)
     [result] = client.classify_files([("bear.jpg", big)], 32, PHOTO_SIDE)
@@ -90,7 +90,7 @@ def test_a_flag_travels_to_the_store_with_the_photo_only_with_consent(model_serv
     assert all("203.0.113.7" not in repr(r) for r in rows)
 
 
-def test_no_photo_copy_without_flags_and_flag_requests_are_refused_politely(model_server, tmp_path):
+def test_no_photo_copy_without_flags_and_flag_requests_are_refused_politely(model_server):
     client = start(model_server, None)
     [result] = client.classify_files([("bear.jpg", red())], 32, PHOTO_SIDE)
     assert result["photo"] == b"" and result["ranked"]  # classification as ever, nothing more kept
@@ -98,13 +98,13 @@ def test_no_photo_copy_without_flags_and_flag_requests_are_refused_politely(mode
         client.flag("k", result["ranked"], None, "blue")
 
 
-def test_a_kernel_nobody_vouched_for_counts_by_its_own_id(model_server, tmp_path, desk, db_url):
+def test_a_kernel_nobody_vouched_for_counts_by_its_own_id(model_server, desk, db_url):
     client = start(model_server, desk)
     client.flag("kernel-9", [("red", 0.9)], None, "blue")
     assert stored(db_url)[0].client == client_hash("kernel:kernel-9", SECRET)
 
 
-def test_refusals_reach_the_visitor_as_sentences_and_malformed_flags_as_errors(model_server, tmp_path, db_url):
+def test_refusals_reach_the_visitor_as_sentences_and_malformed_flags_as_errors(model_server, db_url):
     desk = FlagDesk(db_url, SECRET, CLASSES)
     try:
         client = start(model_server, desk)
@@ -123,7 +123,7 @@ def test_refusals_reach_the_visitor_as_sentences_and_malformed_flags_as_errors(m
         desk.close()
 
 
-def test_the_rate_limit_answers_with_its_sentence(model_server, tmp_path, db_url):
+def test_the_rate_limit_answers_with_its_sentence(model_server, db_url):
     desk = FlagDesk(db_url, SECRET, CLASSES)
     try:
         client = start(model_server, desk)
@@ -136,7 +136,7 @@ def test_the_rate_limit_answers_with_its_sentence(model_server, tmp_path, db_url
         desk.close()
 
 
-def test_a_database_stopped_mid_session_never_stops_classification(model_server, tmp_path, caplog):
+def test_a_database_stopped_mid_session_never_stops_classification(model_server, caplog):
     """pg_ctl stop while the page runs: classify goes on, a flag is answered "down" (and logged), then works again."""
     from pgserver import PostgresServer, find_bin
 
@@ -241,8 +241,8 @@ def test_the_form_says_it_could_not_send_and_lets_the_visitor_retry(reply, expec
     assert not form.button.disabled and "Traceback" not in form.status.value
 
 
-def test_the_page_shows_a_form_under_each_answer_and_sends_the_photo_only_with_consent(model_server, tmp_path, desk,
-                                                                                        db_url, monkeypatch):  # fmt: skip
+def test_the_page_shows_a_form_under_each_answer_and_sends_the_photo_only_with_consent(model_server, desk, db_url,
+                                                                                        monkeypatch):  # fmt: skip
     monkeypatch.setenv(ENV_FLAGS, "on")
     monkeypatch.setenv("VOILA_KERNEL_ID", "kernel-7")
     client = start(model_server, desk)
@@ -268,7 +268,7 @@ def test_the_page_shows_a_form_under_each_answer_and_sends_the_photo_only_with_c
     assert old.comm is None and len(app.flag_forms.forms) == 1
 
 
-def test_no_form_and_no_photo_copy_when_flags_are_off(model_server, tmp_path, monkeypatch):
+def test_no_form_and_no_photo_copy_when_flags_are_off(model_server, monkeypatch):
     monkeypatch.setenv(ENV_FLAGS, "off")
     client = start(model_server, None)
     app = App(RemoteClassifier(client, dict(CARD)))
@@ -311,8 +311,7 @@ def test_cli_says_what_is_wrong_with_a_bad_flags_value(tmp_path, capsys):
     assert "--flags takes off, on or a database URL" in err and "'maybe'" in err and "Traceback" not in err
 
 
-def test_a_thousand_flags_in_a_minute_from_one_client_and_classification_does_not_slow(model_server, tmp_path, desk,
-                                                                                         db_url):  # fmt: skip
+def test_a_thousand_flags_in_a_minute_from_one_client_and_classification_does_not_slow(model_server, desk, db_url):
     flooder = start(model_server, desk)
     visitor = ModelClient(flooder.path, flooder.authkey, connect_wait=5)  # another kernel on the same model process
     flooder.tell_client("flood", "198.51.100.66")
@@ -344,8 +343,7 @@ def test_a_thousand_flags_in_a_minute_from_one_client_and_classification_does_no
     assert during and sorted(during)[len(during) // 2] < quiet + 0.1, (quiet, sorted(during)[-5:])
 
 
-def test_the_server_tells_the_model_process_which_client_a_page_kernel_serves(model_server, tmp_path, desk, db_url,
-                                                                              monkeypatch):  # fmt: skip
+def test_the_server_tells_the_model_process_which_client_a_page_kernel_serves(model_server, desk, db_url, monkeypatch):
     """The hook behind the client hash: the kernel manager hands a kernel to a page, the model process learns its client."""
     import asyncio
 
